@@ -16,6 +16,7 @@ import asyncio
 import base64
 import datetime as dt
 import logging
+import secrets
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -295,7 +296,9 @@ class Controller:
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{node.name}.", "namespace": namespace},
+            # Named like kubectl's events (object.random hex) rather than by generateName, which
+            # not every API emulator implements.
+            "metadata": {"name": f"{node.name}.{secrets.token_hex(8)}", "namespace": namespace},
             "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node.name,
                                "uid": node.uid or node.name},
             "type": kind,

@@ -135,3 +135,22 @@ def operator(cluster: kmock.KubernetesEmulator) -> Runner:
             await asyncio.wait_for(task, 10)
 
     return run
+
+
+def requests_to(cluster: kmock.KubernetesEmulator, method: str, path: str) -> list[Any]:
+    """Bodies of the requests with this method and exact path, in order."""
+    return [r.data for r in list(cluster)
+            if str(r.method.value).upper() == method and r.url.path == path]
+
+
+def labels_of(cluster: kmock.KubernetesEmulator, node: str) -> dict[str, str]:
+    return dict(cluster.objects["v1/nodes", None, node].raw["metadata"].get("labels") or {})
+
+
+def status_of(cluster: kmock.KubernetesEmulator, layout: str) -> dict[str, Any]:
+    return dict(cluster.objects[LAYOUTS, None, layout].raw.get("status") or {})
+
+
+def condition(cluster: kmock.KubernetesEmulator, layout: str, kind: str) -> dict[str, Any]:
+    found = [c for c in status_of(cluster, layout).get("conditions", []) if c["type"] == kind]
+    return found[0] if found else {}
