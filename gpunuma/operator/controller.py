@@ -248,7 +248,10 @@ class Controller:
         patch = label_patch(desired, node.labels, node.annotations)
         if patch is not None and self._once(("node", node.name), patch, node):
             body = await self.client.merge_patch(f"/api/v1/nodes/{node.name}", patch)
-            logger.info("node %s: labels patched: %s", node.name, patch["metadata"])
+            changes = patch["metadata"].get("labels", {})
+            logger.info("node %s: %d gpunuma.io labels set, %d removed", node.name,
+                        sum(v is not None for v in changes.values()),
+                        sum(v is None for v in changes.values()))
             if body.get("metadata"):
                 self.nodes[node.name] = NodeView.from_body(body)
 
@@ -276,10 +279,11 @@ class Controller:
         that triggers a reconcile; that reconcile still sees the old view and would send the
         same patch again. The view changes as soon as any newer state of the object is observed.
         """
+        timeless = _without_transition_times(patch)
         previous = self._sent.get(key)
-        if previous is not None and previous.patch == patch and previous.basis == basis:
+        if previous is not None and previous.patch == timeless and previous.basis == basis:
             return False
-        self._sent[key] = _Sent(patch, basis)
+        self._sent[key] = _Sent(timeless, basis)
         return True
 
     async def _stale_event(self, node: str, stale: bool, message: str) -> None:
@@ -318,9 +322,11 @@ class Controller:
         """A deleted layout: take our labels off its Node (if the Node is still there)."""
         view = self.observe_layout(body, deleted=True)
         async with self._locks[view.name]:
-            node = self.nodes.get(view.name)
-            if node is not None:
+            if view.name in self.nodes:
                 try:
+                    # Read fresh rather than trust the cache: this is the last chance to clean up,
+                    # and no later event would correct a patch computed from an outdated view.
+                    node = NodeView.from_body(await self.client.get(f"/api/v1/nodes/{view.name}"))
                     await self._patch_node(node, {})
                 except ApiError as exc:
                     if exc.status != 404:
@@ -398,14 +404,16 @@ class Controller:
         await self.reconcile_certificates()
 
     async def run_periodically(self) -> None:
+        """Forever: a round at once (a fresh install gets its certificates now), then every
+        ``check_interval_s``."""
         while True:
-            await asyncio.sleep(self.settings.check_interval_s)
             try:
                 if await self.is_active():
                     await self.check_once()
             except Exception:  # the loop must outlive any one bad round; kopf keeps running too
                 logger.exception("periodic check failed; retrying in %s s",
                                  self.settings.check_interval_s)
+            await asyncio.sleep(self.settings.check_interval_s)
 
     # Certificates -----------------------------------------------------------------------------
 
@@ -505,6 +513,16 @@ class Controller:
         if ops:
             await self.client.json_patch(path, ops)
             logger.info("MutatingWebhookConfiguration %s: caBundle updated", name)
+
+
+def _without_transition_times(value: Any) -> Any:
+    """A status patch minus ``lastTransitionTime``: two computed a second apart are the same."""
+    if isinstance(value, dict):
+        return {k: _without_transition_times(v) for k, v in value.items()
+                if k != "lastTransitionTime"}
+    if isinstance(value, list):
+        return [_without_transition_times(item) for item in value]
+    return value
 
 
 def _node_missing(name: str) -> Condition:

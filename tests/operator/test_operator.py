@@ -182,10 +182,14 @@ async def test_a_layout_whose_heartbeats_stop_turns_stale_without_any_new_event(
     cluster: kmock.KubernetesEmulator, operator: Runner,
 ) -> None:
     await create(cluster)
-    settings = fast_settings(heartbeat_interval_s=0.3, stale_after_heartbeats=2,
+    settings = fast_settings(heartbeat_interval_s=1.0, stale_after_heartbeats=2,
                              check_interval_s=0.1)
     async with operator(settings):
-        await eventually(lambda: condition(cluster, "gpu-1", "Stale").get("status") == "False")
+        # A heartbeat now, with the operator running: fresh for the next 2 s, then silence.
+        await patch_spec(cluster, "gpu-1", {"heartbeatTime": now_rfc3339()}, 2)
+        await eventually(lambda: condition(cluster, "gpu-1", "Stale").get("status") == "False"
+                         and status_of(cluster, "gpu-1").get("observedGeneration") == 2)
+        assert names.LABEL_STALE not in labels_of(cluster, "gpu-1")
         await eventually(lambda: labels_of(cluster, "gpu-1").get(names.LABEL_STALE) == "true",
                          timeout=5)
         await eventually(lambda: condition(cluster, "gpu-1", "Stale").get("status") == "True")
