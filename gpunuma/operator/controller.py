@@ -158,6 +158,7 @@ class Controller:
     _locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     _sent: dict[tuple[str, str], _Sent] = field(default_factory=dict)
     _allocations_seen: dict[str, object] = field(default_factory=dict)
+    _stale_reported: dict[str, bool] = field(default_factory=dict)
 
     # Cache upkeep (called by the kopf handlers) ------------------------------------------------
 
@@ -165,7 +166,7 @@ class Controller:
         view = NodeView.from_body(body)
         if deleted:
             self.nodes.pop(view.name, None)
-        else:
+        elif _newer(view.resource_version, self.nodes.get(view.name)):
             self.nodes[view.name] = view
         return view.name
 
@@ -173,7 +174,7 @@ class Controller:
         view = LayoutView.from_body(body)
         if deleted:
             self.layouts.pop(view.name, None)
-        else:
+        elif _newer(view.resource_version, self.layouts.get(view.name)):
             self.layouts[view.name] = view
         return view
 
@@ -237,11 +238,13 @@ class Controller:
                                         f"{len(desired)} gpunuma.io labels on node {layout.name}")
         before = find_condition(layout.status.get("conditions"), CONDITION_STALE)
         status = desired_status(layout.status, [labeled, stale], applied, layout.generation, now)
-        sent = await self._patch_status(layout, status)
-        was_stale = before is not None and before.get("status") == "True"
-        if sent and heartbeat.stale is not None and heartbeat.stale != was_stale and (
-            heartbeat.stale or before is not None
-        ):
+        await self._patch_status(layout, status)
+        # One Event per transition: what this process last reported wins over the status it
+        # reads (which may lag behind its own write); after a restart, the status tells.
+        recorded = before is not None and before.get("status") == "True"
+        reported = self._stale_reported.get(layout.name, recorded)
+        if heartbeat.stale is not None and heartbeat.stale != reported:
+            self._stale_reported[layout.name] = heartbeat.stale
             await self._stale_event(layout.name, heartbeat.stale, heartbeat.message)
 
     async def _patch_node(self, node: NodeView, desired: Mapping[str, str]) -> None:
@@ -255,10 +258,10 @@ class Controller:
             if body.get("metadata"):
                 self.nodes[node.name] = NodeView.from_body(body)
 
-    async def _patch_status(self, layout: LayoutView, status: Mapping[str, Any]) -> bool:
+    async def _patch_status(self, layout: LayoutView, status: Mapping[str, Any]) -> None:
         patch = merge_patch(layout.status, status)
         if not patch or not self._once(("layout", layout.name), patch, layout):
-            return False
+            return
         try:
             body = await self.client.merge_patch(
                 f"{LAYOUTS_PATH}/{layout.name}/status", {"status": patch}
@@ -266,11 +269,10 @@ class Controller:
         except ApiError as exc:
             if exc.status == 404:  # deleted meanwhile (e.g. garbage-collected with its Node)
                 self.layouts.pop(layout.name, None)
-                return False
+                return
             raise
         if body.get("metadata") and layout.name in self.layouts:
             self.layouts[layout.name] = LayoutView.from_body(body)
-        return True
 
     def _once(self, key: tuple[str, str], patch: dict[str, Any], basis: object) -> bool:
         """Whether to send ``patch``: not if the same patch was sent against the same view.
@@ -333,6 +335,7 @@ class Controller:
                         logger.warning("node %s: could not remove labels: %s", view.name, exc)
         self._sent.pop(("layout", view.name), None)
         self._allocations_seen.pop(view.name, None)
+        self._stale_reported.pop(view.name, None)
 
     # Allocations → pod annotations -------------------------------------------------------------
 
@@ -513,6 +516,21 @@ class Controller:
         if ops:
             await self.client.json_patch(path, ops)
             logger.info("MutatingWebhookConfiguration %s: caBundle updated", name)
+
+
+def _newer(version: str | None, cached: NodeView | LayoutView | None) -> bool:
+    """Whether an observed object may replace the cached one.
+
+    The cache is also fed by our own patch responses, so a watch event still in flight from
+    before the patch would roll it back (and make us send the same patch again). etcd-backed
+    resourceVersions are increasing integers; where both are, an older one is ignored. Anything
+    else (absent, not numeric) is taken as newer, as Kubernetes asks clients to assume nothing.
+    """
+    if cached is None or version is None or cached.resource_version is None:
+        return True
+    if version.isdigit() and cached.resource_version.isdigit():
+        return int(version) >= int(cached.resource_version)
+    return True
 
 
 def _without_transition_times(value: Any) -> Any:

@@ -85,9 +85,9 @@ def tune_for_tests(settings: kopf.OperatorSettings) -> None:
     settings.posting.enabled = False
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0, message: str = "") -> Any:
+async def eventually(check: Callable[[], Any], within: float = 5.0, message: str = "") -> Any:
     """Poll ``check`` until it returns something truthy (and return it), or fail."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         with contextlib.suppress(KeyError, AssertionError, TypeError):
             result = check()
@@ -95,7 +95,7 @@ async def eventually(check: Callable[[], Any], timeout: float = 5.0, message: st
                 return result
         if asyncio.get_running_loop().time() > deadline:
             result = check()
-            assert result, message or f"condition not met within {timeout} s"
+            assert result, message or f"condition not met within {within} s"
             return result
         await asyncio.sleep(0.02)
 

@@ -78,10 +78,13 @@ async def test_a_changed_layout_changes_exactly_our_keys_and_foreign_labels_surv
     cluster: kmock.KubernetesEmulator, operator: Runner,
 ) -> None:
     await create(cluster)
-    async with operator():
+    async with operator() as controller:
         await eventually(lambda: labels_of(cluster, "gpu-1").get(names.LABEL_LAYOUT) == "4-4")
         # Someone else labels the node meanwhile; then the agent reports GPU 7's node as unknown.
+        # (Waiting for the operator to see the first: kmock has no resourceVersions, so an event
+        # overtaken by a later patch could not be recognised as outdated.)
         await cluster.patch("/api/v1/nodes/gpu-1", json={"metadata": {"labels": {"team": "ml"}}})
+        await eventually(lambda: controller.nodes["gpu-1"].labels.get("team") == "ml")
         spec = two_socket_spec()
         spec["gpus"][7]["numaNode"] = None
         await patch_spec(cluster, "gpu-1", spec, 2)
@@ -191,7 +194,7 @@ async def test_a_layout_whose_heartbeats_stop_turns_stale_without_any_new_event(
                          and status_of(cluster, "gpu-1").get("observedGeneration") == 2)
         assert names.LABEL_STALE not in labels_of(cluster, "gpu-1")
         await eventually(lambda: labels_of(cluster, "gpu-1").get(names.LABEL_STALE) == "true",
-                         timeout=5)
+                         within=5)
         await eventually(lambda: condition(cluster, "gpu-1", "Stale").get("status") == "True")
 
 

@@ -43,7 +43,8 @@ def test_entries_of_one_container_are_merged_and_the_pod_gets_the_unions() -> No
 def test_the_placement_json_is_canonical_whatever_the_entry_order() -> None:
     forward = pod_annotations(ALLOCATIONS, "ml", "train-0")
     backward = pod_annotations(list(reversed(ALLOCATIONS[:3])), "ml", "train-0")
-    assert forward is not None and backward is not None
+    assert forward is not None
+    assert backward is not None
     assert forward[names.ANNOTATION_CPUSET] == backward[names.ANNOTATION_CPUSET]
     assert json.loads(forward[names.ANNOTATION_PLACEMENT])["sidecar"] == json.loads(
         backward[names.ANNOTATION_PLACEMENT])["sidecar"]
