@@ -155,6 +155,7 @@ class Controller:
     pods: dict[str, dict[tuple[str, str], PodView]] = field(
         default_factory=lambda: defaultdict(dict)
     )
+    _pod_nodes: dict[tuple[str, str], str] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     _sent: dict[tuple[str, str], _Sent] = field(default_factory=dict)
     _allocations_seen: dict[str, object] = field(default_factory=dict)
@@ -180,10 +181,15 @@ class Controller:
 
     def observe_pod(self, body: Mapping[str, Any], *, deleted: bool = False) -> PodView:
         view = PodView.from_body(body)
-        for pods in self.pods.values():  # a pod moves to a node once, when it is scheduled
-            pods.pop((view.namespace, view.name), None)
+        key = (view.namespace, view.name)
+        previous_node = self._pod_nodes.pop(key, None)
+        if previous_node is not None:
+            self.pods[previous_node].pop(key, None)
+            if not self.pods[previous_node]:
+                del self.pods[previous_node]
         if not deleted and view.node:
-            self.pods[view.node][view.namespace, view.name] = view
+            self.pods[view.node][key] = view
+            self._pod_nodes[key] = view.node
         return view
 
     # Layouts → Node labels and status ----------------------------------------------------------
@@ -267,8 +273,10 @@ class Controller:
                 f"{LAYOUTS_PATH}/{layout.name}/status", {"status": patch}
             )
         except ApiError as exc:
-            if exc.status == 404:  # deleted meanwhile (e.g. garbage-collected with its Node)
-                self.layouts.pop(layout.name, None)
+            # 404: deleted meanwhile (garbage-collected with its Node; the DELETED event cleans
+            # the cache) or a CRD without the status subresource (the message says which).
+            if exc.status == 404:
+                logger.warning("layout %s: status not written: %s", layout.name, exc)
                 return
             raise
         if body.get("metadata") and layout.name in self.layouts:
