@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import importlib.util
+import socket
 import ssl
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,3 +196,57 @@ async def test_during_a_rollover_the_bundle_trusts_both_the_old_and_the_new_leaf
     # The old bundle alone would not trust the new leaf: the rollover bundle is what makes it work.
     with pytest.raises(ssl.SSLCertVerificationError):
         await handshake(tmp_path, new, ca_bundle(old), NAMES[2])
+
+
+# Against `gpunuma webhook` itself (built in parallel; skipped until it is in the tree) ------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def webhook_available() -> bool:
+    try:
+        return importlib.util.find_spec("gpunuma.webhook.server") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not webhook_available(), reason="gpunuma webhook is not in this tree yet")
+async def test_gpunuma_webhook_serving_the_issued_certificate_passes_the_handshake(
+    tmp_path: Path,
+) -> None:
+    pki = plan(None, dt.datetime.now(dt.UTC), NAMES, POLICY)
+    assert pki is not None
+    serving, _ = pki_to_secrets(pki[0])
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(base64.b64decode(serving["tls.crt"]))
+    key.write_bytes(base64.b64decode(serving["tls.key"]))
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gpunuma", "webhook", "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key), "--listen", f"127.0.0.1:{port}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    trusted = ssl.create_default_context(cadata=ca_bundle(pki[0]).decode())
+    try:
+        for name in NAMES:
+            for _ in range(100):  # the server needs a moment to start: at most 10 s
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", port, ssl=trusted, server_hostname=name)
+                    break
+                except ConnectionRefusedError:
+                    await asyncio.sleep(0.1)
+            else:
+                pytest.fail("gpunuma webhook did not start listening within 10 s")
+            writer.write(f"GET /healthz HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+                         .encode())
+            status = await reader.readline()
+            writer.close()
+            assert status.startswith(b"HTTP/1.1 200"), status
+    finally:
+        process.terminate()
+        await process.wait()
