@@ -72,7 +72,9 @@ def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 # --- validity ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-def test_every_rendered_manifest_is_valid_kubernetes(scenario: tuple[str, Rendered], kube_version: str) -> None:
+def test_every_rendered_manifest_is_valid_kubernetes(
+    scenario: tuple[str, Rendered], kube_version: str,
+) -> None:
     _, rendered = scenario
     version = kubernetes_validate.latest_version() if kube_version == "latest" else kube_version
     own = crd_schemas()
@@ -306,14 +308,17 @@ def test_the_operator_may_write_the_node_labels_pod_annotations_and_layout_statu
               for resource in rule["resources"] if set(rule["verbs"]) & WRITE_VERBS}
     assert writes >= {("", "nodes"), ("", "pods"), (names.CRD_GROUP, f"{names.CRD_PLURAL}/status")}
     assert ("", "secrets") not in writes
-    peering = [rule for rule in rules if rule["resources"] == ["clusterkopfpeerings"] and "patch" in rule["verbs"]]
+    peering = [rule for rule in rules
+               if rule["resources"] == ["clusterkopfpeerings"] and "patch" in rule["verbs"]]
     assert peering[0]["resourceNames"] == ["gpunuma"]
 
 
 # --- Pod Security --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("component", ["operator", "webhook"])
-def test_operator_and_webhook_pods_pass_the_restricted_level(scenario: tuple[str, Rendered], component: str) -> None:
+def test_operator_and_webhook_pods_pass_the_restricted_level(
+    scenario: tuple[str, Rendered], component: str,
+) -> None:
     _, rendered = scenario
     if not any(doc["metadata"]["labels"].get("app.kubernetes.io/component") == component
                and doc["kind"] == "Deployment" for doc in rendered.documents):
@@ -352,7 +357,9 @@ def test_the_agent_runs_with_the_least_it_needs(default: Rendered) -> None:
     assert env["GPUNUMA_KUBELET_SOCKET"] == mounts["pod-resources"]["mountPath"] + "/kubelet.sock"
 
 
-def test_the_privileged_namespace_label_is_asked_for_only_when_the_agent_runs(chart: Any, default: Rendered) -> None:
+def test_the_privileged_namespace_label_is_asked_for_only_when_the_agent_runs(
+    chart: Any, default: Rendered,
+) -> None:
     label = "pod-security.kubernetes.io/enforce=privileged"
     assert f"kubectl label namespace {NAMESPACE} {label}" in default.notes
     assert label not in render(chart, SCENARIOS["webhook-only"]).notes
@@ -445,7 +452,8 @@ def parse_as_the_container_would(monkeypatch: pytest.MonkeyPatch, rendered: Rend
         monkeypatch.setenv(key, value)
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    args = [arg.replace("$(NODE_NAME)", "gpu-node-1") for arg in rendered.pod_spec(component)["containers"][0]["args"]]
+    container = rendered.pod_spec(component)["containers"][0]
+    args = [arg.replace("$(NODE_NAME)", "gpu-node-1") for arg in container["args"]]
     if args[0] not in commands.choices:
         return None
     return parser.parse_args(args)
