@@ -85,13 +85,3 @@ def crds() -> Iterator[tuple[Path, dict[str, Any]]]:
             if doc:
                 yield path, doc
 
-
-def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge of values, as `-f a.yaml -f b.yaml` composes them."""
-    result = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = value
-    return result
