@@ -1,4 +1,4 @@
-"""numa-exec, the launcher that binds a container's processes to its GPUs' NUMA nodes, and its installer.
+"""numa-exec, the launcher that binds a container to its GPUs' NUMA nodes, and its installer.
 
 The launcher itself is the POSIX shell script ``numa-exec`` beside this file (DESIGN §6): it runs
 inside users' images, where Python may not exist. This package only ships it; ``gpunuma

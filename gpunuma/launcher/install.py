@@ -30,7 +30,8 @@ def install(directory: Path, source: Path | None = None) -> Path:
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
         raise InstallError(
-            f"{directory} {what}; create it first (in a pod: mount the gpunuma-launcher emptyDir there)"
+            f"{directory} {what}; create it first "
+            "(in a pod: mount the gpunuma-launcher emptyDir there)"
         )
     try:
         content = source.read_bytes()
