@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,7 +92,8 @@ class Result:
 
 @dataclass
 class Launcher:
-    """Runs numa-exec against a fixture tree; ``tools`` chooses what is on PATH."""
+    """Runs numa-exec against a fixture tree; ``tools`` chooses what is on PATH besides awk, cat
+    and readlink, ``extra`` adds commands the test runs (e.g. ``sleep``)."""
 
     shell: Shell
     workdir: Path
@@ -100,16 +102,37 @@ class Launcher:
         self,
         tree: machines.Tree | None,
         *command: str,
+        arguments: Sequence[str] | None = None,
+        timeout: float = 20,
+        **options: Any,
+    ) -> Result:
+        argv, environment, log = self.prepare(tree, command, arguments, **options)
+        completed = subprocess.run(
+            argv, env=environment, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        probes = tuple(log.read_text().splitlines()) if log.exists() else ()
+        return Result(completed.returncode, completed.stdout, completed.stderr, probes)
+
+    def start(self, tree: machines.Tree, *command: str, **options: Any) -> subprocess.Popen[bytes]:
+        argv, environment, _ = self.prepare(tree, command, None, **options)
+        return subprocess.Popen(argv, env=environment)
+
+    def prepare(
+        self,
+        tree: machines.Tree | None,
+        command: Sequence[str],
+        arguments: Sequence[str] | None,
+        *,
         env: Mapping[str, str] | None = None,
         tools: Sequence[str] = ("numactl", "taskset"),
+        extra: Sequence[str] = (),
         refuse_memory_policy: bool = False,
         real_numactl: bool = False,
         dry_run: bool = True,
-        arguments: Sequence[str] | None = None,
-        timeout: float = 20,
-    ) -> Result:
-        bin_dir = self._bin_dir(tools)
-        log = self.workdir / f"numactl-{len(list(self.workdir.iterdir()))}.log"
+    ) -> tuple[list[str], dict[str, str], Path]:
+        number = len(list(self.workdir.iterdir()))
+        bin_dir = self._bin_dir(self.workdir / f"bin-{number}", tools, extra)
+        log = self.workdir / f"numactl-{number}.log"
         environment = {"PATH": str(bin_dir), "NUMACTL_LOG": str(log)}
         if tree is not None:
             environment |= {
@@ -126,25 +149,18 @@ class Launcher:
         environment |= dict(env or {})
         argv = [*self.shell.argv, str(SCRIPT)]
         argv += list(arguments) if arguments is not None else ["--", *command]
-        completed = subprocess.run(
-            argv, env=environment, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        probes = tuple(log.read_text().splitlines()) if log.exists() else ()
-        return Result(completed.returncode, completed.stdout, completed.stderr, probes)
+        return argv, environment, log
 
-    def _bin_dir(self, tools: Sequence[str]) -> Path:
-        bin_dir = self.workdir / f"bin-{len(list(self.workdir.iterdir()))}"
+    def _bin_dir(self, bin_dir: Path, tools: Sequence[str], extra: Sequence[str]) -> Path:
         bin_dir.mkdir()
         self.shell.link_tools(bin_dir)
-        for tool in tools:
+        for tool in (*tools, *extra):
             if tool == "numactl":
                 fake = bin_dir / "numactl"
                 fake.write_text(FAKE_NUMACTL)
                 fake.chmod(0o755)
             else:
-                target = shutil.which(tool)
-                assert target is not None, f"{tool} is not installed"
-                (bin_dir / tool).symlink_to(target)
+                (bin_dir / tool).symlink_to(require_tool(tool))
         return bin_dir
 
 
