@@ -6,8 +6,10 @@ readlink and the numactl/taskset the case calls for, and asserts the key=value p
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -576,3 +578,23 @@ def test_relative_roots_work_like_absolute_ones(
     })
 
     assert result.plan["gpus"] == "0000:03:00.0,0000:83:00.0"
+
+
+def test_without_awk_the_command_still_runs_unpinned_and_strict_refuses(
+    launcher: Launcher, build_machine: Build
+) -> None:
+    tree = build_machine(dgx(BUS0[0]))
+    outcomes = []
+    for policy in ("preferred", "strict"):
+        argv, env, _ = launcher.prepare(tree, ["true"], None, env={"GPUNUMA_POLICY": policy})
+        (Path(env["PATH"]) / "awk").unlink()
+        outcomes.append(subprocess.run(argv, env=env, capture_output=True, text=True, check=False))
+    preferred, strict = outcomes
+
+    assert preferred.returncode == 0
+    assert preferred.stdout.splitlines()[-1] == "exec=true"
+    assert preferred.stderr.endswith(
+        "via=none: awk is not in PATH, so the machine's topology cannot be read\n"
+    )
+    assert preferred.stderr.count("\n") == 1
+    assert strict.returncode == EXIT_REFUSED
