@@ -598,3 +598,34 @@ def test_without_awk_the_command_still_runs_unpinned_and_strict_refuses(
     )
     assert preferred.stderr.count("\n") == 1
     assert strict.returncode == EXIT_REFUSED
+
+
+def test_render_nodes_of_other_vendors_are_not_gpus_of_the_container(
+    launcher: Launcher, build_machine: Build
+) -> None:
+    igpu = machines.Function(bdf="0000:00:02.0", vendor=0x8086, pci_class=machines.CLASS_VGA,
+                             numa_node=-1, device_id=0x56C0)
+    base = machines.amd_two_gpu()
+    tree = build_machine(replace(base, functions=(igpu, *base.functions)))
+    # An Intel render node, as i915 would create it: the device link leads to a PCI function.
+    drm = tree.sysfs / "devices/pci0000:00/0000:00:01.0/0000:00:02.0/drm/renderD200"
+    drm.mkdir(parents=True)
+    (drm / "device").symlink_to("../..")
+    (tree.sysfs / "class/drm/renderD200").symlink_to(drm)
+    (tree.dev / "dri/renderD200").write_text("")
+
+    result = launcher.run(tree, "true")
+
+    assert result.plan["gpus"] == "0000:03:00.0,0000:83:00.0"
+
+
+def test_a_host_with_nvidia_and_amd_gpus_lists_nvidia_first(
+    launcher: Launcher, build_machine: Build
+) -> None:
+    amd = machines.amd_two_gpu()
+    nvidia = next(f for f in machines.two_socket_8gpu().gpus if f.bdf == BUS1[0])
+    tree = build_machine(replace(amd, functions=(*amd.functions, replace(nvidia, numa_node=1))))
+
+    result = launcher.run(tree, "true")
+
+    assert result.plan["gpus"] == f"{BUS1[0]},0000:03:00.0,0000:83:00.0"

@@ -179,3 +179,12 @@ def test_signals_reach_the_command_because_it_replaces_the_shell(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_on_this_machines_own_sys_proc_and_dev_the_command_runs(real: Launcher) -> None:
+    result = real.run(None, sys.executable, "-c", "print('ran')", dry_run=False,
+                      real_numactl=True)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ran\n"
+    assert result.stderr.startswith("gpunuma: policy=preferred gpus=")
