@@ -7,16 +7,14 @@ readlink and the numactl/taskset the case calls for, and asserts the key=value p
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import BuildMachineFixture
 from tests.fixtures import machines
 from tests.launcher.conftest import EXIT_REFUSED, Launcher
-
-Build = Callable[[machines.Machine], machines.Tree]
 
 NODE0 = "0-55,112-167"
 NODE1 = "56-111,168-223"
@@ -48,7 +46,7 @@ def planned(gpus: list[str], numa: str, cpus: str, mem: str, exec_: str) -> dict
 
 @pytest.mark.parametrize("count", [1, 2, 4])
 def test_gpus_on_one_node_prefer_that_nodes_memory_and_bind_its_cpus(
-    launcher: Launcher, build_machine: Build, count: int
+    launcher: Launcher, build_machine: BuildMachineFixture, count: int
 ) -> None:
     result = launcher.run(build_machine(dgx(*BUS0[:count])), *CMD)
 
@@ -61,7 +59,7 @@ def test_gpus_on_one_node_prefer_that_nodes_memory_and_bind_its_cpus(
 
 
 def test_gpus_across_two_nodes_bind_the_union_of_cpus_without_a_memory_policy(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0], BUS1[3])), *CMD)
 
@@ -71,7 +69,7 @@ def test_gpus_across_two_nodes_bind_the_union_of_cpus_without_a_memory_policy(
 
 
 def test_a_container_that_sees_every_gpu_is_bound_to_every_gpu_node(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx()), "true")
 
@@ -83,7 +81,7 @@ def test_a_container_that_sees_every_gpu_is_bound_to_every_gpu_node(
 
 
 def test_strict_binds_memory_to_the_gpu_node_after_probing_it(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(*BUS1[:2])), *CMD, env={"GPUNUMA_POLICY": "strict"})
 
@@ -94,7 +92,7 @@ def test_strict_binds_memory_to_the_gpu_node_after_probing_it(
 
 
 def test_strict_binds_memory_to_every_gpu_node_when_they_span_two(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[1], BUS1[1])), "true",
                           env={"GPUNUMA_POLICY": "strict"})
@@ -104,7 +102,7 @@ def test_strict_binds_memory_to_every_gpu_node_when_they_span_two(
 
 
 def test_cpu_only_binds_cpus_and_leaves_memory_alone_without_a_probe(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, env={"GPUNUMA_POLICY": "cpu-only"})
 
@@ -113,7 +111,9 @@ def test_cpu_only_binds_cpus_and_leaves_memory_alone_without_a_probe(
     assert result.probes == ()
 
 
-def test_an_empty_policy_means_preferred(launcher: Launcher, build_machine: Build) -> None:
+def test_an_empty_policy_means_preferred(
+    launcher: Launcher, build_machine: BuildMachineFixture
+) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0])), "true", env={"GPUNUMA_POLICY": ""})
 
     assert result.plan["mem"] == "preferred"
@@ -124,7 +124,7 @@ def test_an_empty_policy_means_preferred(launcher: Launcher, build_machine: Buil
 
 @pytest.mark.parametrize("policy", ["preferred", "cpu-only"])
 def test_without_numactl_taskset_binds_the_cpus(
-    launcher: Launcher, build_machine: Build, policy: str
+    launcher: Launcher, build_machine: BuildMachineFixture, policy: str
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, tools=("taskset",),
                           env={"GPUNUMA_POLICY": policy})
@@ -136,7 +136,7 @@ def test_without_numactl_taskset_binds_the_cpus(
 
 
 def test_strict_without_numactl_refuses_even_with_taskset(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, tools=("taskset",),
                           env={"GPUNUMA_POLICY": "strict"})
@@ -148,7 +148,7 @@ def test_strict_without_numactl_refuses_even_with_taskset(
 
 @pytest.mark.parametrize("policy", ["preferred", "cpu-only"])
 def test_without_numactl_and_taskset_the_command_runs_unpinned(
-    launcher: Launcher, build_machine: Build, policy: str
+    launcher: Launcher, build_machine: BuildMachineFixture, policy: str
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, tools=(),
                           env={"GPUNUMA_POLICY": policy})
@@ -159,7 +159,7 @@ def test_without_numactl_and_taskset_the_command_runs_unpinned(
 
 
 def test_strict_without_numactl_and_taskset_refuses(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, tools=(),
                           env={"GPUNUMA_POLICY": "strict"})
@@ -169,7 +169,7 @@ def test_strict_without_numactl_and_taskset_refuses(
 
 
 def test_a_refused_memory_policy_probe_drops_the_memory_policy_under_preferred(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[2])), *CMD, refuse_memory_policy=True)
 
@@ -185,7 +185,7 @@ def test_a_refused_memory_policy_probe_drops_the_memory_policy_under_preferred(
 
 
 def test_a_refused_memory_policy_probe_fails_strict_with_exit_125(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[2])), *CMD, refuse_memory_policy=True,
                           env={"GPUNUMA_POLICY": "strict"})
@@ -200,7 +200,9 @@ def test_a_refused_memory_policy_probe_fails_strict_with_exit_125(
 # Cpus_allowed_list --------------------------------------------------------------------------------
 
 
-def test_cpus_allowed_list_cuts_the_nodes_cpus(launcher: Launcher, build_machine: Build) -> None:
+def test_cpus_allowed_list_cuts_the_nodes_cpus(
+    launcher: Launcher, build_machine: BuildMachineFixture
+) -> None:
     tree = build_machine(dgx(BUS0[0], cpus_allowed="2-5,60-63,112"))
 
     result = launcher.run(tree, "true")
@@ -210,7 +212,7 @@ def test_cpus_allowed_list_cuts_the_nodes_cpus(launcher: Launcher, build_machine
 
 
 def test_cpus_allowed_list_that_excludes_the_node_leaves_the_command_unpinned(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0], cpus_allowed="56-60")), "true")
 
@@ -220,7 +222,7 @@ def test_cpus_allowed_list_that_excludes_the_node_leaves_the_command_unpinned(
 
 
 def test_cpus_allowed_list_that_excludes_the_node_fails_strict(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0], cpus_allowed="56-60")), "true",
                           env={"GPUNUMA_POLICY": "strict"})
@@ -233,7 +235,7 @@ def test_cpus_allowed_list_that_excludes_the_node_fails_strict(
 
 
 def test_numa_node_minus_one_on_a_one_node_machine_is_that_node(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(machines.vm_single_node()), "true")
 
@@ -242,7 +244,7 @@ def test_numa_node_minus_one_on_a_one_node_machine_is_that_node(
 
 
 def test_numa_node_minus_one_on_a_two_node_machine_is_unknown_and_runs_unpinned(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(machines.vm_two_node()), "true")
 
@@ -252,7 +254,7 @@ def test_numa_node_minus_one_on_a_two_node_machine_is_unknown_and_runs_unpinned(
 
 
 def test_numa_node_minus_one_on_a_two_node_machine_fails_strict(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(machines.vm_two_node()), "true",
                           env={"GPUNUMA_POLICY": "strict"})
@@ -262,7 +264,7 @@ def test_numa_node_minus_one_on_a_two_node_machine_fails_strict(
 
 
 def test_a_gpu_on_a_memory_only_node_binds_to_the_nearest_cpu_node(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     gh200 = launcher.run(build_machine(machines.gh200_like()), "true")
     gb200 = launcher.run(build_machine(replace(machines.gb200_like(), visible=("0018:01:00.0",))),
@@ -275,7 +277,7 @@ def test_a_gpu_on_a_memory_only_node_binds_to_the_nearest_cpu_node(
 
 
 def test_a_gpu_whose_numa_node_is_offline_on_a_two_node_machine_is_unknown(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     machine = dgx(BUS0[0]).with_numa_node(BUS0[0], 5)
 
@@ -289,7 +291,7 @@ def test_a_gpu_whose_numa_node_is_offline_on_a_two_node_machine_is_unknown(
 
 
 def test_cuda_visible_devices_by_index_picks_from_the_visible_gpus_in_bus_order(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     everything = launcher.run(build_machine(dgx()), "true", env={"CUDA_VISIBLE_DEVICES": "5"})
     some = launcher.run(build_machine(dgx(BUS0[1], BUS0[2], BUS1[2])), "true",
@@ -300,7 +302,9 @@ def test_cuda_visible_devices_by_index_picks_from_the_visible_gpus_in_bus_order(
     assert some.plan["gpus"] == BUS1[2]
 
 
-def test_cuda_visible_devices_keeps_its_order(launcher: Launcher, build_machine: Build) -> None:
+def test_cuda_visible_devices_keeps_its_order(
+    launcher: Launcher, build_machine: BuildMachineFixture
+) -> None:
     result = launcher.run(build_machine(dgx()), "true", env={"CUDA_VISIBLE_DEVICES": "7,1"})
 
     # GPU 7 is the application's device 0: the order is the variable's, not the bus's.
@@ -309,7 +313,7 @@ def test_cuda_visible_devices_keeps_its_order(launcher: Launcher, build_machine:
 
 
 def test_cuda_visible_devices_by_uuid_and_by_unique_uuid_prefix(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     machine = dgx()
     full = uuid_of(machine, BUS1[2])
@@ -331,7 +335,7 @@ def test_cuda_visible_devices_by_uuid_and_by_unique_uuid_prefix(
     ],
 )
 def test_unresolvable_cuda_visible_devices_entries_mean_no_narrowing(
-    launcher: Launcher, build_machine: Build, value: str, why: str
+    launcher: Launcher, build_machine: BuildMachineFixture, value: str, why: str
 ) -> None:
     result = launcher.run(build_machine(dgx()), "true", env={"CUDA_VISIBLE_DEVICES": value})
 
@@ -342,7 +346,7 @@ def test_unresolvable_cuda_visible_devices_entries_mean_no_narrowing(
 
 
 def test_nvidia_visible_devices_all_does_not_narrow(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx()), "true", env={"NVIDIA_VISIBLE_DEVICES": "all"})
 
@@ -350,7 +354,7 @@ def test_nvidia_visible_devices_all_does_not_narrow(
 
 
 def test_nvidia_visible_devices_picks_a_set_that_cuda_still_numbers_in_bus_order(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     machine = dgx()
     tree = build_machine(machine)
@@ -366,7 +370,7 @@ def test_nvidia_visible_devices_picks_a_set_that_cuda_still_numbers_in_bus_order
 
 
 def test_nvidia_visible_devices_already_applied_by_the_runtime_changes_nothing(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     # The runtime exposed host GPUs 5 and 7 only; their host indices are not indices into the two.
     result = launcher.run(build_machine(dgx(BUS1[1], BUS1[3])), "true",
@@ -385,7 +389,7 @@ def mixed_models() -> machines.Machine:
 
 
 def test_cuda_indices_are_ignored_when_models_differ_and_the_order_is_not_pci_bus_id(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     tree = build_machine(mixed_models())
 
@@ -403,7 +407,7 @@ def test_cuda_indices_are_ignored_when_models_differ_and_the_order_is_not_pci_bu
 
 
 def test_the_rank_variable_picks_one_gpu_of_the_list(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     tree = build_machine(dgx())
     rank = {"GPUNUMA_RANK_ENV": "LOCAL_RANK"}
@@ -422,7 +426,7 @@ def test_the_rank_variable_picks_one_gpu_of_the_list(
     ("value", "why"), [(None, "which is not set"), ("x", "is not a rank"), ("8", "has 8 GPUs")]
 )
 def test_a_missing_or_bad_rank_keeps_every_gpu(
-    launcher: Launcher, build_machine: Build, value: str | None, why: str
+    launcher: Launcher, build_machine: BuildMachineFixture, value: str | None, why: str
 ) -> None:
     env = {"GPUNUMA_RANK_ENV": "LOCAL_RANK"} | ({"LOCAL_RANK": value} if value is not None else {})
 
@@ -435,7 +439,9 @@ def test_a_missing_or_bad_rank_keeps_every_gpu(
 # AMD ----------------------------------------------------------------------------------------------
 
 
-def test_amd_render_nodes_resolve_through_sysfs(launcher: Launcher, build_machine: Build) -> None:
+def test_amd_render_nodes_resolve_through_sysfs(
+    launcher: Launcher, build_machine: BuildMachineFixture
+) -> None:
     tree = build_machine(machines.amd_two_gpu())
 
     both = launcher.run(tree, "true")
@@ -450,7 +456,7 @@ def test_amd_render_nodes_resolve_through_sysfs(launcher: Launcher, build_machin
 
 
 def test_an_amd_partition_render_node_maps_to_its_parent_gpu_through_the_kfd_topology(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     machine = machines.amd_mi300x_cpx()
     tree = build_machine(machine)
@@ -468,7 +474,7 @@ def test_an_amd_partition_render_node_maps_to_its_parent_gpu_through_the_kfd_top
 
 
 def test_every_partition_of_a_cpx_gpu_counts_as_one_gpu(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     machine = machines.amd_mi300x_cpx()
     tree = build_machine(replace(machine, visible=(machine.gpus[0].bdf, machine.gpus[4].bdf)))
@@ -482,7 +488,9 @@ def test_every_partition_of_a_cpx_gpu_counts_as_one_gpu(
 # No GPU, bad usage, quiet -------------------------------------------------------------------------
 
 
-def test_no_gpu_runs_the_command_unpinned(launcher: Launcher, build_machine: Build) -> None:
+def test_no_gpu_runs_the_command_unpinned(
+    launcher: Launcher, build_machine: BuildMachineFixture
+) -> None:
     result = launcher.run(build_machine(machines.cpu_only()), *CMD)
 
     assert result.returncode == 0
@@ -490,7 +498,7 @@ def test_no_gpu_runs_the_command_unpinned(launcher: Launcher, build_machine: Bui
     assert "no GPU found" in result.stderr
 
 
-def test_no_gpu_fails_strict(launcher: Launcher, build_machine: Build) -> None:
+def test_no_gpu_fails_strict(launcher: Launcher, build_machine: BuildMachineFixture) -> None:
     result = launcher.run(build_machine(machines.cpu_only()), *CMD,
                           env={"GPUNUMA_POLICY": "strict"})
 
@@ -500,7 +508,7 @@ def test_no_gpu_fails_strict(launcher: Launcher, build_machine: Build) -> None:
 
 
 def test_nvidia_gpus_whose_device_file_is_absent_are_not_the_containers(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     tree = build_machine(dgx(BUS1[0]))
     (tree.dev / "nvidia4").unlink()
@@ -520,7 +528,7 @@ def test_nvidia_gpus_whose_device_file_is_absent_are_not_the_containers(
     ],
 )
 def test_bad_usage_exits_125_with_a_gpunuma_message(
-    launcher: Launcher, build_machine: Build, arguments: list[str], message: str
+    launcher: Launcher, build_machine: BuildMachineFixture, arguments: list[str], message: str
 ) -> None:
     result = launcher.run(build_machine(dgx()), arguments=arguments)
 
@@ -530,7 +538,9 @@ def test_bad_usage_exits_125_with_a_gpunuma_message(
     assert result.stdout == ""
 
 
-def test_an_unknown_policy_exits_125(launcher: Launcher, build_machine: Build) -> None:
+def test_an_unknown_policy_exits_125(
+    launcher: Launcher, build_machine: BuildMachineFixture
+) -> None:
     result = launcher.run(build_machine(dgx()), "true", env={"GPUNUMA_POLICY": "Strict"})
 
     assert result.returncode == EXIT_REFUSED
@@ -547,7 +557,7 @@ def test_help_prints_usage(launcher: Launcher) -> None:
 
 
 def test_quiet_silences_the_decision_but_not_a_refusal(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     tree = build_machine(machines.cpu_only())
 
@@ -559,7 +569,7 @@ def test_quiet_silences_the_decision_but_not_a_refusal(
 
 
 def test_the_exec_line_joins_the_arguments_with_single_spaces(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0])), "printf", "%s|", "a b", "*", "$HOME",
                           env={"GPUNUMA_POLICY": "cpu-only"})
@@ -568,7 +578,7 @@ def test_the_exec_line_joins_the_arguments_with_single_spaces(
 
 
 def test_relative_roots_work_like_absolute_ones(
-    launcher: Launcher, build_machine: Build, monkeypatch: pytest.MonkeyPatch
+    launcher: Launcher, build_machine: BuildMachineFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tree = build_machine(machines.amd_two_gpu())
     monkeypatch.chdir(tree.root)
@@ -581,7 +591,7 @@ def test_relative_roots_work_like_absolute_ones(
 
 
 def test_without_awk_the_command_still_runs_unpinned_and_strict_refuses(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     tree = build_machine(dgx(BUS0[0]))
     outcomes = []
@@ -601,7 +611,7 @@ def test_without_awk_the_command_still_runs_unpinned_and_strict_refuses(
 
 
 def test_render_nodes_of_other_vendors_are_not_gpus_of_the_container(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     igpu = machines.Function(bdf="0000:00:02.0", vendor=0x8086, pci_class=machines.CLASS_VGA,
                              numa_node=-1, device_id=0x56C0)
@@ -620,7 +630,7 @@ def test_render_nodes_of_other_vendors_are_not_gpus_of_the_container(
 
 
 def test_a_host_with_nvidia_and_amd_gpus_lists_nvidia_first(
-    launcher: Launcher, build_machine: Build
+    launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     amd = machines.amd_two_gpu()
     nvidia = next(f for f in machines.two_socket_8gpu().gpus if f.bdf == BUS1[0])

@@ -12,17 +12,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gpunuma.topology import format_cpulist, parse_cpulist
-from tests.conftest import require_tool
+from tests.conftest import BuildMachineFixture, require_tool
 from tests.fixtures import machines
 from tests.launcher.conftest import Launcher
-
-Build = Callable[[machines.Machine], machines.Tree]
 
 REAL_NODE0 = Path("/sys/devices/system/node/node0/cpulist")
 
@@ -57,7 +54,7 @@ def real(launcher: Launcher) -> Launcher:
 
 
 def test_strict_really_binds_cpus_and_memory_to_node_0(
-    real: Launcher, build_machine: Build
+    real: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     tree = build_machine(this_host())
 
@@ -74,7 +71,7 @@ def test_strict_really_binds_cpus_and_memory_to_node_0(
 
 
 def test_preferred_really_prefers_node_0_and_binds_the_allowed_cpus(
-    real: Launcher, build_machine: Build
+    real: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     last = max(real_node0_cpus())
     tree = build_machine(this_host(cpus_allowed=str(last)))
@@ -88,7 +85,9 @@ def test_preferred_really_prefers_node_0_and_binds_the_allowed_cpus(
     assert status_field(show.stdout, "physcpubind").split() == [str(last)]
 
 
-def test_taskset_really_binds_when_numactl_is_absent(real: Launcher, build_machine: Build) -> None:
+def test_taskset_really_binds_when_numactl_is_absent(
+    real: Launcher, build_machine: BuildMachineFixture
+) -> None:
     require_tool("taskset")
     last = max(real_node0_cpus())
     tree = build_machine(this_host(cpus_allowed=str(last)))
@@ -101,7 +100,7 @@ def test_taskset_really_binds_when_numactl_is_absent(real: Launcher, build_machi
 
 
 def test_a_refused_memory_policy_still_binds_the_cpus_for_real(
-    real: Launcher, build_machine: Build
+    real: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     last = max(real_node0_cpus())
     tree = build_machine(this_host(cpus_allowed=str(last)))
@@ -123,7 +122,7 @@ def test_a_refused_memory_policy_still_binds_the_cpus_for_real(
 )
 @pytest.mark.parametrize("policy", ["preferred", "strict", "cpu-only"])
 def test_arguments_pass_through_unchanged(
-    real: Launcher, build_machine: Build, arguments: list[str], policy: str
+    real: Launcher, build_machine: BuildMachineFixture, arguments: list[str], policy: str
 ) -> None:
     tree = build_machine(this_host())
     script = "import json, sys; print(json.dumps(sys.argv[1:]))"
@@ -137,7 +136,7 @@ def test_arguments_pass_through_unchanged(
 
 @pytest.mark.parametrize("status", [0, 1, 42, 124, 125, 127])
 def test_the_exit_status_of_the_command_is_numa_execs(
-    real: Launcher, build_machine: Build, status: int
+    real: Launcher, build_machine: BuildMachineFixture, status: int
 ) -> None:
     tree = build_machine(this_host())
 
@@ -166,7 +165,7 @@ def wait_for_exec(pid: int, program: str, deadline: float = 10.0) -> None:
     "tools", [("numactl",), ("taskset",), ()], ids=["numactl", "taskset", "neither"]
 )
 def test_signals_reach_the_command_because_it_replaces_the_shell(
-    launcher: Launcher, build_machine: Build, tools: tuple[str, ...]
+    launcher: Launcher, build_machine: BuildMachineFixture, tools: tuple[str, ...]
 ) -> None:
     tree = build_machine(this_host())
     process = launcher.start(tree, "sleep", "30", tools=tools, extra=("sleep",), dry_run=False,

@@ -8,7 +8,6 @@ generated machines (memory-only nodes, sparse node ids, numa_node -1 or offline)
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpunuma.topology import NumaNode, parse_cpulist, resolve_cpu_node
+from tests.conftest import BuildMachineFixture
 from tests.fixtures import machines
 from tests.launcher.conftest import Launcher
-
-Build = Callable[[machines.Machine], machines.Tree]
 
 
 def python_nodes(machine: machines.Machine) -> list[NumaNode]:
@@ -42,7 +40,7 @@ SHAPES_WITH_GPUS = sorted(name for name, shape in machines.SHAPES.items() if sha
 
 @pytest.mark.parametrize("shape", SHAPES_WITH_GPUS)
 def test_every_gpu_of_every_shape_gets_the_node_the_python_model_gives(
-    launcher: Launcher, build_machine: Build, shape: str
+    launcher: Launcher, build_machine: BuildMachineFixture, shape: str
 ) -> None:
     machine = machines.SHAPES[shape]()
     tree = build_machine(machine)
