@@ -1,0 +1,157 @@
+"""A thin asyncio Kubernetes API client: the four calls the agent makes, over aiohttp.
+
+Why not the ``kubernetes`` package's generated client: it is synchronous (every call would need a
+thread, and a SIGTERM could not cancel one in flight), and the agent needs exact control of the
+patch types: a JSON patch to replace ``spec`` (a JSON merge patch would turn the layout document's
+``null`` values into deletions) and a merge patch that touches ``spec.heartbeatTime`` alone. What we
+do reuse from it is configuration loading (in-cluster service account with token rotation,
+kubeconfig with client certificates, tokens or exec plugins), imported only when the agent starts.
+The same client works against a real API server and against kmock in the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+__all__ = ["ApiError", "Connection", "KubeClient", "load_connection"]
+
+logger = logging.getLogger(__name__)
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+
+# Statuses worth another try: conflicts, throttling, and the API server or its etcd being unwell.
+RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+
+class ApiError(Exception):
+    """A Kubernetes API call that failed; ``status`` 0 means no HTTP answer (connection, timeout)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}" if status else message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 0 or self.status in RETRYABLE_STATUSES
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the API server is and how to authenticate; ``authorization`` is asked per request."""
+
+    server: str
+    ssl_context: ssl.SSLContext | None = None
+    authorization: Callable[[], str | None] = lambda: None
+
+
+def load_connection(kubeconfig: Path | None) -> Connection:
+    """In-cluster configuration when ``kubeconfig`` is None, else that kubeconfig's current context."""
+    from kubernetes import config as kube_config  # noqa: PLC0415 - heavy, needed once at start
+    from kubernetes.client import Configuration  # noqa: PLC0415
+
+    configuration = Configuration()
+    try:
+        if kubeconfig is None:
+            kube_config.load_incluster_config(client_configuration=configuration)
+        else:
+            kube_config.load_kube_config(
+                config_file=str(kubeconfig), client_configuration=configuration
+            )
+    except kube_config.ConfigException as error:
+        where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
+        hint = "" if kubeconfig else " (outside a cluster, pass --kubeconfig)"
+        raise ApiError(0, "", f"cannot load {where}: {error}{hint}") from error
+    context: ssl.SSLContext | None = None
+    if configuration.host.startswith("https:"):
+        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+        if configuration.cert_file:
+            context.load_cert_chain(configuration.cert_file, configuration.key_file)
+        if not configuration.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+
+    def authorization() -> str | None:
+        # Re-reads a rotated service-account token / re-runs an exec plugin when due.
+        value: str | None = configuration.get_api_key_with_prefix("authorization")
+        return value
+
+    return Connection(server=configuration.host, ssl_context=context, authorization=authorization)
+
+
+class KubeClient:
+    """GET, POST and PATCH of JSON objects; errors become :class:`ApiError`."""
+
+    def __init__(self, connection: Connection, *, timeout: float = 30.0) -> None:
+        self._connection = connection
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path``, or None if it does not exist."""
+        try:
+            return await self._request("GET", path)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._request("POST", path, body)
+
+    async def patch(self, path: str, body: Any, *, content_type: str) -> dict[str, Any]:
+        return await self._request("PATCH", path, body, content_type=content_type)
+
+    async def _request(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._connection.ssl_context or False, limit=4)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        headers = {"Accept": "application/json", "User-Agent": "gpunuma-agent"}
+        authorization = await asyncio.to_thread(self._connection.authorization)
+        if authorization:
+            headers["Authorization"] = authorization
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body, separators=(",", ":")).encode()
+        url = self._connection.server.rstrip("/") + path
+        try:
+            async with self._session.request(method, url, data=data, headers=headers) as response:
+                for warning in response.headers.getall("Warning", []):
+                    # e.g. unknown fields pruned because the installed CRD is older than the agent.
+                    logger.warning("API server warns on %s %s: %s", method, path, warning)
+                text = await response.text()
+                if response.status >= 400:
+                    raise _error_from(response.status, text)
+                result: dict[str, Any] = json.loads(text) if text else {}
+                return result
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ApiError(0, "", f"{method} {url}: {type(error).__name__}: {error}") from error
+
+
+def _error_from(status: int, text: str) -> ApiError:
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and document.get("kind") == "Status":
+        return ApiError(status, str(document.get("reason", "")), str(document.get("message", "")))
+    return ApiError(status, "", text[:200])
