@@ -52,7 +52,7 @@ class MutationSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebhookSettings:
-    listen: str = "0.0.0.0:8443"  # noqa: S104 - a webhook must listen on the pod's address
+    listen: str = "0.0.0.0:8443"
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     mutation: MutationSettings = field(default_factory=MutationSettings)

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from gpunuma.topology.cpulist import CpuListError, format_cpulist, parse_cpulist
 
@@ -246,7 +246,7 @@ class _DocumentReader:
         reported = self.integer(obj, "reportedNumaNode", path, minimum=-1)
         return Gpu(
             index=self.integer(obj, "index", path, required=True, minimum=0) or 0,
-            vendor=cast(Vendor, vendor),
+            vendor=vendor,
             pci_bus_id=normalized,
             model=self.string(obj, "model", path),
             uuid=self.string(obj, "uuid", path),
