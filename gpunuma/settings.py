@@ -72,6 +72,6 @@ class AgentSettings:
     allocations_interval: float = 10.0
     kubelet_socket: Path = DEFAULT_KUBELET_SOCKET
     kubelet_timeout: float = 5.0
-    listen: str = "0.0.0.0:8081"  # noqa: S104 - probes and Prometheus reach the pod's address
+    listen: str = "0.0.0.0:8081"  # probes and Prometheus reach the pod's address
     kubeconfig: Path | None = None
     gpu_resources: tuple[str, ...] = DEFAULT_GPU_RESOURCES

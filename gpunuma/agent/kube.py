@@ -15,10 +15,10 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
@@ -64,9 +64,11 @@ def load_connection(kubeconfig: Path | None) -> Connection:
     configuration = Configuration()
     try:
         if kubeconfig is None:
-            kube_config.load_incluster_config(client_configuration=configuration)
+            kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
         else:
-            kube_config.load_kube_config(
+            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=str(kubeconfig), client_configuration=configuration
             )
     except kube_config.ConfigException as error:
@@ -83,9 +85,13 @@ def load_connection(kubeconfig: Path | None) -> Connection:
             context.verify_mode = ssl.CERT_NONE
 
     def authorization() -> str | None:
-        # Re-reads a rotated service-account token / re-runs an exec plugin when due.
-        value: str | None = configuration.get_api_key_with_prefix("authorization")
-        return value
+        # Asked per request: re-reads a rotated service-account token, re-runs an exec plugin.
+        settings = cast(Mapping[str, Mapping[str, Any]], configuration.auth_settings())
+        for setting in settings.values():
+            if setting.get("in") == "header" and str(setting.get("key")).lower() == "authorization":
+                value = setting.get("value")
+                return str(value) if value else None
+        return None
 
     return Connection(server=configuration.host, ssl_context=context, authorization=authorization)
 

@@ -68,11 +68,11 @@ class FakeKubelet(pb_grpc.PodResourcesListerServicer):  # type: ignore[misc]
         self.pods: list[pb.PodResources] = []
         self.calls = 0
 
-    async def List(self, request: Any, context: Any) -> pb.ListPodResourcesResponse:  # noqa: N802
+    async def List(self, request: Any, context: Any) -> pb.ListPodResourcesResponse:
         self.calls += 1
         return pb.ListPodResourcesResponse(pod_resources=self.pods)
 
-    async def Get(self, request: Any, context: Any) -> pb.GetPodResourcesResponse:  # noqa: N802
+    async def Get(self, request: Any, context: Any) -> pb.GetPodResourcesResponse:
         self.calls += 1
         for item in self.pods:
             if item.namespace == request.pod_namespace and item.name == request.pod_name:

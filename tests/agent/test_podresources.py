@@ -92,7 +92,7 @@ async def test_the_socket_going_away_and_coming_back_is_survived(kubelet: Kubele
 
 async def test_a_kubelet_that_hangs_hits_the_deadline(socket_dir: Path) -> None:
     class Hanging(FakeKubelet):
-        async def List(self, request: Any, context: Any) -> pb.ListPodResourcesResponse:  # noqa: N802
+        async def List(self, request: Any, context: Any) -> pb.ListPodResourcesResponse:
             await asyncio.sleep(30)
             raise AssertionError("the client should have given up")
 
@@ -109,7 +109,7 @@ async def test_a_kubelet_that_hangs_hits_the_deadline(socket_dir: Path) -> None:
 
 async def test_a_server_error_is_reported_not_raised_raw(socket_dir: Path) -> None:
     class Broken(FakeKubelet):
-        async def List(self, request: Any, context: Any) -> pb.ListPodResourcesResponse:  # noqa: N802
+        async def List(self, request: Any, context: Any) -> pb.ListPodResourcesResponse:
             await context.abort(grpc.StatusCode.INTERNAL, "pod resources not ready")
             raise AssertionError("unreachable")
 
