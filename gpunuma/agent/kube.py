@@ -4,8 +4,8 @@ Why not the ``kubernetes`` package's generated client: it is synchronous (every 
 thread, and a SIGTERM could not cancel one in flight), and the agent needs exact control of the
 patch types: a JSON patch to replace ``spec`` (a JSON merge patch would turn the layout document's
 ``null`` values into deletions) and a merge patch that touches ``spec.heartbeatTime`` alone. What we
-do reuse from it is configuration loading (in-cluster service account with token rotation,
-kubeconfig with client certificates, tokens or exec plugins), imported only when the agent starts.
+do reuse from it is kubeconfig loading (client certificates, tokens, exec plugins), imported only
+with ``--kubeconfig``; the in-cluster service account, the DaemonSet's case, is read directly.
 The same client works against a real API server and against kmock in the tests.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ MERGE_PATCH = "application/merge-patch+json"
 
 # Statuses worth another try: conflicts, throttling, and the API server or its etcd being unwell.
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class ApiError(Exception):
@@ -58,23 +61,52 @@ class Connection:
 
 def load_connection(kubeconfig: Path | None) -> Connection:
     """In-cluster configuration when ``kubeconfig`` is None, else that kubeconfig's current context."""
-    from kubernetes import config as kube_config  # noqa: PLC0415 - heavy, needed once at start
+    return in_cluster_connection() if kubeconfig is None else kubeconfig_connection(kubeconfig)
+
+
+def in_cluster_connection(
+    service_account: Path = SERVICE_ACCOUNT, environ: Mapping[str, str] = os.environ
+) -> Connection:
+    """The pod's service account. Done by hand: the ``kubernetes`` package costs 20 MiB of RSS.
+
+    The token is read again for every request: the kubelet rotates bound tokens (hourly by
+    default) by replacing the file, and the agent makes only a few requests an hour.
+    """
+    host = environ.get("KUBERNETES_SERVICE_HOST")
+    port = environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        raise ApiError(0, "", "not running in a cluster (KUBERNETES_SERVICE_HOST and "
+                       "KUBERNETES_SERVICE_PORT are unset): pass --kubeconfig")
+    token_file, ca_file = service_account / "token", service_account / "ca.crt"
+    for required in (token_file, ca_file):
+        if not required.is_file():
+            raise ApiError(0, "", f"the service account file {required} is missing: is "
+                           "automountServiceAccountToken disabled for the agent's pod?")
+    context = ssl.create_default_context(cafile=str(ca_file))
+    server_host = f"[{host}]" if ":" in host else host  # an IPv6 service address
+
+    def authorization() -> str | None:
+        return "Bearer " + token_file.read_text().strip()
+
+    return Connection(server=f"https://{server_host}:{port}", ssl_context=context,
+                      authorization=authorization)
+
+
+def kubeconfig_connection(kubeconfig: Path) -> Connection:
+    """A kubeconfig's current context, read by the ``kubernetes`` package's loader.
+
+    It knows every way a kubeconfig can authenticate (certificates, tokens, exec plugins).
+    """
+    from kubernetes import config as kube_config  # noqa: PLC0415 - heavy; only with --kubeconfig
     from kubernetes.client import Configuration  # noqa: PLC0415
 
     configuration = Configuration()
     try:
-        if kubeconfig is None:
-            kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
-        else:
-            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig), client_configuration=configuration
-            )
-    except kube_config.ConfigException as error:
-        where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
-        hint = "" if kubeconfig else " (outside a cluster, pass --kubeconfig)"
-        raise ApiError(0, "", f"cannot load {where}: {error}{hint}") from error
+        kube_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig), client_configuration=configuration
+        )
+    except (kube_config.ConfigException, OSError) as error:
+        raise ApiError(0, "", f"cannot load kubeconfig {kubeconfig}: {error}") from error
     context: ssl.SSLContext | None = None
     if configuration.host.startswith("https:"):
         context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
@@ -85,7 +117,7 @@ def load_connection(kubeconfig: Path | None) -> Connection:
             context.verify_mode = ssl.CERT_NONE
 
     def authorization() -> str | None:
-        # Asked per request: re-reads a rotated service-account token, re-runs an exec plugin.
+        # Asked per request: the loader re-runs an exec plugin when its credential expires.
         settings = cast(Mapping[str, Mapping[str, Any]], configuration.auth_settings())
         for setting in settings.values():
             if setting.get("in") == "header" and str(setting.get("key")).lower() == "authorization":
