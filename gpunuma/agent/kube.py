@@ -181,7 +181,8 @@ class KubeClient:
                     raise _error_from(response.status, text)
                 result: dict[str, Any] = json.loads(text) if text else {}
                 return result
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            # ValueError: a 2xx answer that is not JSON (a proxy's page, say); worth a retry.
             raise ApiError(0, "", f"{method} {url}: {type(error).__name__}: {error}") from error
 
 

@@ -146,11 +146,13 @@ class Agent:
         self.layout: Layout | None = None
         self.pods: list[PodResources] = []
         self.last_tick: float | None = None  # loop time of the last completed pass
+        self.passes = 0
 
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` reports: the last error of each stage, and whether a layout exists."""
         return {
             "layout": self.layout is not None,
+            "passes": self.passes,
             "errors": {name: stage.error for name, stage in self._stages.items() if stage.error},
         }
 
@@ -172,13 +174,15 @@ class Agent:
                 delay = await self._publish_once()
                 publish_not_before = loop.time() + (delay or 0.0)
             self.last_tick = loop.time()
-            wake = min(next_discovery,
-                       max(publish_not_before,
-                           loop.time() + self._publisher.heartbeat_due_in(self.settings.heartbeat)))
+            self.passes += 1
+            wakes = [next_discovery]
+            if self.layout is not None:
+                due = self._publisher.heartbeat_due_in(self.settings.heartbeat)
+                wakes.append(max(publish_not_before, loop.time() + due))
             if self._polls_kubelet():
-                wake = min(wake, next_allocations)
+                wakes.append(next_allocations)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, wake - loop.time()))
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, min(wakes) - loop.time()))
 
     def _polls_kubelet(self) -> bool:
         # A node without GPUs has no GPU allocations: it publishes once and then only heartbeats.

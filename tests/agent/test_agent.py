@@ -370,6 +370,24 @@ async def test_a_failing_discovery_keeps_the_last_layout_and_recovers(
     assert [method for method, _ in writes(api)] == ["POST"]
 
 
+async def test_a_discovery_failing_from_the_start_publishes_nothing_and_backs_off(
+    api: Any, start: Callable[..., Running], hgx: Machine
+) -> None:
+    def broken(_: DiscoverySettings) -> Layout:
+        raise PermissionError("/host/sys: permission denied")
+
+    hgx.discover = broken  # type: ignore[method-assign]
+    run = start(hgx)
+    await asyncio.sleep(0.5)
+    await run.halt()
+    attempts = run.agent.metrics.errors.labels(stage="discovery")._value.get()
+    # Backoff 0.02 s doubling to 0.1 s: about eight attempts, and the loop sleeps in between.
+    assert 3 <= attempts <= 12
+    assert run.agent.passes <= attempts + 1
+    assert "permission denied" in run.agent.health()["errors"]["discovery"]
+    assert writes(api) == []
+
+
 def test_settings_overrides_are_real_fields() -> None:
     # The start fixture passes overrides by name: a renamed field must fail loudly here.
     assert replace(AgentSettings(node_name="n"), interval=1.0).interval == 1.0
