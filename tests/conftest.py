@@ -27,8 +27,11 @@ def require_tool(name: str) -> str:
     return path
 
 
+BuildMachineFixture = Callable[[machines.Machine], machines.Tree]
+
+
 @pytest.fixture
-def build_machine(tmp_path: Path) -> Callable[[machines.Machine], machines.Tree]:
+def build_machine(tmp_path: Path) -> BuildMachineFixture:
     """Write a machine shape under a fresh temporary directory and return its roots."""
     counter = iter(range(1000))
 

@@ -41,7 +41,8 @@ def merge_reports(
         if base is None and source is not None:
             found.append(Problem(
                 bus_id, source,
-                f"seen by {source} but not under bus/pci/devices in sysfs; its NUMA node is unknown",
+                f"seen by {source} but not under bus/pci/devices in sysfs "
+                "(is --sysfs-root the host's /sys?)",
             ))
         primary = extra or base
         assert primary is not None  # the bus id came from one of the two maps
