@@ -61,7 +61,7 @@ def pod(namespace: str, name: str, *containers: pb.ContainerResources) -> pb.Pod
     return pb.PodResources(namespace=namespace, name=name, containers=list(containers))
 
 
-class FakeKubelet(pb_grpc.PodResourcesListerServicer):  # type: ignore[misc]
+class FakeKubelet(pb_grpc.PodResourcesListerServicer):
     """Answers List and Get from ``pods``, which a test may change between calls."""
 
     def __init__(self) -> None:
@@ -92,7 +92,9 @@ class KubeletServer:
 
     async def start(self) -> None:
         server = grpc.aio.server()
-        pb_grpc.add_PodResourcesListerServicer_to_server(self.servicer, server)
+        pb_grpc.add_PodResourcesListerServicer_to_server(  # type: ignore[no-untyped-call]
+            self.servicer, server
+        )
         server.add_insecure_port(f"unix:{self.socket}")
         await server.start()
         self._server = server

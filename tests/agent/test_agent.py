@@ -39,8 +39,11 @@ class Machine:
 
     tree: machines.Tree
     mig: dict[str, tuple[str, ...]] | None = None
+    fault: Exception | None = None  # set: discovery raises it
 
     def discover(self, _: DiscoverySettings) -> Layout:
+        if self.fault is not None:
+            raise self.fault
         return layout_of(self.tree, mig=self.mig)
 
 
@@ -350,21 +353,12 @@ async def test_a_layout_without_a_kubelet_still_publishes(
 async def test_a_failing_discovery_keeps_the_last_layout_and_recovers(
     api: Any, start: Callable[..., Running], hgx: Machine
 ) -> None:
-    good = hgx.discover
-    broken = {"on": False}
-
-    def flaky(settings: DiscoverySettings) -> Layout:
-        if broken["on"]:
-            raise OSError("sysfs went away")
-        return good(settings)
-
-    hgx.discover = flaky  # type: ignore[method-assign]
     run = start(hgx)
     await until(lambda: published(api))
-    broken["on"] = True
+    hgx.fault = OSError("sysfs went away")
     await until(lambda: "discovery" in run.agent.health()["errors"])
     assert run.agent.layout is not None
-    broken["on"] = False
+    hgx.fault = None
     await until(lambda: run.agent.health()["errors"] == {})
     await run.halt()
     assert [method for method, _ in writes(api)] == ["POST"]
@@ -373,10 +367,7 @@ async def test_a_failing_discovery_keeps_the_last_layout_and_recovers(
 async def test_a_discovery_failing_from_the_start_publishes_nothing_and_backs_off(
     api: Any, start: Callable[..., Running], hgx: Machine
 ) -> None:
-    def broken(_: DiscoverySettings) -> Layout:
-        raise PermissionError("/host/sys: permission denied")
-
-    hgx.discover = broken  # type: ignore[method-assign]
+    hgx.fault = PermissionError("/host/sys: permission denied")
     run = start(hgx)
     await asyncio.sleep(0.5)
     await run.halt()

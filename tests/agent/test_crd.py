@@ -89,8 +89,9 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
     result = {}
     for name, shape in machines.SHAPES.items():
         tree = machines.build(shape(), tmp_path_factory.mktemp(name))
-        mig = {tree.machine.gpus[0].bdf: ("MIG-0f0e0d0c-0b0a-5908-0706-050403020100",)} \
-            if name == "two_socket_8gpu" else None
+        mig: dict[str, tuple[str, ...]] | None = None
+        if name == "two_socket_8gpu":
+            mig = {tree.machine.gpus[0].bdf: ("MIG-0f0e0d0c-0b0a-5908-0706-050403020100",)}
         layout = layout_of(tree, mig=mig)
         if name == "workstation":  # one failing device, as a vendor backend reports it
             layout = layout.with_errors([Problem("0000:01:00.0", "nvml", "GPU is lost")])

@@ -165,7 +165,7 @@ UPSTREAM_SERVER = textwrap.dedent("""
 
 @pytest.mark.skipif(not INTEROP_PROTO.exists(), reason=f"{INTEROP_PROTO} is absent")
 async def test_our_client_reads_a_server_built_from_the_upstream_proto(socket_dir: Path) -> None:
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # type: ignore[import-untyped]
 
     stubs = socket_dir / "upstream"
     stubs.mkdir()
