@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 
-# Statuses worth another try: conflicts, throttling, and the API server or its etcd being unwell.
-RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+# Statuses worth a prompt retry: a vanished object (the CR deleted under the agent: re-created),
+# conflicts, throttling, and the API server or its etcd being unwell. Others (403, 422…) need a fix.
+RETRYABLE_STATUSES = frozenset({404, 409, 429, 500, 502, 503, 504})
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 

@@ -97,18 +97,28 @@ class Backoff:
 class _Stage:
     """Logs a stage's failure once per distinct message, and its recovery once."""
 
-    def __init__(self, name: str, metrics: AgentMetrics) -> None:
+    def __init__(self, name: str, metrics: AgentMetrics, backoff: Backoff) -> None:
         self.name = name
         self._metrics = metrics
         self.error: str | None = None
-        self.backoff = Backoff()
+        self.backoff = backoff
 
-    def failed(self, message: str) -> float:
+    def failed(self, message: str, *, persistent: bool = False) -> float:
+        """Count and log a failure; the delay before the next attempt.
+
+        ``persistent``: an error that waiting alone will not fix (403 Forbidden, 422 Invalid):
+        logged as an error and retried at the longest backoff, until someone fixes the cause.
+        """
         self._metrics.errors.labels(stage=self.name).inc()
         if message != self.error:
-            logger.warning("%s: %s (retrying with backoff)", self.name, message)
+            if persistent:
+                logger.error("%s: %s (retrying every %g s)", self.name, message,
+                             self.backoff.maximum)
+            else:
+                logger.warning("%s: %s (retrying with backoff)", self.name, message)
         self.error = message
-        return self.backoff.delay()
+        delay = self.backoff.delay()
+        return self.backoff.maximum if persistent else delay
 
     def succeeded(self) -> None:
         if self.error is not None:
@@ -139,10 +149,9 @@ class Agent:
             kube, settings.node_name, monotonic=lambda: asyncio.get_running_loop().time()
         )
         self._stages = {
-            name: _Stage(name, self.metrics) for name in ("discovery", "kubelet", "api")
+            name: _Stage(name, self.metrics, Backoff(retry_initial, retry_maximum))
+            for name in ("discovery", "kubelet", "api")
         }
-        for stage in self._stages.values():
-            stage.backoff = Backoff(retry_initial, retry_maximum)
         self.layout: Layout | None = None
         self.pods: list[PodResources] = []
         self.last_tick: float | None = None  # loop time of the last completed pass
@@ -228,7 +237,7 @@ class Agent:
                 layout_spec(self.layout, entries), heartbeat=self.settings.heartbeat
             )
         except ApiError as error:
-            return stage.failed(str(error))
+            return stage.failed(str(error), persistent=not error.retryable)
         stage.succeeded()
         if result != "unchanged":
             self.metrics.api_writes.labels(kind=result).inc()

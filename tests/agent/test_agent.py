@@ -223,6 +223,20 @@ async def test_server_errors_are_retried_with_backoff(
     assert [method for method, _ in writes(api)] == ["POST"]
 
 
+async def test_a_forbidden_write_is_retried_only_at_the_longest_backoff(
+    api: Any, start: Callable[..., Running], hgx: Machine
+) -> None:
+    fail_first(api, "get", 1000, 403, "Forbidden")  # RBAC without get on gpunumalayouts
+    run = start(hgx)
+    await asyncio.sleep(0.45)
+    await run.halt()
+    attempts = [request for request in api if request.method.value == "GET"]
+    # retry_maximum is 0.1 s here: about five tries, where 0.02 s doubling would make more.
+    assert 3 <= len(attempts) <= 6
+    assert "403 Forbidden" in run.agent.health()["errors"]["api"]
+    assert writes(api) == []
+
+
 async def test_a_conflict_on_create_finds_the_object_and_writes_no_more(
     api: Any, start: Callable[..., Running], hgx: Machine
 ) -> None:
