@@ -164,7 +164,11 @@ class KubeClient:
             connector = aiohttp.TCPConnector(ssl=self._connection.ssl_context or False, limit=4)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         headers = {"Accept": "application/json", "User-Agent": "gpunuma-agent"}
-        authorization = await asyncio.to_thread(self._connection.authorization)
+        try:
+            authorization = await asyncio.to_thread(self._connection.authorization)
+        except Exception as error:  # a token file being replaced, a failing exec plugin
+            raise ApiError(0, "", f"cannot get API credentials: {type(error).__name__}: "
+                           f"{error}") from error
         if authorization:
             headers["Authorization"] = authorization
         data = None

@@ -174,8 +174,7 @@ class Agent:
                 delay = await self._discover_once()
                 next_discovery = loop.time() + (delay if delay is not None else
                                                 self.settings.interval)
-            polling = self._polls_kubelet()
-            if polling and now >= next_allocations:
+            if self._polls_kubelet() and now >= next_allocations:
                 delay = await self._poll_kubelet()
                 interval = self.settings.allocations_interval
                 next_allocations = loop.time() + (min(delay, interval) if delay else interval)

@@ -81,6 +81,20 @@ async def test_a_server_with_a_certificate_of_another_authority_is_refused(
         await client.close()
 
 
+async def test_a_token_that_cannot_be_read_is_an_api_error_not_a_crash(
+    service_account: Path,
+) -> None:
+    environ = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "1"}
+    client = KubeClient(in_cluster_connection(service_account, environ))
+    (service_account / "token").unlink()  # between two rotations
+    try:
+        with pytest.raises(ApiError, match="cannot get API credentials") as error:
+            await client.get("/api/v1/nodes/n1")
+        assert error.value.retryable
+    finally:
+        await client.close()
+
+
 def test_outside_a_cluster_the_message_says_to_pass_a_kubeconfig(service_account: Path) -> None:
     with pytest.raises(ApiError, match="pass --kubeconfig"):
         in_cluster_connection(service_account, {})
