@@ -1,4 +1,5 @@
-"""Agent test helpers: layouts of fixture machines through the real discovery, a real kubelet.
+"""Agent test helpers: layouts of fixture machines through the real discovery, a real kubelet,
+and readers of the GPUNumaLayout that kmock stores.
 
 The kubelet stand-in is a real ``grpc.aio`` server implementing ``v1.PodResourcesLister`` on a unix
 socket, fed messages shaped like what the NVIDIA and AMD device plugins make the kubelet report.
@@ -6,6 +7,7 @@ socket, fed messages shaped like what the NVIDIA and AMD device plugins make the
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,36 @@ from gpunuma.discovery import BackendReport, GpuFacts, discover
 from gpunuma.settings import DiscoverySettings
 from gpunuma.topology import Layout, MigDevice
 from tests.fixtures import machines
+
+NODE = "gpu-node-7"
+NODE_UID = "6f1c2d9e-3b4a-4c5d-8e7f-901a2b3c4d5e"
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait for a condition, polling; a bounded loop, so a broken agent fails instead of hanging."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def _layout_object(kmock: Any) -> Any:
+    for (resource, _, name), obj in kmock.objects.items():
+        if resource.plural == "gpunumalayouts" and name == NODE and not obj.deleted:
+            return obj
+    return None
+
+
+def published(kmock: Any) -> bool:
+    return _layout_object(kmock) is not None
+
+
+def cr(kmock: Any) -> dict[str, Any]:
+    obj = _layout_object(kmock)
+    assert obj is not None, "no GPUNumaLayout was created"
+    raw: dict[str, Any] = obj.raw
+    return raw
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +16,20 @@ from gpunuma.agent.publisher import layout_spec
 from gpunuma.agent.service import Agent
 from gpunuma.settings import AgentSettings, DiscoverySettings
 from gpunuma.topology import Layout
-from tests.agent.conftest import KubeletServer, container, layout_of, pod
+from tests.agent.conftest import (
+    NODE,
+    NODE_UID,
+    KubeletServer,
+    container,
+    cr,
+    layout_of,
+    pod,
+    published,
+    until,
+)
 from tests.fixtures import machines
 
-NODE = "gpu-node-7"
-NODE_UID = "6f1c2d9e-3b4a-4c5d-8e7f-901a2b3c4d5e"
 MIG = "MIG-1d4f2c7e-96a1-5b3b-8f0e-3a4c5d6e7f80"
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait for a condition, polling; a bounded loop, so a broken agent fails instead of hanging."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -61,24 +60,6 @@ class Running:
 def writes(kmock: Any) -> list[tuple[str, Any]]:
     return [(request.method.value, request.data) for request in kmock
             if request.method.value in ("POST", "PATCH", "PUT", "DELETE")]
-
-
-def _layout_object(kmock: Any) -> Any:
-    for (resource, _, name), obj in kmock.objects.items():
-        if resource.plural == "gpunumalayouts" and name == NODE and not obj.deleted:
-            return obj
-    return None
-
-
-def published(kmock: Any) -> bool:
-    return _layout_object(kmock) is not None
-
-
-def cr(kmock: Any) -> dict[str, Any]:
-    obj = _layout_object(kmock)
-    assert obj is not None, "no GPUNumaLayout was created"
-    raw: dict[str, Any] = obj.raw
-    return raw
 
 
 def fail_first(kmock: Any, method: str, count: int, status: int, reason: str) -> None:
@@ -391,8 +372,3 @@ async def test_a_discovery_failing_from_the_start_publishes_nothing_and_backs_of
     assert run.agent.passes <= attempts + 1
     assert "permission denied" in run.agent.health()["errors"]["discovery"]
     assert writes(api) == []
-
-
-def test_settings_overrides_are_real_fields() -> None:
-    # The start fixture passes overrides by name: a renamed field must fail loudly here.
-    assert replace(AgentSettings(node_name="n"), interval=1.0).interval == 1.0

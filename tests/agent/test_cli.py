@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from gpunuma.cli import build_parser
-from tests.agent.test_agent import NODE, NODE_UID, cr, published, until
+from tests.agent.conftest import NODE, NODE_UID, cr, published, until
 from tests.fixtures import machines
 
 ROOT = Path(__file__).resolve().parents[2]
