@@ -35,6 +35,7 @@ __all__ = [
     "PodResources",
     "allocations",
     "is_gpu_resource",
+    "resource_vendor",
 ]
 
 
