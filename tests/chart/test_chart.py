@@ -485,3 +485,8 @@ def test_the_agent_container_starts_with_the_settings_the_chart_means(
     assert parsed.node_name == "gpu-node-1"
     assert str(parsed.sysfs_root) == "/host/sys"
     assert str(parsed.procfs_root) == "/host/proc"
+    assert parsed.backend == "auto"
+    assert (parsed.interval, parsed.heartbeat, parsed.allocations_interval) == (60, 600, 10)
+    assert str(parsed.kubelet_socket) == "/var/lib/kubelet/pod-resources/kubelet.sock"
+    assert parsed.listen == "0.0.0.0:8081"
+    assert tuple(parsed.gpu_resources) == ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")

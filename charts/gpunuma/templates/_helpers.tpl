@@ -101,7 +101,6 @@ subcommands:
   operator: operator
   webhook: webhook
 env:
-  nodeName: GPUNUMA_NODE_NAME
   sysfsRoot: GPUNUMA_SYSFS_ROOT
   procfsRoot: GPUNUMA_PROCFS_ROOT
   backend: GPUNUMA_BACKEND
