@@ -468,20 +468,26 @@ def _api_message(exc: Any) -> str:
 # --- the command ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    # kubectl hands every flag to the plugin, wherever the user typed it: accept the connection
+    # flags before and after the command (SUPPRESS keeps a later default from erasing an earlier value).
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--kubeconfig", default=argparse.SUPPRESS,
+                            help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+    connection.add_argument("--context", default=argparse.SUPPRESS,
+                            help="kubeconfig context (default: the current one)")
     parser = argparse.ArgumentParser(
-        prog="kubectl gpunuma",
+        prog="kubectl gpunuma", parents=[connection],
         description="Show where gpunuma bound GPU pods in this cluster, and why.",
     )
-    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, "
-                        "then ~/.kube/config)")
-    parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser("nodes", help="GPU nodes: layout, GPUs per NUMA node, source, staleness")
-    pods = commands.add_parser("pods", help="managed pods: wrapped containers, NUMA nodes, cpuset")
+    commands.add_parser("nodes", parents=[connection],
+                        help="GPU nodes: layout, GPUs per NUMA node (GPU indices), source, staleness")
+    pods = commands.add_parser("pods", parents=[connection],
+                               help="managed pods: wrapped containers, NUMA nodes, cpuset")
     scope = pods.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", help="namespace (default: the context's)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
-    why = commands.add_parser("explain", help="why a pod was or was not bound")
+    why = commands.add_parser("explain", parents=[connection], help="why a pod was or was not bound")
     why.add_argument("pod", metavar="POD")
     why.add_argument("-n", "--namespace", help="namespace (default: the context's)")
     why.add_argument("--gpu-resources", default=",".join(DEFAULT_GPU_RESOURCES), metavar="NAME,…",
@@ -518,7 +524,7 @@ def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        api = KubeApi(args.kubeconfig, args.context)
+        api = KubeApi(getattr(args, "kubeconfig", None), getattr(args, "context", None))
         output = run(args, api, dt.datetime.now(dt.UTC))
     except ClusterError as exc:
         print(f"kubectl gpunuma: {exc}", file=sys.stderr)

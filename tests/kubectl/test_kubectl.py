@@ -95,7 +95,8 @@ async def test_pods_across_all_namespaces_adds_the_namespace_column(
     assert lines[-1].split() == ["research", "sim-0", "gpu-c", "preferred", "sim", "0,1,2,3", "0-95"]
 
 
-@pytest.mark.parametrize("argv", [("pods", "-n", "research"), ("--context", "research", "pods")])
+@pytest.mark.parametrize("argv", [("pods", "-n", "research"), ("--context", "research", "pods"),
+                                  ("pods", "--context", "research")])
 async def test_pods_follows_the_namespace_flag_and_the_chosen_context(
     cluster: Any, kubeconfig: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
 ) -> None:
