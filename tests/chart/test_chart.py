@@ -218,7 +218,7 @@ def mounted_secret(rendered: Rendered) -> str:
 
 def test_in_operator_mode_the_operator_writes_the_secret_the_webhook_mounts(default: Rendered) -> None:
     env = default.env("operator")
-    assert env["GPUNUMA_CERTIFICATE_MODE"] == "self-managed"
+    assert env["GPUNUMA_CERTIFICATES"] == "self-managed"
     assert env["GPUNUMA_WEBHOOK_SECRET"] == mounted_secret(default)
     assert env["GPUNUMA_WEBHOOK_SERVICE"] == f"{RELEASE}-webhook"
     configuration = default.one("MutatingWebhookConfiguration")
@@ -244,7 +244,7 @@ def test_in_cert_manager_mode_cert_manager_issues_the_secret_and_injects_the_ca(
     assert rendered.of_kind("Role") == []
     operator_rules = rendered.one("ClusterRole", f"{RELEASE}-operator")["rules"]
     assert all("mutatingwebhookconfigurations" not in rule["resources"] for rule in operator_rules)
-    assert rendered.env("operator")["GPUNUMA_CERTIFICATE_MODE"] == "cert-manager"
+    assert rendered.env("operator")["GPUNUMA_CERTIFICATES"] == "cert-manager"
 
 
 def test_cert_manager_mode_can_use_an_existing_issuer(chart: Any) -> None:
@@ -412,7 +412,7 @@ def test_the_operator_runs_two_peered_replicas(default: Rendered) -> None:
     assert default.workload("operator")["spec"]["replicas"] == 2
     peering = default.one("ClusterKopfPeering")
     assert default.env("operator")["GPUNUMA_PEERING_NAME"] == peering["metadata"]["name"]
-    assert default.env("operator")["GPUNUMA_HEARTBEAT"] == default.env("agent")["GPUNUMA_HEARTBEAT"]
+    assert default.env("operator")["GPUNUMA_HEARTBEAT_INTERVAL"] == default.env("agent")["GPUNUMA_HEARTBEAT"]
 
 
 def test_every_container_requests_resources(scenario: tuple[str, Rendered]) -> None:
@@ -448,6 +448,8 @@ def parse_as_the_container_would(monkeypatch: pytest.MonkeyPatch, rendered: Rend
     from gpunuma.cli import build_parser
 
     env = {k: v for k, v in rendered.env(component).items() if isinstance(v, str)}
+    if component == "operator":  # the downward API's metadata.namespace
+        env["GPUNUMA_NAMESPACE"] = NAMESPACE
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     parser = build_parser()
@@ -490,3 +492,22 @@ def test_the_agent_container_starts_with_the_settings_the_chart_means(
     assert str(parsed.kubelet_socket) == "/var/lib/kubelet/pod-resources/kubelet.sock"
     assert parsed.listen == "0.0.0.0:8081"
     assert tuple(parsed.gpu_resources) == ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")
+
+
+def test_the_operator_container_starts_with_the_settings_the_chart_means(
+    monkeypatch: pytest.MonkeyPatch, chart: Any,
+) -> None:
+    rendered = render(chart, {"agent": {"heartbeatSeconds": 300}, "operator": {"podNamespaces": ["ml"]}})
+    parsed = parse_as_the_container_would(monkeypatch, rendered, "operator")
+    if parsed is None:
+        pytest.skip("this checkout has no `gpunuma operator` yet")
+    assert parsed.heartbeat_interval == 300
+    assert parsed.stale_after == 3
+    assert parsed.peering_name == rendered.one("ClusterKopfPeering")["metadata"]["name"]
+    assert parsed.certificates == "self-managed"
+    assert parsed.namespace == NAMESPACE
+    assert parsed.webhook_service == rendered.one("Service", f"{RELEASE}-webhook")["metadata"]["name"]
+    assert parsed.webhook_secret == mounted_secret(rendered)
+    assert parsed.webhook_configuration == rendered.one("MutatingWebhookConfiguration")["metadata"]["name"]
+    assert tuple(parsed.pod_namespaces) == ("ml",)
+    assert parsed.liveness == "http://0.0.0.0:8080/healthz"

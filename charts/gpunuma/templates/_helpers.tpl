@@ -115,12 +115,13 @@ env:
   tlsCertFile: GPUNUMA_TLS_CERT_FILE
   tlsKeyFile: GPUNUMA_TLS_KEY_FILE
   namespace: GPUNUMA_NAMESPACE
-  certificateMode: GPUNUMA_CERTIFICATE_MODE
+  heartbeatInterval: GPUNUMA_HEARTBEAT_INTERVAL
+  certificateMode: GPUNUMA_CERTIFICATES
   webhookService: GPUNUMA_WEBHOOK_SERVICE
   webhookSecret: GPUNUMA_WEBHOOK_SECRET
   webhookConfiguration: GPUNUMA_WEBHOOK_CONFIGURATION
   peeringName: GPUNUMA_PEERING_NAME
-  staleAfterHeartbeats: GPUNUMA_STALE_AFTER_HEARTBEATS
+  staleAfterHeartbeats: GPUNUMA_STALE_AFTER
   podNamespaces: GPUNUMA_POD_NAMESPACES
   logFormat: GPUNUMA_LOG_FORMAT
   liveness: GPUNUMA_LIVENESS
