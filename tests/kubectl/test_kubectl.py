@@ -265,3 +265,38 @@ def test_custom_gpu_resources_decide_what_counts_as_a_gpu_request() -> None:
     assert "no container requests a GPU" in explain(pod, None)
     custom = explain(pod, None, gpu_resources=["example.com/*"])
     assert "  app    example.com/fake-gpu=1   would be wrapped" in custom
+
+
+# --- the emulated cluster holds objects a real API server would accept ---------------------------
+
+def openapi_to_jsonschema(schema: Any) -> Any:
+    """A CRD's structural schema as JSON Schema: `nullable: true` becomes a null-able type."""
+    if isinstance(schema, list):
+        return [openapi_to_jsonschema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    converted = {key: openapi_to_jsonschema(value) for key, value in schema.items()
+                 if not key.startswith("x-kubernetes-") and key != "nullable"}
+    if schema.get("nullable") and "type" in schema:
+        converted["type"] = [schema["type"], "null"]
+    return converted
+
+
+def test_the_emulated_objects_are_valid_for_the_api_server(cluster: Any) -> None:
+    import jsonschema
+    import kubernetes_validate
+
+    from tests.chart.render import crds
+
+    layout_schemas = [version["schema"]["openAPIV3Schema"] for _, crd in crds()
+                      if crd["spec"]["names"]["kind"] == names.CRD_KIND for version in crd["spec"]["versions"]]
+    assert layout_schemas, "the GPUNumaLayout CRD is not in charts/gpunuma/crds"
+    checked = 0
+    for (resource, _, _), obj in cluster.objects.items():
+        body = dict(obj.raw)
+        if resource.group == names.CRD_GROUP:
+            jsonschema.validate(body, openapi_to_jsonschema(layout_schemas[0]))
+        else:
+            kubernetes_validate.validate(body, "1.30.0", strict=True)
+        checked += 1
+    assert checked >= 15
