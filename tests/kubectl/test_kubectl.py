@@ -289,7 +289,8 @@ def test_the_emulated_objects_are_valid_for_the_api_server(cluster: Any) -> None
     from tests.chart.render import crds
 
     layout_schemas = [version["schema"]["openAPIV3Schema"] for _, crd in crds()
-                      if crd["spec"]["names"]["kind"] == names.CRD_KIND for version in crd["spec"]["versions"]]
+                      if crd["spec"]["names"]["kind"] == names.CRD_KIND
+                      for version in crd["spec"]["versions"]]
     assert layout_schemas, "the GPUNumaLayout CRD is not in charts/gpunuma/crds"
     checked = 0
     for (resource, _, _), obj in cluster.objects.items():
