@@ -44,6 +44,8 @@ NUMA_EXEC_PREFIX = "gpunuma:"
 # Bytes read from the start of a container's log: numa-exec writes its line before the workload.
 LOG_HEAD_BYTES = 64 * 1024
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
+# The variable the webhook sets on each wrapped container (DESIGN §6): the policy numa-exec applies.
+POLICY_ENV = "GPUNUMA_POLICY"
 SYSTEM_NAMESPACES = ("kube-system", "kube-node-lease")
 
 Obj = Mapping[str, Any]
@@ -173,7 +175,7 @@ def _policy(pod: Obj) -> str:
     wrapped = set(_wrapped(pod))
     for container in _all_containers(pod):
         if container.get("name") in wrapped:
-            value = _container_env(container, "GPUNUMA_POLICY")
+            value = _container_env(container, POLICY_ENV)
             if value:
                 return value
     return _annotations(pod).get(names.ANNOTATION_POLICY) or NONE
