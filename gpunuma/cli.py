@@ -14,7 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gpunuma import __version__, names
-from gpunuma.settings import BACKENDS, DEFAULT_GPU_RESOURCES, DEFAULT_LAUNCHER_IMAGE
+from gpunuma.settings import (
+    BACKENDS,
+    DEFAULT_GPU_RESOURCES,
+    DEFAULT_KUBELET_SOCKET,
+    DEFAULT_LAUNCHER_IMAGE,
+)
 
 EXIT_USAGE = 2
 
@@ -62,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="table (default), json (the layout document plus labels) or labels (key=value lines)",
     )
     inspect.set_defaults(handler=_run_inspect)
+
+    _add_agent_parser(commands)
 
     install = commands.add_parser(
         "install-launcher", help="copy numa-exec into DIR (the webhook's init container runs this)",
@@ -169,15 +176,62 @@ def _add_operator_arguments(parser: argparse.ArgumentParser) -> None:
                         "env GPUNUMA_CERT_RENEW_BEFORE_DAYS)")
 
 
-def _add_mutation_arguments(parser: argparse.ArgumentParser, *, policy: bool = True) -> None:
-    parser.add_argument("--launcher-image", default=_env("LAUNCHER_IMAGE", DEFAULT_LAUNCHER_IMAGE),
-                        help="image of the init container that installs numa-exec "
-                        "(env GPUNUMA_LAUNCHER_IMAGE)")
+def _add_gpu_resources_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-resources", type=_csv,
                         default=_csv(_env("GPU_RESOURCES", ",".join(DEFAULT_GPU_RESOURCES)) or ""),
                         metavar="NAME,…",
                         help="resource names that mean 'GPU', * globs allowed (default "
                         f"{','.join(DEFAULT_GPU_RESOURCES)}; env GPUNUMA_GPU_RESOURCES)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
+    return value
+
+
+def _add_agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    agent = commands.add_parser(
+        "agent", help="publish this node's GPU↔NUMA layout and GPU allocations (the DaemonSet)",
+        description="Discover the node's layout, read the kubelet's GPU allocations and keep the "
+        "node's GPUNumaLayout current; serve /healthz and /metrics.",
+    )
+    _add_discovery_arguments(agent)
+    node_name = os.environ.get("NODE_NAME")
+    agent.add_argument("--node-name", default=node_name, required=node_name is None,
+                       help="this node's name (env NODE_NAME, from the downward API spec.nodeName)")
+    agent.add_argument("--interval", type=_seconds, default=_env("INTERVAL", "60"),
+                       help="seconds between discoveries (default 60; env GPUNUMA_INTERVAL)")
+    agent.add_argument("--heartbeat", type=_seconds, default=_env("HEARTBEAT", "600"),
+                       help="seconds between heartbeatTime updates (default 600; "
+                       "env GPUNUMA_HEARTBEAT)")
+    agent.add_argument("--allocations-interval", type=_seconds,
+                       default=_env("ALLOCATIONS_INTERVAL", "10"),
+                       help="seconds between kubelet PodResources polls (default 10; "
+                       "env GPUNUMA_ALLOCATIONS_INTERVAL)")
+    agent.add_argument("--kubelet-socket", type=Path,
+                       default=Path(_env("KUBELET_SOCKET", str(DEFAULT_KUBELET_SOCKET)) or ""),
+                       help=f"the kubelet's PodResources socket (default {DEFAULT_KUBELET_SOCKET}; "
+                       "env GPUNUMA_KUBELET_SOCKET)")
+    agent.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:8081"),
+                       help="HOST:PORT for /healthz and /metrics (default 0.0.0.0:8081; "
+                       "env GPUNUMA_LISTEN)")
+    agent.add_argument("--kubeconfig", type=Path, default=_env("KUBECONFIG"),
+                       help="kubeconfig to use instead of the in-cluster service account "
+                       "(env GPUNUMA_KUBECONFIG)")
+    _add_gpu_resources_argument(agent)
+    agent.set_defaults(handler=_run_agent)
+
+
+def _add_mutation_arguments(parser: argparse.ArgumentParser, *, policy: bool = True) -> None:
+    parser.add_argument("--launcher-image", default=_env("LAUNCHER_IMAGE", DEFAULT_LAUNCHER_IMAGE),
+                        help="image of the init container that installs numa-exec "
+                        "(env GPUNUMA_LAUNCHER_IMAGE)")
+    _add_gpu_resources_argument(parser)
     if policy:
         parser.add_argument("--default-policy", choices=names.POLICIES,
                             default=_env("DEFAULT_POLICY", names.DEFAULT_POLICY),
@@ -200,6 +254,36 @@ def _run_inspect(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     sys.stdout.write(render(layout, args.output))
     return 0
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from gpunuma.agent.kube import ApiError
+    from gpunuma.agent.service import run_agent
+    from gpunuma.settings import AgentSettings, DiscoverySettings
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = AgentSettings(
+        node_name=args.node_name,
+        discovery=DiscoverySettings(
+            sysfs_root=args.sysfs_root, procfs_root=args.procfs_root, backend=args.backend
+        ),
+        interval=args.interval,
+        heartbeat=args.heartbeat,
+        allocations_interval=args.allocations_interval,
+        kubelet_socket=args.kubelet_socket,
+        listen=args.listen,
+        kubeconfig=args.kubeconfig,
+        gpu_resources=args.gpu_resources,
+    )
+    try:
+        return asyncio.run(run_agent(settings))
+    except (ApiError, ValueError, OSError) as exc:
+        print(f"gpunuma agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _run_install_launcher(args: argparse.Namespace) -> int:

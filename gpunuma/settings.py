@@ -16,6 +16,8 @@ __all__ = [
     "BACKENDS",
     "CERTIFICATE_MODES",
     "DEFAULT_GPU_RESOURCES",
+    "DEFAULT_KUBELET_SOCKET",
+    "AgentSettings",
     "Backend",
     "CertificateMode",
     "CertificateSettings",
@@ -30,6 +32,7 @@ BACKENDS: tuple[Backend, ...] = ("auto", "sysfs", "nvml", "amdsmi")
 
 DEFAULT_GPU_RESOURCES: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")
 DEFAULT_LAUNCHER_IMAGE = f"ghcr.io/gpunuma/gpunuma:{__version__}"
+DEFAULT_KUBELET_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,25 @@ class WebhookSettings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     mutation: MutationSettings = field(default_factory=MutationSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """The node agent (DESIGN §7): what to discover, how often, and where to publish it.
+
+    Periods are in seconds. ``kubeconfig`` None means in-cluster configuration (the DaemonSet).
+    """
+
+    node_name: str
+    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    interval: float = 60.0
+    heartbeat: float = 600.0
+    allocations_interval: float = 10.0
+    kubelet_socket: Path = DEFAULT_KUBELET_SOCKET
+    kubelet_timeout: float = 5.0
+    listen: str = "0.0.0.0:8081"  # probes and Prometheus reach the pod's address
+    kubeconfig: Path | None = None
+    gpu_resources: tuple[str, ...] = DEFAULT_GPU_RESOURCES
 
 
 CertificateMode = Literal["self-managed", "cert-manager"]

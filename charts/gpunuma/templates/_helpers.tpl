@@ -1,0 +1,172 @@
+{{/*
+Names, labels, and the interface to the gpunuma process: every subcommand, environment variable,
+port and path the manifests rely on is spelled here once ("gpunuma.interface"), so a renamed flag
+changes one line.
+*/}}
+
+{{- define "gpunuma.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "gpunuma.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Object names of each component (40 + "-operator" stays within 63 characters). */}}
+{{- define "gpunuma.agent.fullname" -}}{{ include "gpunuma.fullname" . }}-agent{{- end -}}
+{{- define "gpunuma.operator.fullname" -}}{{ include "gpunuma.fullname" . }}-operator{{- end -}}
+{{- define "gpunuma.webhook.fullname" -}}{{ include "gpunuma.fullname" . }}-webhook{{- end -}}
+{{- define "gpunuma.webhook.configurationName" -}}{{ include "gpunuma.fullname" . }}{{- end -}}
+{{- define "gpunuma.webhook.secretName" -}}
+{{- default (printf "%s-webhook-tls" (include "gpunuma.fullname" .)) .Values.webhook.certificate.secretName -}}
+{{- end -}}
+{{- define "gpunuma.webhook.certificateName" -}}{{ include "gpunuma.webhook.fullname" . }}{{- end -}}
+{{- define "gpunuma.webhook.issuerName" -}}{{ include "gpunuma.webhook.fullname" . }}-selfsigned{{- end -}}
+
+{{- define "gpunuma.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "gpunuma.labels" -}}
+helm.sh/chart: {{ include "gpunuma.chart" . }}
+app.kubernetes.io/name: {{ include "gpunuma.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gpunuma
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: include with (dict "ctx" $ "component" "agent"). */}}
+{{- define "gpunuma.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gpunuma.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gpunuma.componentLabels" -}}
+{{ include "gpunuma.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gpunuma.annotations" -}}
+{{- with .Values.commonAnnotations -}}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{- define "gpunuma.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end -}}
+{{- end -}}
+
+{{/* Namespaces the webhook is never called for: kube-system, kube-node-lease, and our own. */}}
+{{- define "gpunuma.webhook.excludedNamespaces" -}}
+{{- $excluded := concat .Values.webhook.excludedNamespaces (list .Release.Namespace) | uniq -}}
+{{- toJson $excluded -}}
+{{- end -}}
+
+{{/* "true" when the MutatingWebhookConfiguration should carry matchConditions (GA in 1.30). */}}
+{{- define "gpunuma.webhook.matchConditions" -}}
+{{- $setting := toString .Values.webhook.matchConditions -}}
+{{- if eq $setting "auto" -}}
+{{- semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version | toString -}}
+{{- else -}}
+{{- $setting -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The gpunuma process as the manifests use it. Kept in one place for the components' owners:
+subcommands, GPUNUMA_* variables (every flag of `gpunuma` reads one), ports and paths.
+*/}}
+{{- define "gpunuma.interface" -}}
+subcommands:
+  agent: agent
+  operator: operator
+  webhook: webhook
+env:
+  sysfsRoot: GPUNUMA_SYSFS_ROOT
+  procfsRoot: GPUNUMA_PROCFS_ROOT
+  backend: GPUNUMA_BACKEND
+  interval: GPUNUMA_INTERVAL
+  heartbeat: GPUNUMA_HEARTBEAT
+  allocationsInterval: GPUNUMA_ALLOCATIONS_INTERVAL
+  kubeletSocket: GPUNUMA_KUBELET_SOCKET
+  listen: GPUNUMA_LISTEN
+  gpuResources: GPUNUMA_GPU_RESOURCES
+  defaultPolicy: GPUNUMA_DEFAULT_POLICY
+  launcherImage: GPUNUMA_LAUNCHER_IMAGE
+  tlsCertFile: GPUNUMA_TLS_CERT_FILE
+  tlsKeyFile: GPUNUMA_TLS_KEY_FILE
+  namespace: GPUNUMA_NAMESPACE
+  heartbeatInterval: GPUNUMA_HEARTBEAT_INTERVAL
+  certificateMode: GPUNUMA_CERTIFICATES
+  webhookService: GPUNUMA_WEBHOOK_SERVICE
+  webhookSecret: GPUNUMA_WEBHOOK_SECRET
+  webhookConfiguration: GPUNUMA_WEBHOOK_CONFIGURATION
+  peeringName: GPUNUMA_PEERING_NAME
+  staleAfterHeartbeats: GPUNUMA_STALE_AFTER
+  podNamespaces: GPUNUMA_POD_NAMESPACES
+  logFormat: GPUNUMA_LOG_FORMAT
+  liveness: GPUNUMA_LIVENESS
+paths:
+  hostSys: /host/sys
+  hostProc: /host/proc
+  tlsDir: /etc/gpunuma/tls
+  mutate: /mutate
+  mutateNamespace: /mutate-namespace
+  healthz: /healthz
+  readyz: /readyz
+  metrics: /metrics
+secretKeys:
+  cert: tls.crt
+  key: tls.key
+  ca: ca.crt
+certificateModes:
+  operator: self-managed
+  cert-manager: cert-manager
+{{- end -}}
+
+{{/* Restricted Pod Security profile: shared by the operator and the webhook. */}}
+{{- define "gpunuma.restrictedPodSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "gpunuma.restrictedContainerSecurityContext" -}}
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "gpunuma.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets -}}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}

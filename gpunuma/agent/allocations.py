@@ -1,0 +1,217 @@
+"""Which GPUs, NUMA nodes and CPUs each container was given: kubelet PodResources → allocations.
+
+Pure: the kubelet's answer (as the plain dataclasses below, decoded from gRPC by
+:mod:`gpunuma.agent.podresources`) and the node's :class:`~gpunuma.topology.Layout` go in, the
+``spec.allocations`` entries of the GPUNumaLayout (DESIGN §7) come out.
+
+Device plugins name devices in their own ways, so an id is tried against every form a GPU of the
+layout is known by:
+
+- NVIDIA GPU UUIDs, with the ``::N`` replica suffix of time-slicing and MPS sharing stripped;
+- MIG UUIDs (``MIG-…``, found among the GPU's ``migDevices``) and the pre-R470 form
+  ``MIG-GPU-<uuid>/<gi>/<ci>``, which names its parent directly;
+- PCI bus ids in any spelling (the AMD device plugin's ids for whole GPUs);
+- AMD compute partitions ``amdgpu_xcp_N`` (CPX/DPX/QPX modes) → the GPU they are carved from;
+- plain indices (the NVIDIA plugin's ``deviceIDStrategy=index``), ``N:M`` for MIG by index, among
+  the GPUs of the resource's vendor.
+
+An id that matches none of them is kept in ``deviceIds`` and also listed in ``unknownDeviceIds``,
+so a reader sees that the mapping is incomplete instead of a silently shorter list.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gpunuma.topology import Gpu, Layout, Vendor, format_cpulist, normalize_pci_bus_id
+
+__all__ = [
+    "ContainerDevices",
+    "ContainerResources",
+    "GpuIndex",
+    "PodResources",
+    "allocations",
+    "is_gpu_resource",
+    "resource_vendor",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerDevices:
+    """Devices of one resource given to a container (the kubelet splits them per NUMA node)."""
+
+    resource_name: str
+    device_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerResources:
+    name: str
+    devices: tuple[ContainerDevices, ...] = ()
+    cpu_ids: frozenset[int] = frozenset()  # exclusive CPUs (static CPU manager policy)
+
+
+@dataclass(frozen=True, slots=True)
+class PodResources:
+    namespace: str
+    name: str
+    containers: tuple[ContainerResources, ...] = ()
+    cpu_ids: frozenset[int] = frozenset()  # a pod-level exclusive allocation, containers' included
+
+
+_VENDOR_BY_RESOURCE_DOMAIN: Mapping[str, Vendor] = {"nvidia.com": "nvidia", "amd.com": "amd"}
+
+
+def resource_vendor(resource_name: str) -> Vendor | None:
+    """The vendor a resource name implies (``nvidia.com/mig-1g.10gb`` → nvidia), if any."""
+    domain = resource_name.partition("/")[0]
+    return _VENDOR_BY_RESOURCE_DOMAIN.get(domain)
+
+
+def is_gpu_resource(resource_name: str, patterns: Iterable[str]) -> bool:
+    """Whether a resource name matches one of the ``--gpu-resources`` patterns (``*`` globs)."""
+    return any(fnmatch.fnmatchcase(resource_name, pattern) for pattern in patterns)
+
+
+class GpuIndex:
+    """Looks up the GPU of the layout that a device plugin's device id refers to."""
+
+    def __init__(self, layout: Layout) -> None:
+        self._gpus = layout.gpus
+        self._by_uuid: dict[str, Gpu] = {}
+        self._by_bus_id: dict[str, Gpu] = {}
+        self._by_partition: dict[str, Gpu] = {}
+        for gpu in layout.gpus:
+            self._by_bus_id[gpu.pci_bus_id] = gpu
+            if gpu.uuid:
+                self._by_uuid[gpu.uuid.lower()] = gpu
+            for mig in gpu.mig_devices:
+                self._by_uuid[mig.uuid.lower()] = gpu
+            for partition in gpu.partitions:
+                self._by_partition[partition.id] = gpu
+
+    def resolve(self, device_id: str, vendor: Vendor | None = None) -> Gpu | None:
+        """The GPU ``device_id`` names, or None; ``vendor`` narrows index lookups."""
+        text = _strip_replica(device_id.strip())
+        key = text.lower()
+        if key in self._by_uuid:
+            return self._by_uuid[key]
+        if key.startswith("mig-gpu-"):
+            # Pre-R470 MIG ids embed the parent: MIG-GPU-<uuid>/<gpu instance>/<compute instance>.
+            parent = key.removeprefix("mig-").partition("/")[0]
+            return self._by_uuid.get(parent)
+        if text in self._by_partition:
+            return self._by_partition[text]
+        try:
+            return self._by_bus_id.get(normalize_pci_bus_id(text))
+        except ValueError:
+            pass
+        index_text = text.partition(":")[0] if _is_mig_index(text) else text
+        if index_text.isdecimal() and index_text.isascii():
+            return self._by_index(int(index_text), vendor)
+        return None
+
+    def _by_index(self, index: int, vendor: Vendor | None) -> Gpu | None:
+        candidates = [
+            gpu for gpu in self._gpus
+            if gpu.index == index and (vendor is None or gpu.vendor == vendor)
+        ]
+        # Two vendors' GPUs can share an index; without a vendor to tell them apart, say unknown.
+        return candidates[0] if len(candidates) == 1 else None
+
+
+def _strip_replica(device_id: str) -> str:
+    base, separator, replica = device_id.rpartition("::")
+    return base if separator and replica.isdecimal() else device_id
+
+
+def _is_mig_index(text: str) -> bool:
+    gpu, separator, mig = text.partition(":")
+    return bool(separator) and gpu.isdecimal() and mig.isdecimal()
+
+
+def allocations(
+    pods: Iterable[PodResources], layout: Layout, gpu_resources: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The ``spec.allocations`` entries: one per (pod, container, resource) holding GPUs.
+
+    A resource counts when its name matches ``gpu_resources`` or any of its ids is a GPU of the
+    layout (a renamed resource such as ``nvidia.com/gpu.shared``). Entries are sorted by namespace,
+    pod, container and resource, ids by their text, so that an unchanged node yields an identical
+    list: the kubelet reports ids from a set, in no stable order.
+    """
+    index = GpuIndex(layout)
+    entries: list[dict[str, Any]] = []
+    for pod in pods:
+        for container in pod.containers:
+            exclusive = _exclusive_cpus(pod, container)
+            for resource, device_ids in _ids_by_resource(container).items():
+                entry = _entry(pod, container.name, resource, device_ids, exclusive, index,
+                               layout, gpu_resources)
+                if entry is not None:
+                    entries.append(entry)
+    entries.sort(key=lambda e: (e["namespace"], e["pod"], e["container"], e["resource"]))
+    return entries
+
+
+def _ids_by_resource(container: ContainerResources) -> dict[str, list[str]]:
+    grouped: dict[str, set[str]] = {}
+    for devices in container.devices:
+        grouped.setdefault(devices.resource_name, set()).update(devices.device_ids)
+    return {resource: sorted(ids) for resource, ids in grouped.items() if ids}
+
+
+def _exclusive_cpus(pod: PodResources, container: ContainerResources) -> frozenset[int]:
+    """The CPUs the container is confined to by the CPU manager; empty when it is not.
+
+    A container with its own exclusive CPUs runs on those. In a pod with a pod-level exclusive
+    allocation, a container without its own runs on the pod's CPUs less its siblings' exclusive
+    ones (the kubelet reports the pod's set including them).
+    """
+    if container.cpu_ids:
+        return container.cpu_ids
+    if not pod.cpu_ids:
+        return frozenset()
+    taken = frozenset().union(*(sibling.cpu_ids for sibling in pod.containers))
+    return pod.cpu_ids - taken
+
+
+def _entry(
+    pod: PodResources,
+    container: str,
+    resource: str,
+    device_ids: list[str],
+    exclusive: frozenset[int],
+    index: GpuIndex,
+    layout: Layout,
+    gpu_resources: Sequence[str],
+) -> dict[str, Any] | None:
+    vendor = resource_vendor(resource)
+    resolved = {device_id: index.resolve(device_id, vendor) for device_id in device_ids}
+    gpus = [gpu for gpu in resolved.values() if gpu is not None]
+    if not gpus and not is_gpu_resource(resource, gpu_resources):
+        return None  # NICs, FPGAs, hugepages-like plugins: not ours to report
+    numa_nodes = sorted({gpu.numa_node for gpu in gpus if gpu.numa_node is not None})
+    cpus: set[int] = set()
+    for node_id in numa_nodes:
+        node = layout.node(node_id)
+        if node is not None:
+            cpus |= node.cpus
+    if exclusive:
+        cpus &= exclusive
+    entry: dict[str, Any] = {
+        "namespace": pod.namespace,
+        "pod": pod.name,
+        "container": container,
+        "resource": resource,
+        "deviceIds": device_ids,
+        "numaNodes": numa_nodes,
+        "cpus": format_cpulist(cpus),
+    }
+    unknown = [device_id for device_id, gpu in resolved.items() if gpu is None]
+    if unknown:
+        entry["unknownDeviceIds"] = unknown
+    return entry

@@ -1,0 +1,303 @@
+"""The node agent's loop (DESIGN §7): discovery → allocations → GPUNumaLayout, plus probes and metrics.
+
+One coroutine schedules everything, so API writes never race each other and SIGTERM has exactly
+one place to land: discovery every ``interval`` (in a thread: it reads files and may call NVML),
+the kubelet every ``allocations_interval`` (skipped on a node without GPUs), and a publish pass
+after each, which writes only when the spec changed or the heartbeat is due. Failures of any of
+the three are logged once per new message, counted in ``/metrics`` and retried with exponential
+backoff; none of them ends the process. What was known last (layout, allocations) stays
+published while a source is failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gpunuma.agent.allocations import PodResources, allocations
+from gpunuma.agent.kube import ApiError, KubeClient, load_connection
+from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
+from gpunuma.agent.publisher import LayoutPublisher, layout_spec
+from gpunuma.settings import AgentSettings, DiscoverySettings
+from gpunuma.topology import Layout
+
+__all__ = ["Agent", "AgentMetrics", "Backoff", "Discover", "parse_listen", "run_agent"]
+
+logger = logging.getLogger(__name__)
+
+Discover = Callable[[DiscoverySettings], Layout]
+
+
+class AgentMetrics:
+    """The agent's Prometheus metrics, in a registry of its own (no process-global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.discovery_seconds = Histogram(
+            "gpunuma_agent_discovery_duration_seconds", "Time one discovery pass took",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=self.registry,
+        )
+        self.gpus = Gauge(
+            "gpunuma_agent_gpus", "GPUs of the node by the NUMA node they are local to "
+            "(numa_node=\"unknown\" when it cannot be known)", ["numa_node"],
+            registry=self.registry,
+        )
+        self.api_writes = Counter(
+            "gpunuma_agent_api_writes", "Writes to the node's GPUNumaLayout by kind "
+            "(created, updated, heartbeat)", ["kind"], registry=self.registry,
+        )
+        self.errors = Counter(
+            "gpunuma_agent_errors", "Failed attempts by stage (discovery, kubelet, api)",
+            ["stage"], registry=self.registry,
+        )
+        self.kubelet_up = Gauge(
+            "gpunuma_agent_kubelet_up", "1 when the last PodResources List succeeded",
+            registry=self.registry,
+        )
+        self.allocations = Gauge(
+            "gpunuma_agent_allocations", "Entries in spec.allocations", registry=self.registry,
+        )
+
+    def observe_layout(self, layout: Layout) -> None:
+        self.gpus.clear()
+        for gpu in layout.gpus:
+            node = "unknown" if gpu.numa_node is None else str(gpu.numa_node)
+            self.gpus.labels(numa_node=node).inc()
+
+
+@dataclass
+class Backoff:
+    """Exponential delays with ±10 % jitter (so that a fleet of agents does not retry in step)."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    _next: float = field(default=0.0, init=False)
+
+    def delay(self) -> float:
+        current = self._next or self.initial
+        self._next = min(current * 2, self.maximum)
+        return current * random.uniform(0.9, 1.1)  # noqa: S311 - jitter, not cryptography
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+
+class _Stage:
+    """Logs a stage's failure once per distinct message, and its recovery once."""
+
+    def __init__(self, name: str, metrics: AgentMetrics, backoff: Backoff) -> None:
+        self.name = name
+        self._metrics = metrics
+        self.error: str | None = None
+        self.backoff = backoff
+
+    def failed(self, message: str, *, persistent: bool = False) -> float:
+        """Count and log a failure; the delay before the next attempt.
+
+        ``persistent``: an error that waiting alone will not fix (403 Forbidden, 422 Invalid):
+        logged as an error and retried at the longest backoff, until someone fixes the cause.
+        """
+        self._metrics.errors.labels(stage=self.name).inc()
+        if message != self.error:
+            if persistent:
+                logger.error("%s: %s (retrying every %g s)", self.name, message,
+                             self.backoff.maximum)
+            else:
+                logger.warning("%s: %s (retrying with backoff)", self.name, message)
+        self.error = message
+        delay = self.backoff.delay()
+        return self.backoff.maximum if persistent else delay
+
+    def succeeded(self) -> None:
+        if self.error is not None:
+            logger.info("%s: recovered", self.name)
+        self.error = None
+        self.backoff.reset()
+
+
+class Agent:
+    """Runs until ``stop`` is set; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        kube: KubeClient,
+        kubelet: PodResourcesClient | None,
+        discover: Discover,
+        metrics: AgentMetrics | None = None,
+        retry_initial: float = 1.0,
+        retry_maximum: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or AgentMetrics()
+        self._kubelet = kubelet
+        self._discover = discover
+        self._publisher = LayoutPublisher(
+            kube, settings.node_name, monotonic=lambda: asyncio.get_running_loop().time()
+        )
+        self._stages = {
+            name: _Stage(name, self.metrics, Backoff(retry_initial, retry_maximum))
+            for name in ("discovery", "kubelet", "api")
+        }
+        self.layout: Layout | None = None
+        self.pods: list[PodResources] = []
+        self.last_tick: float | None = None  # loop time of the last completed pass
+        self.passes = 0
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` reports: the last error of each stage, and whether a layout exists."""
+        return {
+            "layout": self.layout is not None,
+            "passes": self.passes,
+            "errors": {name: stage.error for name, stage in self._stages.items() if stage.error},
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_discovery = next_allocations = publish_not_before = loop.time()
+        while not stop.is_set():
+            now = loop.time()
+            if now >= next_discovery:
+                delay = await self._discover_once()
+                next_discovery = loop.time() + (delay if delay is not None else
+                                                self.settings.interval)
+            if self._polls_kubelet() and now >= next_allocations:
+                delay = await self._poll_kubelet()
+                interval = self.settings.allocations_interval
+                next_allocations = loop.time() + (min(delay, interval) if delay else interval)
+            if self.layout is not None and now >= publish_not_before:
+                delay = await self._publish_once()
+                publish_not_before = loop.time() + (delay or 0.0)
+            self.last_tick = loop.time()
+            self.passes += 1
+            wakes = [next_discovery]
+            if self.layout is not None:
+                due = self._publisher.heartbeat_due_in(self.settings.heartbeat)
+                wakes.append(max(publish_not_before, loop.time() + due))
+            if self._polls_kubelet():
+                wakes.append(next_allocations)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, min(wakes) - loop.time()))
+
+    def _polls_kubelet(self) -> bool:
+        # A node without GPUs has no GPU allocations: it publishes once and then only heartbeats.
+        return self._kubelet is not None and self.layout is not None and bool(self.layout.gpus)
+
+    async def _discover_once(self) -> float | None:
+        stage = self._stages["discovery"]
+        started = time.perf_counter()
+        try:
+            layout = await asyncio.to_thread(self._discover, self.settings.discovery)
+        except Exception as error:  # whatever broke in discovery, the agent carries on
+            return stage.failed(f"{type(error).__name__}: {error}")
+        finally:
+            self.metrics.discovery_seconds.observe(time.perf_counter() - started)
+        stage.succeeded()
+        if layout != self.layout:
+            logger.info("layout: %d GPUs on %d NUMA nodes (source %s)", len(layout.gpus),
+                        len(layout.numa_nodes), layout.source)
+            self.metrics.observe_layout(layout)
+        self.layout = layout
+        return None
+
+    async def _poll_kubelet(self) -> float | None:
+        assert self._kubelet is not None
+        stage = self._stages["kubelet"]
+        try:
+            self.pods = await self._kubelet.list()
+        except KubeletUnavailable as error:
+            self.metrics.kubelet_up.set(0)
+            return stage.failed(str(error))
+        self.metrics.kubelet_up.set(1)
+        stage.succeeded()
+        return None
+
+    async def _publish_once(self) -> float | None:
+        assert self.layout is not None
+        stage = self._stages["api"]
+        entries = (allocations(self.pods, self.layout, self.settings.gpu_resources)
+                   if self.layout.gpus else [])
+        self.metrics.allocations.set(len(entries))
+        try:
+            result = await self._publisher.publish(
+                layout_spec(self.layout, entries), heartbeat=self.settings.heartbeat
+            )
+        except ApiError as error:
+            return stage.failed(str(error), persistent=not error.retryable)
+        stage.succeeded()
+        if result != "unchanged":
+            self.metrics.api_writes.labels(kind=result).inc()
+            log = logger.debug if result == "heartbeat" else logger.info
+            log("GPUNumaLayout %s: %s", self.settings.node_name, result)
+        return None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::]:8081`` for IPv6) → (host, port), with a message that says the form."""
+    host, separator, port = listen.rpartition(":")
+    if not separator or not port.isdecimal() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT, e.g. 0.0.0.0:8081")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - empty host: all addresses
+
+
+def health_app(agent: Agent, *, stale_after: float) -> web.Application:
+    """``/healthz`` (200 while the loop runs, 503 once it has stalled) and ``/metrics``."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        now = asyncio.get_running_loop().time()
+        alive = agent.last_tick is not None and now - agent.last_tick <= stale_after
+        body = {"ok": alive, **agent.health()}
+        return web.json_response(body, status=200 if alive else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(agent.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def run_agent(settings: AgentSettings, *, discover: Discover | None = None) -> int:
+    """The ``gpunuma agent`` process: serve probes, run the loop until SIGTERM/SIGINT."""
+    if discover is None:
+        from gpunuma.discovery import discover as discover_layout  # noqa: PLC0415
+
+        discover = discover_layout
+    host, port = parse_listen(settings.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    kube = KubeClient(await asyncio.to_thread(load_connection, settings.kubeconfig))
+    kubelet = PodResourcesClient(settings.kubelet_socket, timeout=settings.kubelet_timeout)
+    agent = Agent(settings, kube=kube, kubelet=kubelet, discover=discover)
+    # The loop wakes at least every interval; three missed wake-ups mean it is stuck.
+    stale_after = 3 * max(settings.interval, settings.allocations_interval) + 30
+    runner = web.AppRunner(health_app(agent, stale_after=stale_after), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        logger.info("agent for node %s: /healthz and /metrics on %s", settings.node_name,
+                    settings.listen)
+        await agent.run(stop)
+        logger.info("stopping")
+    finally:
+        await runner.cleanup()
+        await kubelet.close()
+        await kube.close()
+    return 0

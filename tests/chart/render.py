@@ -1,0 +1,87 @@
+"""Render the chart the way `helm install` would, offline, and index the manifests for assertions.
+
+helm-python-sdk renders with the real Helm engine (schema validation included), so a template or
+schema error here is the error a user would get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "gpunuma"
+CRDS = CHART / "crds"
+RELEASE = "gpunuma"
+NAMESPACE = "gpu-system"
+
+# Kubernetes versions the manifests must be valid for: the oldest with matchConditions GA, and
+# the newest kubernetes-validate ships.
+KUBE_VERSIONS = ("1.30.0", "latest")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Every manifest of one render, and NOTES.txt."""
+
+    documents: tuple[dict[str, Any], ...]
+    notes: str
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [doc for doc in self.documents if doc["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [doc for doc in self.of_kind(kind) if name is None or doc["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+        return found[0]
+
+    def workload(self, component: str) -> dict[str, Any]:
+        """The DaemonSet or Deployment of a component (agent, operator, webhook)."""
+        found = [
+            doc for doc in self.documents
+            if doc["kind"] in ("DaemonSet", "Deployment")
+            and doc["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        ]
+        assert len(found) == 1, f"expected one workload for {component}, found {len(found)}"
+        return found[0]
+
+    def pod_spec(self, component: str) -> dict[str, Any]:
+        spec: dict[str, Any] = self.workload(component)["spec"]["template"]["spec"]
+        return spec
+
+    def env(self, component: str) -> dict[str, Any]:
+        """The first container's env as name → value (or the valueFrom mapping)."""
+        container = self.pod_spec(component)["containers"][0]
+        return {item["name"]: item.get("value", item.get("valueFrom")) for item in container.get("env", [])}
+
+
+def load_chart() -> Any:
+    import helm_python
+
+    return helm_python.Chart.load(CHART)
+
+
+def render(chart: Any, values: Mapping[str, Any] | None = None, *, namespace: str = NAMESPACE) -> Rendered:
+    files: dict[str, str] = chart.render(dict(values or {}), name=RELEASE, namespace=namespace,
+                                         is_install=True)
+    documents: list[dict[str, Any]] = []
+    notes = ""
+    for path, text in sorted(files.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        documents.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return Rendered(tuple(documents), notes)
+
+
+def crds() -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every CustomResourceDefinition shipped in crds/ (whoever wrote the file)."""
+    for path in sorted(CRDS.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield path, doc
+
