@@ -428,12 +428,19 @@ class Controller:
 
     # Certificates -----------------------------------------------------------------------------
 
-    async def reconcile_certificates(self) -> Literal["skipped", "unchanged", "written"]:
+    async def reconcile_certificates(self) -> Literal["skipped", "unchanged", "written", "failed"]:
         certs = self.settings.certificates
         if certs.mode != "self-managed":
             return "skipped"
         async with self._locks["\0certificates"]:
-            return await self._reconcile_certificates()
+            try:
+                return await self._reconcile_certificates()
+            except ApiError as exc:
+                hint = (" (no permission: without a webhook, or with certificates issued "
+                        "elsewhere, run with --certificates cert-manager)"
+                        if exc.status == 403 else "")
+                logger.warning("webhook certificates: %s%s", exc, hint)
+                return "failed"
 
     async def _reconcile_certificates(self) -> Literal["unchanged", "written"]:
         certs = self.settings.certificates

@@ -130,7 +130,11 @@ class KubeClient:
                     continue
                 if response.status >= 400:
                     raise ApiError(response.status, method, path, _message(text))
-                result = json.loads(text) if text else {}
+                try:
+                    result = json.loads(text) if text else {}
+                except ValueError:
+                    raise ApiError(response.status, method, path,
+                                   f"not JSON: {text[:100]!r}") from None
                 return result if isinstance(result, dict) else {"items": result}
         raise AssertionError("unreachable: the second attempt returns or raises")  # pragma: no cover
 

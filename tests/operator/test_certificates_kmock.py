@@ -137,3 +137,17 @@ async def test_the_running_operator_issues_certificates_and_restores_a_reset_ca_
         await cluster.patch(f"{MWC_URL}/gpunuma", json=[
             {"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}])
         await eventually(lambda: ca_bundles(cluster) == bundles)
+
+
+async def test_a_forbidden_secret_read_is_one_clear_warning_not_a_crash(
+    cluster: kmock.KubernetesEmulator, caplog: Any,
+) -> None:
+    path = "/api/v1/namespaces/gpunuma-system/secrets/gpunuma-webhook-tls"
+    cluster["get", path] << 403 << {"kind": "Status", "code": 403,
+                                    "message": "secrets is forbidden"}
+    controller = controller_for(cluster)
+    try:
+        assert await controller.reconcile_certificates() == "failed"
+    finally:
+        await controller.client.close()
+    assert "--certificates cert-manager" in caplog.text
