@@ -154,3 +154,9 @@ def status_of(cluster: kmock.KubernetesEmulator, layout: str) -> dict[str, Any]:
 def condition(cluster: kmock.KubernetesEmulator, layout: str, kind: str) -> dict[str, Any]:
     found = [c for c in status_of(cluster, layout).get("conditions", []) if c["type"] == kind]
     return found[0] if found else {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # kmock 0.8 reads its bundled resource list with a deprecated importlib call; not ours to fix.
+    config.addinivalue_line("filterwarnings",
+                            "ignore:read_binary is deprecated:DeprecationWarning")
