@@ -167,6 +167,7 @@ class Controller:
         view = NodeView.from_body(body)
         if deleted:
             self.nodes.pop(view.name, None)
+            self._sent.pop(("node", view.name), None)
         elif _newer(view.resource_version, self.nodes.get(view.name)):
             self.nodes[view.name] = view
         return view.name
@@ -187,7 +188,9 @@ class Controller:
             self.pods[previous_node].pop(key, None)
             if not self.pods[previous_node]:
                 del self.pods[previous_node]
-        if not deleted and view.node:
+        if deleted:
+            self._sent.pop(("pod", f"{view.namespace}/{view.name}"), None)
+        elif view.node:
             self.pods[view.node][key] = view
             self._pod_nodes[key] = view.node
         return view

@@ -294,3 +294,18 @@ async def test_a_pod_without_the_managed_label_is_never_patched(
     async with operator():
         await eventually(lambda: pod_annotations(cluster, "train-0").get(names.ANNOTATION_CPUSET))
     assert requests_to(cluster, "PATCH", "/api/v1/namespaces/ml/pods/plain") == []
+
+
+async def test_deleted_pods_and_nodes_leave_nothing_behind_in_the_operator(
+    cluster: kmock.KubernetesEmulator, operator: Runner,
+) -> None:
+    await create(cluster, spec=two_socket_spec(allocations=[ALLOCATION]))
+    await cluster.post("/api/v1/namespaces/ml/pods", json=running_pod("train-0", "gpu-1"))
+    async with operator() as controller:
+        await eventually(lambda: pod_annotations(cluster, "train-0").get(names.ANNOTATION_CPUSET))
+        await cluster.delete("/api/v1/namespaces/ml/pods/train-0")
+        await cluster.delete("/api/v1/nodes/gpu-1")
+        await eventually(lambda: not controller.pods and "gpu-1" not in controller.nodes)
+        await eventually(lambda: condition(cluster, "gpu-1", "Labeled").get("reason")
+                         == "NodeNotFound")
+        assert not [key for key in controller._sent if key[0] in {"pod", "node"}]
