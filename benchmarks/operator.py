@@ -144,6 +144,12 @@ def import_baseline_kib() -> int:
     return int(result.stdout)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -197,6 +203,7 @@ async def run(count: int, changed: int, limit_s: float) -> None:
                     lambda: min(labelled(cluster, nodes, names.LABEL_LAYOUT, "4-4"),
                                 observed(cluster, nodes, 1)),
                     count, limit_s, "nodes labelled at start-up")
+                startup_cpu = cpu_seconds(process.pid)
                 await asyncio.sleep(0.5)
                 start_counts = since(cluster, mark)
 
@@ -234,6 +241,8 @@ async def run(count: int, changed: int, limit_s: float) -> None:
     print(f"baseline: {count} bare sequential node patches: {floor:.2f} s")
     print(f"start-up: every node labelled and every status written in {startup:.2f} s "
           f"({startup / floor:.1f}× baseline)")
+    print(f"  operator CPU (imports and kopf start included): {startup_cpu:.2f} s, "
+          f"{startup_cpu / count * 1000:.1f} ms per node")
     print(f"  requests: {dict(start_counts)}")
     print(f"  node patches per node: {start_counts['node patch'] / count:.2f} (target 1.00)")
     print(f"heartbeats: {count} sent and observed in {beats:.2f} s; node patches: "

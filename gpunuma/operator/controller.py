@@ -230,7 +230,7 @@ class Controller:
         if desired is not None:
             if heartbeat.stale:
                 desired[names.LABEL_STALE] = "true"
-            node = self.nodes.get(layout.name)
+            node = self.nodes.get(layout.name) or await self._fetch_node(layout.name)
             if node is None:
                 labeled = _node_missing(layout.name)
             else:
@@ -255,6 +255,18 @@ class Controller:
         if heartbeat.stale is not None and heartbeat.stale != reported:
             self._stale_reported[layout.name] = heartbeat.stale
             await self._stale_event(layout.name, heartbeat.stale, heartbeat.message)
+
+    async def _fetch_node(self, name: str) -> NodeView | None:
+        """A Node not (yet) in the cache: at start-up the Node watch may not have delivered it
+        when its layout's event is handled. Read it once rather than report it missing."""
+        try:
+            body = await self.client.get(f"/api/v1/nodes/{name}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        self.observe_node(body)
+        return self.nodes.get(name)
 
     async def _patch_node(self, node: NodeView, desired: Mapping[str, str]) -> None:
         patch = label_patch(desired, node.labels, node.annotations)

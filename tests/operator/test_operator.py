@@ -11,8 +11,11 @@ import asyncio
 from typing import Any
 
 import kmock
+import kopf
 
 from gpunuma import names
+from gpunuma.operator.controller import Controller
+from gpunuma.operator.kube import Endpoint, KubeClient
 from tests.operator.conftest import (
     LAYOUTS,
     LAYOUTS_URL,
@@ -309,3 +312,20 @@ async def test_deleted_pods_and_nodes_leave_nothing_behind_in_the_operator(
         await eventually(lambda: condition(cluster, "gpu-1", "Labeled").get("reason")
                          == "NodeNotFound")
         assert not [key for key in controller._sent if key[0] in {"pod", "node"}]
+
+
+async def test_a_layout_seen_before_its_node_reads_the_node_once_instead_of_calling_it_missing(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    # The Node and layout watches run side by side; at start-up a layout can come first.
+    await create(cluster)
+    endpoint = Endpoint(kopf.ConnectionInfo(server=str(cluster.url)))
+    controller = Controller(settings=fast_settings(), client=KubeClient(lambda: endpoint))
+    try:
+        controller.observe_layout(cluster.objects[LAYOUTS, None, "gpu-1"].raw)
+        await controller.reconcile_layout("gpu-1")
+    finally:
+        await controller.client.close()
+    assert len(requests_to(cluster, "GET", "/api/v1/nodes/gpu-1")) == 1
+    assert labels_of(cluster, "gpu-1")[names.LABEL_LAYOUT] == "4-4"
+    assert condition(cluster, "gpu-1", "Labeled")["status"] == "True"
