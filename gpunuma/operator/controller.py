@@ -137,7 +137,7 @@ class PodView:
 
 @dataclass
 class _Sent:
-    """The last write to one object and the view it was computed from (see :meth:`_once`)."""
+    """The last write to one object and the view it was computed from (see :meth:`_patch_once`)."""
 
     patch: dict[str, Any]
     basis: object
@@ -270,23 +270,27 @@ class Controller:
 
     async def _patch_node(self, node: NodeView, desired: Mapping[str, str]) -> None:
         patch = label_patch(desired, node.labels, node.annotations)
-        if patch is not None and self._once(("node", node.name), patch, node):
-            body = await self.client.merge_patch(f"/api/v1/nodes/{node.name}", patch)
-            changes = patch["metadata"].get("labels", {})
-            logger.info("node %s: %d gpunuma.io labels set, %d removed", node.name,
-                        sum(v is not None for v in changes.values()),
-                        sum(v is None for v in changes.values()))
-            if body.get("metadata"):
-                self.nodes[node.name] = NodeView.from_body(body)
+        if patch is None:
+            return
+        body = await self._patch_once(("node", node.name), f"/api/v1/nodes/{node.name}", patch,
+                                      node)
+        if body is None:
+            return
+        changes = patch["metadata"].get("labels", {})
+        logger.info("node %s: %d gpunuma.io labels set, %d removed", node.name,
+                    sum(v is not None for v in changes.values()),
+                    sum(v is None for v in changes.values()))
+        if body.get("metadata"):
+            self.nodes[node.name] = NodeView.from_body(body)
 
     async def _patch_status(self, layout: LayoutView, status: Mapping[str, Any]) -> None:
         patch = merge_patch(layout.status, status)
-        if not patch or not self._once(("layout", layout.name), patch, layout):
+        if not patch:
             return
         try:
-            body = await self.client.merge_patch(
-                f"{LAYOUTS_PATH}/{layout.name}/status", {"status": patch}
-            )
+            body = await self._patch_once(("layout", layout.name),
+                                          f"{LAYOUTS_PATH}/{layout.name}/status",
+                                          {"status": patch}, layout)
         except ApiError as exc:
             # 404: deleted meanwhile (garbage-collected with its Node; the DELETED event cleans
             # the cache) or a CRD without the status subresource (the message says which).
@@ -294,22 +298,27 @@ class Controller:
                 logger.warning("layout %s: status not written: %s", layout.name, exc)
                 return
             raise
-        if body.get("metadata") and layout.name in self.layouts:
+        if body is not None and body.get("metadata") and layout.name in self.layouts:
             self.layouts[layout.name] = LayoutView.from_body(body)
 
-    def _once(self, key: tuple[str, str], patch: dict[str, Any], basis: object) -> bool:
-        """Whether to send ``patch``: not if the same patch was sent against the same view.
+    async def _patch_once(
+        self, key: tuple[str, str], path: str, patch: dict[str, Any], basis: object,
+    ) -> dict[str, Any] | None:
+        """Send a merge patch, unless the same patch already succeeded against the same view.
 
         After a write, the watch event carrying its result can arrive later than another event
         that triggers a reconcile; that reconcile still sees the old view and would send the
         same patch again. The view changes as soon as any newer state of the object is observed.
+        A failed write is not remembered, so the next event or round retries it. Returns the
+        patched object, or None when nothing was sent.
         """
         timeless = _without_transition_times(patch)
         previous = self._sent.get(key)
         if previous is not None and previous.patch == timeless and previous.basis == basis:
-            return False
+            return None
+        body = await self.client.merge_patch(path, patch)
         self._sent[key] = _Sent(timeless, basis)
-        return True
+        return body
 
     async def _stale_event(self, node: str, stale: bool, message: str) -> None:
         view = self.nodes.get(node)
@@ -392,17 +401,18 @@ class Controller:
         if desired is None:
             return
         patch = annotation_patch(desired, pod.annotations)
-        if patch is None or not self._once(("pod", f"{namespace}/{name}"), patch, pod):
+        if patch is None:
             return
         try:
-            body = await self.client.merge_patch(
-                f"/api/v1/namespaces/{namespace}/pods/{name}", patch
-            )
+            body = await self._patch_once(("pod", f"{namespace}/{name}"),
+                                          f"/api/v1/namespaces/{namespace}/pods/{name}", patch, pod)
         except ApiError as exc:
             if exc.status == 404:
                 self.pods.get(node, {}).pop((namespace, name), None)
             else:
                 logger.warning("pod %s/%s: %s", namespace, name, exc)
+            return
+        if body is None:
             return
         logger.info("pod %s/%s: placement %s", namespace, name, desired[names.ANNOTATION_NUMA_NODES])
         if body.get("metadata"):
@@ -424,9 +434,13 @@ class Controller:
         return is_active_peer(peering.get("status"), self.identity, self.priority, self.clock())
 
     async def check_once(self) -> None:
-        """One round: re-judge every layout's heartbeat, renew certificates if due."""
+        """One round: re-judge every layout's heartbeat, retry pod placements whose write failed
+        (in-memory comparisons only, unless something differs), renew certificates if due."""
         for name in list(self.layouts):
             await self.reconcile_layout(name)
+        for node, pods in list(self.pods.items()):
+            for namespace, name in list(pods):
+                await self.reconcile_pod(namespace, name, node=node)
         await self.reconcile_certificates()
 
     async def run_periodically(self) -> None:

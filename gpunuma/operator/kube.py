@@ -121,21 +121,25 @@ class KubeClient:
             if body is not None:
                 headers["Content-Type"] = content_type
                 data = json.dumps(body)
-            async with self._session.request(
-                method, endpoint.server + path, data=data, headers=headers, ssl=endpoint.ssl,
-            ) as response:
-                text = await response.text()
-                if response.status == 401 and attempt == 1:
-                    self._endpoint = None
-                    continue
-                if response.status >= 400:
-                    raise ApiError(response.status, method, path, _message(text))
-                try:
-                    result = json.loads(text) if text else {}
-                except ValueError:
-                    raise ApiError(response.status, method, path,
-                                   f"not JSON: {text[:100]!r}") from None
-                return result if isinstance(result, dict) else {"items": result}
+            try:
+                async with self._session.request(
+                    method, endpoint.server + path, data=data, headers=headers, ssl=endpoint.ssl,
+                ) as response:
+                    status, text = response.status, await response.text()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Status 0: no answer at all. Callers treat it like any failed call (log, retry on
+                # the next event or round) instead of dying on a transport exception.
+                raise ApiError(0, method, path, f"no answer from the API server: {exc!r}") from exc
+            if status == 401 and attempt == 1:
+                self._endpoint = None
+                continue
+            if status >= 400:
+                raise ApiError(status, method, path, _message(text))
+            try:
+                result = json.loads(text) if text else {}
+            except ValueError:
+                raise ApiError(status, method, path, f"not JSON: {text[:100]!r}") from None
+            return result if isinstance(result, dict) else {"items": result}
         raise AssertionError("unreachable: the second attempt returns or raises")  # pragma: no cover
 
     def _relogin(self) -> Endpoint:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ def build(
     settings: OperatorSettings, login: Callable[[], Any] = default_login,
 ) -> tuple[kopf.OperatorRegistry, Controller, kopf.OperatorSettings]:
     priority = settings.priority if settings.priority is not None else secrets.randbelow(2**31) + 1
-    identity = os.environ.get("POD_NAME") or f"gpunuma-operator-{secrets.token_hex(4)}"
+    # In a pod the hostname is the pod's name: readable in the peering object; the suffix keeps
+    # two processes on one host (a developer's laptop) apart.
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
 
     def client_login() -> Endpoint | None:
         info = login()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -100,7 +101,21 @@ async def test_an_untrusted_server_certificate_is_refused(
     client = KubeClient(lambda: Endpoint(kopf.ConnectionInfo(server=url, ca_data=stranger,
                                                              token=GOOD)))
     try:
-        with pytest.raises(ssl.SSLCertVerificationError):
+        with pytest.raises(ApiError, match="certificate verify failed") as caught:
             await client.get("/api/v1/nodes/n1")
     finally:
         await client.close()
+    assert caught.value.status == 0
+
+
+async def test_an_unreachable_server_is_an_api_error_not_a_transport_exception() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = KubeClient(lambda: Endpoint(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}")))
+    try:
+        with pytest.raises(ApiError, match="no answer from the API server") as caught:
+            await client.get("/api/v1/nodes/n1")
+    finally:
+        await client.close()
+    assert caught.value.status == 0
