@@ -61,9 +61,15 @@ def register(
         await asyncio.gather(*tasks, return_exceptions=True)
         await controller.client.close()
 
+    # The liveness endpoint shows these: how much the operator tracks and what it has sent.
     @kopf.on.probe(id="layouts", registry=registry)
     def gpunuma_probe_layouts(**_: Any) -> int:
         return len(controller.layouts)
+
+    @kopf.on.probe(id="api_requests", registry=registry)
+    def gpunuma_probe_requests(**_: Any) -> dict[str, int]:
+        return {f"{method} {resource}": count
+                for (method, resource), count in sorted(controller.client.requests.items())}
 
     # Nodes ------------------------------------------------------------------------------------
 

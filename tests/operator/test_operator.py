@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import kmock
 import kopf
 
@@ -329,3 +330,17 @@ async def test_a_layout_seen_before_its_node_reads_the_node_once_instead_of_call
     assert len(requests_to(cluster, "GET", "/api/v1/nodes/gpu-1")) == 1
     assert labels_of(cluster, "gpu-1")[names.LABEL_LAYOUT] == "4-4"
     assert condition(cluster, "gpu-1", "Labeled")["status"] == "True"
+
+
+async def test_the_liveness_endpoint_reports_layouts_and_api_requests(
+    cluster: kmock.KubernetesEmulator, operator: Runner, unused_tcp_port: int,
+) -> None:
+    await create(cluster)
+    url = f"http://127.0.0.1:{unused_tcp_port}/healthz"
+    async with operator(fast_settings(liveness_endpoint=url)):
+        await eventually(lambda: condition(cluster, "gpu-1", "Labeled").get("status") == "True")
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert response.status == 200
+            probes = await response.json()
+    assert probes["layouts"] == 1
+    assert probes["api_requests"]["PATCH nodes"] == 1
