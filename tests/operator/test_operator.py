@@ -298,6 +298,10 @@ async def test_a_pod_without_the_managed_label_is_never_patched(
     async with operator():
         await eventually(lambda: pod_annotations(cluster, "train-0").get(names.ANNOTATION_CPUSET))
     assert requests_to(cluster, "PATCH", "/api/v1/namespaces/ml/pods/plain") == []
+    # The API server is asked for managed pods only (kmock ignores the selector; a real one not).
+    pod_reads = [r for r in list(cluster) if r.url.path == "/api/v1/pods"]
+    assert pod_reads
+    assert {r.url.query.get("labelSelector") for r in pod_reads} == {"gpunuma.io/managed=true"}
 
 
 async def test_deleted_pods_and_nodes_leave_nothing_behind_in_the_operator(
@@ -344,3 +348,16 @@ async def test_the_liveness_endpoint_reports_layouts_and_api_requests(
             probes = await response.json()
     assert probes["layouts"] == 1
     assert probes["api_requests"]["PATCH nodes"] == 1
+
+
+async def test_pods_are_watched_only_in_the_configured_namespaces(
+    cluster: kmock.KubernetesEmulator, operator: Runner,
+) -> None:
+    await create(cluster, spec=two_socket_spec(allocations=[ALLOCATION]))
+    await cluster.post("/api/v1/namespaces/ml/pods", json=running_pod("train-0", "gpu-1"))
+    async with operator(fast_settings(pod_namespaces=("ml",))):
+        await eventually(lambda: pod_annotations(cluster, "train-0").get(names.ANNOTATION_CPUSET))
+        # Nodes and layouts are cluster-scoped: still labelled, whatever the pod scope.
+        await eventually(lambda: labels_of(cluster, "gpu-1").get(names.LABEL_LAYOUT) == "4-4")
+    pod_paths = {r.url.path for r in list(cluster) if r.url.path.endswith("/pods")}
+    assert pod_paths == {"/api/v1/namespaces/ml/pods"}
