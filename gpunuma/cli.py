@@ -114,22 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     from gpunuma.settings import CERTIFICATE_MODES, CertificateSettings, OperatorSettings
 
+    # String defaults go through `type` like command-line values, so a bad GPUNUMA_* variable is
+    # reported by argparse, naming the flag, when this subcommand runs (and never breaks another).
     defaults, certs = OperatorSettings(), CertificateSettings()
-    parser.add_argument("--heartbeat-interval", type=float, metavar="SECONDS",
-                        default=float(_env("HEARTBEAT_INTERVAL", str(defaults.heartbeat_interval_s))
-                                      or 0),
+    parser.add_argument("--heartbeat-interval", type=_seconds, metavar="SECONDS",
+                        default=_env("HEARTBEAT_INTERVAL", f"{defaults.heartbeat_interval_s:g}"),
                         help="how often agents send a heartbeat (default 600; the agent's "
                         "--heartbeat; env GPUNUMA_HEARTBEAT_INTERVAL)")
     parser.add_argument("--stale-after", type=int, metavar="N",
-                        default=int(_env("STALE_AFTER", str(defaults.stale_after_heartbeats)) or 0),
+                        default=_env("STALE_AFTER", str(defaults.stale_after_heartbeats)),
                         help="missed heartbeats before a node is labelled gpunuma.io/stale=true "
                         "(default 3; env GPUNUMA_STALE_AFTER)")
-    parser.add_argument("--check-interval", type=float, metavar="SECONDS",
-                        default=float(_env("CHECK_INTERVAL", str(defaults.check_interval_s)) or 0),
+    parser.add_argument("--check-interval", type=_seconds, metavar="SECONDS",
+                        default=_env("CHECK_INTERVAL", f"{defaults.check_interval_s:g}"),
                         help="how often heartbeats and certificates are re-checked (default 60; "
                         "env GPUNUMA_CHECK_INTERVAL)")
     parser.add_argument("--pod-namespaces", type=_csv, metavar="NS,…",
-                        default=_csv(_env("POD_NAMESPACES", "") or ""),
+                        default=_env("POD_NAMESPACES", ""),
                         help="watch pods only in these namespaces (default: all; "
                         "env GPUNUMA_POD_NAMESPACES)")
     parser.add_argument("--peering-name", default=_env("PEERING_NAME", defaults.peering_name),
@@ -164,14 +165,12 @@ def _add_operator_arguments(parser: argparse.ArgumentParser) -> None:
                         default=_env("WEBHOOK_CONFIGURATION", certs.webhook_configuration),
                         help="MutatingWebhookConfiguration whose caBundle is kept current "
                         f"(default {certs.webhook_configuration}; env GPUNUMA_WEBHOOK_CONFIGURATION)")
-    parser.add_argument("--cert-validity-days", type=float,
-                        default=float(_env("CERT_VALIDITY_DAYS", str(certs.leaf_validity_days))
-                                      or 0),
+    parser.add_argument("--cert-validity-days", type=float, metavar="DAYS",
+                        default=_env("CERT_VALIDITY_DAYS", f"{certs.leaf_validity_days:g}"),
                         help="serving certificate lifetime (default 365; "
                         "env GPUNUMA_CERT_VALIDITY_DAYS)")
-    parser.add_argument("--cert-renew-before-days", type=float,
-                        default=float(_env("CERT_RENEW_BEFORE_DAYS", str(certs.renew_before_days))
-                                      or 0),
+    parser.add_argument("--cert-renew-before-days", type=float, metavar="DAYS",
+                        default=_env("CERT_RENEW_BEFORE_DAYS", f"{certs.renew_before_days:g}"),
                         help="renew when fewer days are left (default 30; "
                         "env GPUNUMA_CERT_RENEW_BEFORE_DAYS)")
 

@@ -18,9 +18,6 @@ from gpunuma.topology import CpuListError, format_cpulist, parse_cpulist
 
 __all__ = ["AllocationError", "annotation_patch", "pod_annotations", "pods_with_allocations"]
 
-PLACEMENT_KEYS = (names.ANNOTATION_PLACEMENT, names.ANNOTATION_NUMA_NODES, names.ANNOTATION_CPUSET)
-
-
 class AllocationError(ValueError):
     """An ``spec.allocations`` entry that does not have the agent's shape."""
 

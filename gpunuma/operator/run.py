@@ -126,12 +126,8 @@ def main(settings: OperatorSettings) -> int:
 
 def settings_from_args(args: Any) -> OperatorSettings:
     """The parsed ``gpunuma operator`` flags as settings; ``ValueError`` names a bad one."""
-    if args.heartbeat_interval <= 0:
-        raise ValueError(f"--heartbeat-interval must be > 0 seconds, got {args.heartbeat_interval}")
     if args.stale_after < 1:
         raise ValueError(f"--stale-after must be at least 1 heartbeat, got {args.stale_after}")
-    if args.check_interval <= 0:
-        raise ValueError(f"--check-interval must be > 0 seconds, got {args.check_interval}")
     if not 0 < args.cert_renew_before_days < args.cert_validity_days:
         raise ValueError(
             f"--cert-renew-before-days ({args.cert_renew_before_days}) must be > 0 and below "

@@ -43,7 +43,6 @@ def test_flags_and_environment_reach_the_settings(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--stale-after", "0"], "--stale-after must be at least 1"),
-    (["--heartbeat-interval", "-1"], "--heartbeat-interval must be > 0"),
     (["--cert-renew-before-days", "400"], "must be > 0 and below --cert-validity-days"),
 ])
 def test_a_bad_value_is_refused_with_a_message_naming_the_flag(
@@ -51,3 +50,23 @@ def test_a_bad_value_is_refused_with_a_message_naming_the_flag(
 ) -> None:
     assert main(["operator", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_bad_number_on_the_command_line_is_an_argparse_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["operator", "--heartbeat-interval", "-1"])
+    assert exited.value.code == 2
+    assert "--heartbeat-interval" in capsys.readouterr().err
+
+
+def test_a_bad_operator_variable_breaks_neither_other_commands_nor_silently_the_operator(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("GPUNUMA_HEARTBEAT_INTERVAL", "ten minutes")
+    build_parser().parse_args(["inspect"])  # another command still parses
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["operator"])
+    assert "--heartbeat-interval: 'ten minutes' is not a number of seconds" in (
+        capsys.readouterr().err)
