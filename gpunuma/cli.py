@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mutation_arguments(webhook)
     webhook.set_defaults(handler=_run_webhook)
 
+    operator = commands.add_parser(
+        "operator", help="run the operator: node labels, pod placement, stale detection, certs",
+        description="Run the kopf operator (DESIGN §8). Every flag also reads GPUNUMA_<FLAG>.",
+    )
+    _add_operator_arguments(operator)
+    operator.set_defaults(handler=_run_operator)
+
     inject = commands.add_parser(
         "inject", help="apply the webhook's mutation to manifests offline (like istioctl kube-inject)",
     )
@@ -102,6 +109,70 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mutation_arguments(inject, policy=False)
     inject.set_defaults(handler=_run_inject)
     return parser
+
+
+def _add_operator_arguments(parser: argparse.ArgumentParser) -> None:
+    from gpunuma.settings import CERTIFICATE_MODES, CertificateSettings, OperatorSettings
+
+    # String defaults go through `type` like command-line values, so a bad GPUNUMA_* variable is
+    # reported by argparse, naming the flag, when this subcommand runs (and never breaks another).
+    defaults, certs = OperatorSettings(), CertificateSettings()
+    parser.add_argument("--heartbeat-interval", type=_seconds, metavar="SECONDS",
+                        default=_env("HEARTBEAT_INTERVAL", f"{defaults.heartbeat_interval_s:g}"),
+                        help="how often agents send a heartbeat (default 600; the agent's "
+                        "--heartbeat; env GPUNUMA_HEARTBEAT_INTERVAL)")
+    parser.add_argument("--stale-after", type=int, metavar="N",
+                        default=_env("STALE_AFTER", str(defaults.stale_after_heartbeats)),
+                        help="missed heartbeats before a node is labelled gpunuma.io/stale=true "
+                        "(default 3; env GPUNUMA_STALE_AFTER)")
+    parser.add_argument("--check-interval", type=_seconds, metavar="SECONDS",
+                        default=_env("CHECK_INTERVAL", f"{defaults.check_interval_s:g}"),
+                        help="how often heartbeats and certificates are re-checked (default 60; "
+                        "env GPUNUMA_CHECK_INTERVAL)")
+    parser.add_argument("--pod-namespaces", type=_csv, metavar="NS,…",
+                        default=_env("POD_NAMESPACES", ""),
+                        help="watch pods only in these namespaces (default: all; "
+                        "env GPUNUMA_POD_NAMESPACES)")
+    parser.add_argument("--peering-name", default=_env("PEERING_NAME", defaults.peering_name),
+                        help="kopf ClusterKopfPeering object shared by the replicas (default "
+                        "gpunuma; env GPUNUMA_PEERING_NAME)")
+    parser.add_argument("--standalone", action="store_true",
+                        default=_env("STANDALONE", "") in {"1", "true"},
+                        help="no peering: only for a single replica (env GPUNUMA_STANDALONE=1)")
+    parser.add_argument("--priority", type=int, default=_env("PRIORITY"),
+                        help="peering priority; the highest live replica acts (default: random, "
+                        "so replicas never tie; env GPUNUMA_PRIORITY)")
+    parser.add_argument("--liveness", default=_env("LIVENESS", defaults.liveness_endpoint),
+                        metavar="URL", help="liveness endpoint, empty to disable (default "
+                        f"{defaults.liveness_endpoint}; env GPUNUMA_LIVENESS)")
+    parser.add_argument("--log-format", choices=("json", "plain"),
+                        default=_env("LOG_FORMAT", defaults.log_format),
+                        help="json (default) or plain (env GPUNUMA_LOG_FORMAT)")
+    parser.add_argument("--certificates", choices=CERTIFICATE_MODES,
+                        default=_env("CERTIFICATES", certs.mode),
+                        help="self-managed (default: the operator runs a CA) or cert-manager "
+                        "(leave them alone; env GPUNUMA_CERTIFICATES)")
+    parser.add_argument("--namespace", default=_env("NAMESPACE"),
+                        help="namespace of the webhook Service and Secret (default: the "
+                        "operator's own; env GPUNUMA_NAMESPACE)")
+    parser.add_argument("--webhook-service", default=_env("WEBHOOK_SERVICE", certs.service_name),
+                        help=f"the webhook's Service (default {certs.service_name}; "
+                        "env GPUNUMA_WEBHOOK_SERVICE)")
+    parser.add_argument("--webhook-secret", default=_env("WEBHOOK_SECRET", certs.secret_name),
+                        help=f"Secret for tls.crt/tls.key/ca.crt (default {certs.secret_name}, "
+                        "its CA in <name>-ca; env GPUNUMA_WEBHOOK_SECRET)")
+    parser.add_argument("--webhook-configuration",
+                        default=_env("WEBHOOK_CONFIGURATION", certs.webhook_configuration),
+                        help="MutatingWebhookConfiguration whose caBundle is kept current "
+                        f"(default {certs.webhook_configuration}; env GPUNUMA_WEBHOOK_CONFIGURATION)")
+    parser.add_argument("--cert-validity-days", type=float, metavar="DAYS",
+                        default=_env("CERT_VALIDITY_DAYS", f"{certs.leaf_validity_days:g}"),
+                        help="serving certificate lifetime (default 365; "
+                        "env GPUNUMA_CERT_VALIDITY_DAYS)")
+    parser.add_argument("--cert-renew-before-days", type=float, metavar="DAYS",
+                        default=_env("CERT_RENEW_BEFORE_DAYS", f"{certs.renew_before_days:g}"),
+                        help="renew when fewer days are left (default 30; "
+                        "env GPUNUMA_CERT_RENEW_BEFORE_DAYS)")
 
 
 def _add_gpu_resources_argument(parser: argparse.ArgumentParser) -> None:
@@ -224,6 +295,18 @@ def _run_webhook(args: argparse.Namespace) -> int:
     from gpunuma.webhook.server import main as webhook_main
 
     return webhook_main(args)
+
+
+def _run_operator(args: argparse.Namespace) -> int:
+    from gpunuma.operator.run import main as operator_main
+    from gpunuma.operator.run import settings_from_args
+
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        print(f"gpunuma operator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return operator_main(settings)
 
 
 def _run_inject(args: argparse.Namespace) -> int:

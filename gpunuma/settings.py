@@ -14,12 +14,16 @@ from gpunuma import __version__, names
 
 __all__ = [
     "BACKENDS",
+    "CERTIFICATE_MODES",
     "DEFAULT_GPU_RESOURCES",
     "DEFAULT_KUBELET_SOCKET",
     "AgentSettings",
     "Backend",
+    "CertificateMode",
+    "CertificateSettings",
     "DiscoverySettings",
     "MutationSettings",
+    "OperatorSettings",
     "WebhookSettings",
 ]
 
@@ -75,3 +79,42 @@ class AgentSettings:
     listen: str = "0.0.0.0:8081"  # probes and Prometheus reach the pod's address
     kubeconfig: Path | None = None
     gpu_resources: tuple[str, ...] = DEFAULT_GPU_RESOURCES
+
+
+CertificateMode = Literal["self-managed", "cert-manager"]
+CERTIFICATE_MODES: tuple[CertificateMode, ...] = ("self-managed", "cert-manager")
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateSettings:
+    """The webhook's serving certificate: who issues it, for which Service, kept where."""
+
+    mode: CertificateMode = "self-managed"
+    namespace: str = "gpunuma-system"
+    service_name: str = "gpunuma-webhook"
+    secret_name: str = "gpunuma-webhook-tls"  # noqa: S105 - a Secret's name, not a password
+    webhook_configuration: str = "gpunuma"
+    leaf_validity_days: float = 365.0
+    renew_before_days: float = 30.0
+    ca_validity_days: float = 3650.0
+    ca_renew_before_days: float = 395.0
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSettings:
+    """The operator: staleness rule, pod scope, peering, probes, certificates.
+
+    ``pod_namespaces`` empty means every namespace. ``priority`` None picks a random one at start,
+    so that two replicas never tie (kopf runs tied peers side by side).
+    """
+
+    heartbeat_interval_s: float = 600.0
+    stale_after_heartbeats: int = 3
+    check_interval_s: float = 60.0
+    pod_namespaces: tuple[str, ...] = ()
+    peering_name: str = "gpunuma"
+    standalone: bool = False
+    priority: int | None = None
+    liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
+    log_format: Literal["json", "plain"] = "json"
+    certificates: CertificateSettings = field(default_factory=CertificateSettings)

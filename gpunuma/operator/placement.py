@@ -1,0 +1,107 @@
+"""Pod placement annotations (DESIGN §3) from a layout's ``spec.allocations``. Pure.
+
+The agent reports one allocation entry per (pod, container, resource). A pod gets
+``gpunuma.io/placement`` (JSON, per container: the devices, their NUMA nodes, the CPUs),
+``gpunuma.io/numa-nodes`` (union, ascending) and ``gpunuma.io/cpuset`` (union cpulist). The JSON is
+rendered canonically (sorted keys, no spaces) so that an unchanged placement compares equal to the
+annotation already on the pod and is never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gpunuma import names
+from gpunuma.topology import CpuListError, format_cpulist, parse_cpulist
+
+__all__ = ["AllocationError", "annotation_patch", "pod_annotations", "pods_with_allocations"]
+
+class AllocationError(ValueError):
+    """An ``spec.allocations`` entry that does not have the agent's shape."""
+
+
+def _entries(allocations: object) -> Iterable[tuple[int, Mapping[str, Any]]]:
+    if allocations is None:
+        return ()
+    if not isinstance(allocations, list):
+        raise AllocationError(f"spec.allocations: expected an array, got {type(allocations).__name__}")
+    return enumerate(allocations)
+
+
+def pods_with_allocations(allocations: object) -> frozenset[tuple[str, str]]:
+    """(namespace, pod) of every well-formed allocation entry."""
+    found: set[tuple[str, str]] = set()
+    for _, entry in _entries(allocations):
+        if isinstance(entry, Mapping):
+            namespace, pod = entry.get("namespace"), entry.get("pod")
+            if isinstance(namespace, str) and isinstance(pod, str):
+                found.add((namespace, pod))
+    return frozenset(found)
+
+
+def pod_annotations(allocations: object, namespace: str, pod: str) -> dict[str, str] | None:
+    """The three placement annotations for one pod, or ``None`` when it has no allocation."""
+    containers: dict[str, tuple[list[str], set[int], set[int]]] = {}
+    for index, entry in _entries(allocations):
+        path = f"spec.allocations[{index}]"
+        if not isinstance(entry, Mapping):
+            raise AllocationError(f"{path}: expected an object, got {type(entry).__name__}")
+        if entry.get("namespace") != namespace or entry.get("pod") != pod:
+            continue
+        container = entry.get("container")
+        if not isinstance(container, str) or not container:
+            raise AllocationError(f"{path}.container: expected a container name, got {container!r}")
+        gpus, nodes, cpus = containers.setdefault(container, ([], set(), set()))
+        for device in _strings(entry.get("deviceIds"), f"{path}.deviceIds"):
+            if device not in gpus:
+                gpus.append(device)
+        nodes.update(_node_ids(entry.get("numaNodes"), f"{path}.numaNodes"))
+        cpus_text = entry.get("cpus") or ""
+        if not isinstance(cpus_text, str):
+            raise AllocationError(f"{path}.cpus: expected a cpulist string, got {cpus_text!r}")
+        try:
+            cpus.update(parse_cpulist(cpus_text))
+        except CpuListError as exc:
+            raise AllocationError(f"{path}.cpus: {exc}") from None
+    if not containers:
+        return None
+    placement = {
+        name: {"gpus": gpus, "numaNodes": sorted(nodes), "cpus": format_cpulist(cpus)}
+        for name, (gpus, nodes, cpus) in containers.items()
+    }
+    all_nodes = sorted({node for _, nodes, _ in containers.values() for node in nodes})
+    all_cpus = {cpu for _, _, cpus in containers.values() for cpu in cpus}
+    return {
+        names.ANNOTATION_PLACEMENT: json.dumps(placement, sort_keys=True, separators=(",", ":")),
+        names.ANNOTATION_NUMA_NODES: ",".join(map(str, all_nodes)),
+        names.ANNOTATION_CPUSET: format_cpulist(all_cpus),
+    }
+
+
+def annotation_patch(
+    desired: Mapping[str, str], annotations: Mapping[str, str] | None,
+) -> dict[str, Any] | None:
+    """Merge patch setting the annotations that differ, or ``None`` when the pod already has them."""
+    current = annotations or {}
+    changes = {key: value for key, value in desired.items() if current.get(key) != value}
+    return {"metadata": {"annotations": changes}} if changes else None
+
+
+def _strings(value: object, path: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise AllocationError(f"{path}: expected an array of strings, got {value!r}")
+    return list(value)
+
+
+def _node_ids(value: object, path: str) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(item, int) and not isinstance(item, bool) and item >= 0 for item in value
+    ):
+        raise AllocationError(f"{path}: expected an array of NUMA node ids (integers ≥ 0), got {value!r}")
+    return list(value)

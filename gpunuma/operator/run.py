@@ -1,0 +1,156 @@
+"""``gpunuma operator``: kopf with peering, a liveness endpoint and structured logs.
+
+:func:`build` wires settings, a fresh kopf registry and the controller together; :func:`serve`
+runs them in the current event loop (tests and the benchmark call it against kmock); :func:`main`
+is the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from gpunuma import names
+from gpunuma.operator.controller import Controller
+from gpunuma.operator.handlers import register
+from gpunuma.operator.kube import Endpoint, KubeClient
+from gpunuma.settings import CertificateSettings, OperatorSettings
+
+__all__ = ["build", "default_login", "kopf_settings", "main", "serve", "settings_from_args"]
+
+logger = logging.getLogger("gpunuma.operator")
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def default_login() -> Any:
+    """In-cluster service account first, then a kubeconfig (for running it from a laptop)."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings)
+    return info if info is not None else kopf.login_with_kubeconfig(settings=settings)
+
+
+def kopf_settings(settings: OperatorSettings, priority: int) -> kopf.OperatorSettings:
+    tuned = kopf.OperatorSettings()
+    tuned.peering.name = settings.peering_name
+    tuned.peering.clusterwide = True  # one election for the cluster, whatever the pod scope
+    tuned.peering.priority = priority
+    tuned.peering.standalone = settings.standalone
+    tuned.peering.mandatory = not settings.standalone
+    # The webhook labels every pod it mutates; the API server sends us only those.
+    tuned.watching.label_selectors["v1", "pods"] = f"{names.LABEL_MANAGED}=true"
+    if settings.certificates.mode == "self-managed":
+        tuned.watching.field_selectors[
+            "admissionregistration.k8s.io", "mutatingwebhookconfigurations"
+        ] = f"metadata.name={settings.certificates.webhook_configuration}"
+    return tuned
+
+
+def build(
+    settings: OperatorSettings, login: Callable[[], Any] = default_login,
+) -> tuple[kopf.OperatorRegistry, Controller, kopf.OperatorSettings]:
+    priority = settings.priority if settings.priority is not None else secrets.randbelow(2**31) + 1
+    # In a pod the hostname is the pod's name: readable in the peering object; the suffix keeps
+    # two processes on one host (a developer's laptop) apart.
+    identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
+
+    def client_login() -> Endpoint | None:
+        info = login()
+        return Endpoint(info) if info is not None else None
+
+    controller = Controller(settings=settings, client=KubeClient(client_login),
+                            identity=identity, priority=priority)
+    registry = kopf.OperatorRegistry()
+    register(registry, controller, login)
+    return registry, controller, kopf_settings(settings, priority)
+
+
+async def serve(
+    settings: OperatorSettings,
+    *,
+    login: Callable[[], Any] = default_login,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    tune: Callable[[kopf.OperatorSettings], None] | None = None,
+    started: Callable[[Controller], None] | None = None,
+) -> None:
+    """Run the operator until ``stop_flag`` is set (or a signal arrives, in the main thread)."""
+    registry, controller, tuned = build(settings, login)
+    if tune is not None:
+        tune(tuned)
+    if started is not None:
+        started(controller)
+    await kopf.operator(
+        registry=registry,
+        settings=tuned,
+        identity=controller.identity,  # type: ignore[arg-type]  # kopf's NewType over str
+        liveness_endpoint=settings.liveness_endpoint,
+        clusterwide=not settings.pod_namespaces,
+        namespaces=settings.pod_namespaces,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+def operator_namespace(default: str) -> str:
+    """The namespace the operator runs in (downward API, then the service account's)."""
+    from_env = os.environ.get("POD_NAMESPACE")
+    if from_env:
+        return from_env
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip() or default
+    except OSError:
+        return default
+
+
+def main(settings: OperatorSettings) -> int:
+    kopf.configure(
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
+        verbose=False,
+    )
+    logger.info("gpunuma operator starting: pods in %s, stale after %d × %g s, certificates %s",
+                ", ".join(settings.pod_namespaces) or "all namespaces",
+                settings.stale_after_heartbeats, settings.heartbeat_interval_s,
+                settings.certificates.mode)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def settings_from_args(args: Any) -> OperatorSettings:
+    """The parsed ``gpunuma operator`` flags as settings; ``ValueError`` names a bad one."""
+    if args.stale_after < 1:
+        raise ValueError(f"--stale-after must be at least 1 heartbeat, got {args.stale_after}")
+    if not 0 < args.cert_renew_before_days < args.cert_validity_days:
+        raise ValueError(
+            f"--cert-renew-before-days ({args.cert_renew_before_days}) must be > 0 and below "
+            f"--cert-validity-days ({args.cert_validity_days})"
+        )
+    certificates = CertificateSettings(
+        mode=args.certificates,
+        namespace=args.namespace or operator_namespace(CertificateSettings().namespace),
+        service_name=args.webhook_service,
+        secret_name=args.webhook_secret,
+        webhook_configuration=args.webhook_configuration,
+        leaf_validity_days=args.cert_validity_days,
+        renew_before_days=args.cert_renew_before_days,
+    )
+    return OperatorSettings(
+        heartbeat_interval_s=args.heartbeat_interval,
+        stale_after_heartbeats=args.stale_after,
+        check_interval_s=args.check_interval,
+        pod_namespaces=tuple(args.pod_namespaces),
+        peering_name=args.peering_name,
+        standalone=args.standalone,
+        priority=int(args.priority) if args.priority is not None else None,
+        liveness_endpoint=args.liveness or None,
+        log_format=args.log_format,
+        certificates=certificates,
+    )

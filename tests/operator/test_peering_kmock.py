@@ -1,0 +1,63 @@
+"""Two replicas: only the one kopf's peering lets run acts, in kopf's handlers and in the loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import kmock
+
+from gpunuma import names
+from tests.operator.conftest import (
+    LAYOUTS_URL,
+    Runner,
+    eventually,
+    fast_settings,
+    labels_of,
+    layout_body,
+    node_body,
+    now_rfc3339,
+    two_socket_spec,
+)
+from tests.operator.test_certificates_kmock import MWC_URL, webhook_configuration
+
+PEERINGS = "kopf.dev/v1/clusterkopfpeerings"
+
+
+def declare_peering(cluster: kmock.KubernetesEmulator, peers: dict[str, object]) -> None:
+    cluster.resources[PEERINGS] = kmock.ResourceInfo(
+        kind="ClusterKopfPeering", singular="clusterkopfpeering", namespaced=False,
+        verbs={"get", "list", "watch", "patch"},
+    )
+    cluster.objects[PEERINGS, None, "gpunuma"] = {
+        "apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+        "metadata": {"name": "gpunuma"}, "status": peers,
+    }
+
+
+async def seed(cluster: kmock.KubernetesEmulator) -> None:
+    await cluster.post("/api/v1/nodes", json=node_body("gpu-1"))
+    await cluster.post(LAYOUTS_URL, json=layout_body("gpu-1", two_socket_spec()))
+    await cluster.post(MWC_URL, json=webhook_configuration())
+
+
+async def test_the_highest_replica_acts(
+    cluster: kmock.KubernetesEmulator, operator: Runner,
+) -> None:
+    declare_peering(cluster, {})
+    await seed(cluster)
+    async with operator(fast_settings(standalone=False, priority=100)):
+        await eventually(lambda: labels_of(cluster, "gpu-1").get(names.LABEL_LAYOUT) == "4-4")
+        await eventually(lambda: cluster.objects["v1/secrets", "gpunuma-system",
+                                                 "gpunuma-webhook-tls"])
+
+
+async def test_a_replica_below_a_live_peer_does_nothing(
+    cluster: kmock.KubernetesEmulator, operator: Runner,
+) -> None:
+    leader = {"priority": 1000, "lifetime": 60, "lastseen": now_rfc3339()}
+    declare_peering(cluster, {"the-leader": leader})
+    await seed(cluster)
+    async with operator(fast_settings(standalone=False, priority=1, check_interval_s=0.1)):
+        await asyncio.sleep(1.0)
+    assert names.LABEL_LAYOUT not in labels_of(cluster, "gpu-1")
+    assert not [key for key in cluster.objects if key[0] == kmock.resource("v1/secrets")]
