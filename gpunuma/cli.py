@@ -150,8 +150,8 @@ def _add_operator_arguments(parser: argparse.ArgumentParser) -> None:
                         help="json (default) or plain (env GPUNUMA_LOG_FORMAT)")
     parser.add_argument("--certificates", choices=CERTIFICATE_MODES,
                         default=_env("CERTIFICATES", certs.mode),
-                        help="self-managed (default: the operator runs a CA) or cert-manager "
-                        "(leave them alone; env GPUNUMA_CERTIFICATES)")
+                        help="self-managed (default: the operator runs a CA), cert-manager "
+                        "(leave them to it) or none (no webhook); env GPUNUMA_CERTIFICATES")
     parser.add_argument("--namespace", default=_env("NAMESPACE"),
                         help="namespace of the webhook Service and Secret (default: the "
                         "operator's own; env GPUNUMA_NAMESPACE)")

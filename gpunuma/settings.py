@@ -81,8 +81,9 @@ class AgentSettings:
     gpu_resources: tuple[str, ...] = DEFAULT_GPU_RESOURCES
 
 
-CertificateMode = Literal["self-managed", "cert-manager"]
-CERTIFICATE_MODES: tuple[CertificateMode, ...] = ("self-managed", "cert-manager")
+# none: no webhook is installed, so there is no certificate to manage.
+CertificateMode = Literal["self-managed", "cert-manager", "none"]
+CERTIFICATE_MODES: tuple[CertificateMode, ...] = ("self-managed", "cert-manager", "none")
 
 
 @dataclass(frozen=True, slots=True)

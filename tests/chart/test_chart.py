@@ -32,6 +32,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "strict-and-fail-closed": {"defaultPolicy": "strict",
                                "webhook": {"failurePolicy": "Fail", "timeoutSeconds": 30}},
+    "no-webhook": {"webhook": {"enabled": False}},
     "webhook-only": {"agent": {"enabled": False}, "operator": {"enabled": False},
                      "webhook": {"certificate": {"mode": "cert-manager"}}},
 }
@@ -271,7 +272,10 @@ def bindings_of(rendered: Rendered, service_account: str) -> list[dict[str, Any]
 
 
 def test_the_webhook_has_no_api_access_at_all(scenario: tuple[str, Rendered]) -> None:
-    _, rendered = scenario
+    name, rendered = scenario
+    if not SCENARIOS[name].get("webhook", {}).get("enabled", True):
+        assert bindings_of(rendered, f"{RELEASE}-webhook") == []
+        return
     account = rendered.one("ServiceAccount", f"{RELEASE}-webhook")
     assert account["automountServiceAccountToken"] is False
     assert bindings_of(rendered, f"{RELEASE}-webhook") == []
@@ -511,3 +515,13 @@ def test_the_operator_container_starts_with_the_settings_the_chart_means(
     assert parsed.webhook_configuration == rendered.one("MutatingWebhookConfiguration")["metadata"]["name"]
     assert tuple(parsed.pod_namespaces) == ("ml",)
     assert parsed.liveness == "http://0.0.0.0:8080/healthz"
+
+
+def test_without_a_webhook_the_operator_manages_no_certificates(
+    monkeypatch: pytest.MonkeyPatch, chart: Any,
+) -> None:
+    rendered = render(chart, SCENARIOS["no-webhook"])
+    assert rendered.of_kind("MutatingWebhookConfiguration") == []
+    parsed = parse_as_the_container_would(monkeypatch, rendered, "operator")
+    assert parsed is not None
+    assert parsed.certificates == "none"
