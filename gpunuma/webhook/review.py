@@ -1,0 +1,128 @@
+"""AdmissionReview v1: reading the API server's request and answering it (no I/O).
+
+``admit`` is the whole admission decision for one request body: it parses, calls the pure mutation,
+and builds the response. Malformed requests raise ``BadRequest`` (the server answers HTTP 400);
+a failure inside the mutation of one pod never fails the request: the pod is allowed unchanged with
+a warning, because the webhook must never be the reason a workload cannot start.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gpunuma.settings import MutationSettings
+from gpunuma.webhook.mutation import InvalidPod, json_patch, mutate, warning_line
+
+__all__ = ["API_VERSION", "KIND", "Admission", "BadRequest", "Outcome", "admit"]
+
+API_VERSION = "admission.k8s.io/v1"
+KIND = "AdmissionReview"
+_POD_KIND = {"group": "", "version": "v1", "kind": "Pod"}
+
+Outcome = Literal["patched", "unchanged", "denied", "error"]
+"""How a well-formed request ended; a malformed one is the server's ``invalid``."""
+
+log = logging.getLogger("gpunuma.webhook")
+
+
+class BadRequest(ValueError):
+    """The body is not an AdmissionReview v1 request; the message says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    response: dict[str, Any]
+    """The AdmissionReview to send back."""
+    outcome: Outcome
+    pod: str
+    """``namespace/name`` of the pod, for logs (generateName plus ``*`` before a name is given)."""
+    reason: str
+
+
+def admit(body: bytes, settings: MutationSettings, *, namespace_opted_in: bool) -> Admission:
+    """The AdmissionReview response for one request body. Raises ``BadRequest``."""
+    request = _parse(body)
+    uid: str = request["uid"]
+    pod = request.get("object")
+    if (
+        request.get("kind") != _POD_KIND
+        or request.get("subResource")
+        or request.get("operation") != "CREATE"
+    ):
+        # Only pod creation is ever mutated; anything else the webhook may be registered for by
+        # mistake is let through untouched.
+        return Admission(_response(uid), "unchanged", _pod_name(request, pod), "not a pod CREATE")
+    if not isinstance(pod, dict):
+        raise BadRequest("request.object must be the pod being created")
+    where = _pod_name(request, pod)
+    try:
+        mutation = mutate(pod, settings, namespace_opted_in=namespace_opted_in)
+        patch = json_patch(pod, mutation.pod) if mutation.changed else []
+    except InvalidPod as exc:
+        log.warning("pod %s not mutated: %s", where, exc)
+        return Admission(_response(uid, warnings=[warning_line(f"pod not mutated: {exc}")]),
+                         "error", where, str(exc))
+    except Exception:
+        log.exception("pod %s not mutated: internal error", where)
+        warning = warning_line("pod not mutated: internal error in the webhook (see its log)")
+        return Admission(_response(uid, warnings=[warning]), "error", where, "internal error")
+    warnings = list(mutation.warnings)
+    if mutation.denial is not None:
+        return Admission(_response(uid, denial=mutation.denial, warnings=warnings), "denied",
+                         where, mutation.reason)
+    outcome: Outcome = "patched" if patch else "unchanged"
+    return Admission(_response(uid, patch=patch, warnings=warnings), outcome, where,
+                     mutation.reason)
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        review = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(review, dict):
+        raise BadRequest("the body must be a JSON object (an AdmissionReview)")
+    if review.get("apiVersion") != API_VERSION or review.get("kind") != KIND:
+        raise BadRequest(f"expected apiVersion {API_VERSION} and kind {KIND}, got "
+                         f"{review.get('apiVersion')!r} and {review.get('kind')!r}; register the "
+                         "webhook with admissionReviewVersions: [v1]")
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise BadRequest("the AdmissionReview has no request")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise BadRequest("request.uid is missing; the response must echo it")
+    return request
+
+
+def _pod_name(request: Mapping[str, Any], pod: object) -> str:
+    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    namespace = request.get("namespace") or metadata.get("namespace") or "-"
+    name = request.get("name") or metadata.get("name")
+    if not name:
+        name = f"{metadata.get('generateName') or ''}*"
+    return f"{namespace}/{name}"
+
+
+def _response(
+    uid: str,
+    *,
+    patch: list[dict[str, Any]] | None = None,
+    denial: str | None = None,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": uid, "allowed": denial is None}
+    if denial is not None:
+        response["status"] = {"code": 403, "reason": "Forbidden", "message": denial}
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    if warnings:
+        response["warnings"] = warnings
+    return {"apiVersion": API_VERSION, "kind": KIND, "response": response}
