@@ -56,14 +56,15 @@ def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
 # --- Realistic pods ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make_pod, expected_wrapped", list(pods.REALISTIC_PODS.values()),
+@pytest.mark.parametrize(("make_pod", "expected_wrapped"), list(pods.REALISTIC_PODS.values()),
                          ids=list(pods.REALISTIC_PODS))
 def test_a_realistic_gpu_pod_gets_a_patch_that_applies_and_validates(make_pod, expected_wrapped):
     pod = make_pod()
     original = copy.deepcopy(pod)
     result = mutate(pod, SETTINGS)
     assert pod == original, "the input pod must not be modified"
-    assert result.changed and result.denial is None
+    assert result.changed
+    assert result.denial is None
     assert list(result.wrapped) == expected_wrapped
     out = applied(pod, result)
     pods.assert_valid_pod(out)
@@ -130,7 +131,8 @@ def test_a_pod_without_the_annotation_is_left_alone():
 
 def test_a_pod_in_an_opted_in_namespace_is_mutated_without_the_annotation():
     result = mutate(gpu_pod(annotations={}, command=["run"]), SETTINGS, namespace_opted_in=True)
-    assert result.changed and result.wrapped == ("main",)
+    assert result.changed
+    assert result.wrapped == ("main",)
 
 
 def test_the_pod_annotation_false_opts_out_even_in_an_opted_in_namespace():
@@ -171,7 +173,7 @@ def test_gpu_requests_count_as_well_as_limits():
     assert mutate(pod, SETTINGS).wrapped == ("main",)
 
 
-@pytest.mark.parametrize("resource, wrapped", [
+@pytest.mark.parametrize(("resource", "wrapped"), [
     ("nvidia.com/mig-3g.40gb", True),
     ("nvidia.com/mig-1g.10gb.me", True),
     ("nvidia.com/gpu.shared", False),
@@ -260,9 +262,11 @@ def test_a_pod_whose_only_gpu_container_has_no_command_gets_only_annotations():
 def test_strict_with_a_container_without_command_is_denied_with_how_to_fix_it():
     pod = gpu_pod(annotations={**pods.OPT_IN, names.ANNOTATION_POLICY: "strict"})
     result = mutate(pod, SETTINGS)
-    assert result.denial is not None and not result.changed
+    assert result.denial is not None
+    assert not result.changed
     assert "'main'" in result.denial
-    assert "set command" in result.denial and names.ANNOTATION_CONTAINERS in result.denial
+    assert "set command" in result.denial
+    assert names.ANNOTATION_CONTAINERS in result.denial
 
 
 def test_an_empty_command_counts_as_no_command():
@@ -276,7 +280,8 @@ def test_a_foreign_volume_with_our_name_is_denied_not_replaced():
     pod = gpu_pod(command=["run"])
     pod["spec"]["volumes"] = [{"name": "gpunuma-launcher", "configMap": {"name": "mine"}}]
     result = mutate(pod, SETTINGS)
-    assert result.denial is not None and "volume named 'gpunuma-launcher'" in result.denial
+    assert result.denial is not None
+    assert "volume named 'gpunuma-launcher'" in result.denial
     assert result.pod is pod
 
 
@@ -285,14 +290,16 @@ def test_a_foreign_init_container_with_our_name_is_denied():
     pod["spec"]["initContainers"] = [{"name": "gpunuma-launcher", "image": "busybox",
                                       "command": ["true"]}]
     result = mutate(pod, SETTINGS)
-    assert result.denial is not None and "init container named" in result.denial
+    assert result.denial is not None
+    assert "init container named" in result.denial
 
 
 def test_an_app_container_with_our_name_is_denied():
     pod = gpu_pod(command=["run"])
     pod["spec"]["containers"].append({"name": "gpunuma-launcher", "image": "busybox"})
     result = mutate(pod, SETTINGS)
-    assert result.denial is not None and "a container named" in result.denial
+    assert result.denial is not None
+    assert "a container named" in result.denial
 
 
 def test_another_mount_at_our_path_is_denied():
@@ -300,7 +307,8 @@ def test_another_mount_at_our_path_is_denied():
     pod["spec"]["volumes"] = [{"name": "tools", "emptyDir": {}}]
     pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "tools", "mountPath": "/opt/gpunuma"}]
     result = mutate(pod, SETTINGS)
-    assert result.denial is not None and "'/opt/gpunuma'" in result.denial
+    assert result.denial is not None
+    assert "'/opt/gpunuma'" in result.denial
 
 
 def test_a_clash_in_a_pod_with_nothing_to_wrap_is_not_our_business():
@@ -317,7 +325,8 @@ def test_a_mutated_pod_gets_no_patch():
     once = mutate(pod, SETTINGS).pod
     twice = mutate(once, SETTINGS)
     assert (twice.changed, twice.reason) == (False, "already mutated")
-    assert twice.pod is once and json_patch(once, twice.pod) == []
+    assert twice.pod is once
+    assert json_patch(once, twice.pod) == []
 
 
 def test_a_reinvoked_pod_defaulted_by_the_api_server_gets_no_patch():
@@ -335,7 +344,8 @@ def test_a_container_added_by_another_webhook_after_us_is_wrapped_on_reinvocatio
     out["spec"]["containers"].append({"name": "late", "image": "x", "command": ["go"],
                                       "resources": {"limits": {"nvidia.com/gpu": 1}}})
     again = mutate(out, SETTINGS)
-    assert again.changed and again.wrapped == ("vllm", "late")
+    assert again.changed
+    assert again.wrapped == ("vllm", "late")
     assert len(again.pod["spec"]["initContainers"]) == 1
     assert again.pod["metadata"]["annotations"][names.ANNOTATION_WRAPPED] == "vllm,late"
 
@@ -359,7 +369,7 @@ def test_an_upgraded_webhook_keeps_an_existing_launcher_container():
 # --- Malformed input and warnings ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("break_pod, message", [
+@pytest.mark.parametrize(("break_pod", "message"), [
     (lambda p: p.pop("spec"), "no spec"),
     (lambda p: p["spec"].update(containers={"main": {}}), "containers must be a list"),
     (lambda p: p["spec"]["containers"][0].update(command="python3 serve.py"),
@@ -383,7 +393,9 @@ def test_warnings_stay_under_the_limit_and_on_one_line():
     result = mutate(pod, SETTINGS)
     assert len(result.warnings) == 3
     for warning in result.warnings:
-        assert len(warning) <= WARNING_LIMIT and "\n" not in warning and "\x1b" not in warning
+        assert len(warning) <= WARNING_LIMIT
+        assert "\n" not in warning
+        assert "\x1b" not in warning
         assert warning.startswith("gpunuma: ")
 
 
@@ -392,10 +404,8 @@ def test_a_wrong_patch_from_the_differ_is_replaced_by_whole_fields(monkeypatch):
     pod = pods.gpu_sidecar_and_init()
     result = mutate(pod, SETTINGS)
 
-    class WrongPatch:
-        patch = [{"op": "remove", "path": "/spec/containers/0"}]
-
-    monkeypatch.setattr(mutation_module.jsonpatch, "make_patch", lambda a, b: WrongPatch())
+    wrong = jsonpatch.JsonPatch([{"op": "remove", "path": "/spec/containers/0"}])
+    monkeypatch.setattr(mutation_module.jsonpatch, "make_patch", lambda a, b: wrong)
     patch = json_patch(pod, result.pod)
     assert {op["path"] for op in patch} == {"/metadata/annotations", "/metadata/labels",
                                             "/spec/initContainers", "/spec/containers",

@@ -48,7 +48,8 @@ def _container(draw: st.DrawFn, name: str, volumes: list[str], init: bool) -> di
         mounts = draw(st.lists(st.tuples(st.sampled_from(volumes), _mount_paths), max_size=2,
                                unique_by=lambda m: m[1]))
         container["volumeMounts"] = [{"name": v, "mountPath": p} for v, p in mounts]
-    resources = {key: draw(_resource_map) for key in ("limits", "requests") if draw(st.integers(0, 2))}
+    resources = {key: draw(_resource_map) for key in ("limits", "requests")
+                 if draw(st.integers(0, 2))}
     if draw(st.booleans()):  # half the containers surely ask for a GPU
         gpu = draw(st.sampled_from(["nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "amd.com/gpu"]))
         resources.setdefault("limits", {})[gpu] = draw(st.integers(1, 8))
@@ -111,7 +112,8 @@ def test_every_patch_applies_validates_leaves_other_containers_alone_and_is_fina
     assert admission.outcome in ("patched", "unchanged", "denied")
     assert all(len(w) <= WARNING_LIMIT for w in response.get("warnings", []))
     if admission.outcome == "denied":
-        assert response["allowed"] is False and "patch" not in response
+        assert response["allowed"] is False
+        assert "patch" not in response
         return
     out = pods.patched(pod, admission.response)
     pods.assert_valid_pod(out)
@@ -127,4 +129,5 @@ def test_every_patch_applies_validates_leaves_other_containers_alone_and_is_fina
             assert after[name].get("args") == before.get("args")
 
     second = mutate(out, SETTINGS, namespace_opted_in=namespace_opted_in)
-    assert second.changed is False and second.denial is None
+    assert second.changed is False
+    assert second.denial is None
