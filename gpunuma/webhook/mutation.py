@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
-
-import jsonpatch
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings
@@ -74,7 +73,8 @@ class Mutation:
 
     pod: Mapping[str, Any]
     """The pod after the mutation: the object passed in itself when nothing changes or on denial."""
-    changed: bool
+    patch: list[dict[str, Any]]
+    """The JSON patch from the pod passed in to ``pod`` (see ``json_patch``); empty: no change."""
     denial: str | None
     """Why the pod must not be created, with how to fix it; ``None`` when it is allowed."""
     warnings: tuple[str, ...]
@@ -83,6 +83,10 @@ class Mutation:
     """A few words for logs: why this outcome (``mutated``, ``not opted in``, ``mirror pod``…)."""
     wrapped: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.patch)
 
 
 def mutate(
@@ -108,7 +112,7 @@ def mutate(
         raise InvalidPod("the pod has no spec")
 
     def unchanged(reason: str, denial: str | None = None) -> Mutation:
-        return Mutation(pod, False, denial, tuple(warnings), reason)
+        return Mutation(pod, [], denial, tuple(warnings), reason)
 
     if MIRROR_POD_ANNOTATION in annotations:
         return unchanged("mirror pod")
@@ -173,17 +177,21 @@ def mutate(
         # selects on: a pod whose GPU containers were all skipped is not bound, so it has no
         # placement to report.
         new_metadata["labels"] = {**labels, names.LABEL_MANAGED: "true"}
-        new_spec["initContainers"] = _with_launcher_first(
-            [changed_containers.get(c["name"], c) for c in init_containers], pod, settings
-        )
+        # Ours runs first, before any wrapped init container. One already there is kept as it is
+        # (on reinvocation the API server has defaulted its fields), only moved to the front
+        # should another webhook have put something before it.
+        launcher = next((c for c in init_containers if _is_launcher(c)), None) or (
+            _launcher_container(settings, best_effort=_is_best_effort(containers, init_containers)))
+        new_spec["initContainers"] = [launcher, *(changed_containers.get(c["name"], c)
+                                                  for c in init_containers if not _is_launcher(c))]
         if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
             new_spec["volumes"] = [*volumes, dict(_LAUNCHER_VOLUME)]
     new_pod = {**pod, "metadata": new_metadata, "spec": new_spec}
 
-    changed = _patched_view(pod) != _patched_view(new_pod)
+    patch = json_patch(pod, new_pod)
     return Mutation(
-        new_pod if changed else pod, changed, None, tuple(warnings),
-        "mutated" if changed else "already mutated", tuple(wrapped), tuple(skipped),
+        new_pod if patch else pod, patch, None, tuple(warnings),
+        "mutated" if patch else "already mutated", tuple(wrapped), tuple(skipped),
     )
 
 
@@ -199,25 +207,73 @@ def mutation_settings(args: argparse.Namespace) -> MutationSettings:
 def json_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The RFC 6902 patch that turns ``original`` into ``mutated`` (empty when they are equal).
 
-    Only the fields the mutation writes are diffed: the rest of a pod is the same object on both
-    sides, and diffing it would only cost time in the admission path. Lists of named items
-    (containers, volumes) are first aligned by name, so that inserting the launcher in front of
-    the init containers is one ``add`` rather than a rewrite of every init container after it;
-    ``jsonpatch.make_patch`` then diffs the aligned items field by field. The patch is applied to
-    the original before it is returned: should the differ ever produce a wrong patch, whole-field
-    replacements take its place, so a pod is never corrupted.
+    Computed by diffing the two, never from hand-written paths. Only the fields the mutation
+    writes are compared, and parts that are the same object on both sides (every container the
+    mutation did not touch) are skipped without being walked. ``jsonpatch.make_patch`` would do
+    the same diff at about 25 times the cost, which in the admission path is most of a request's
+    time; the tests apply every patch with ``jsonpatch`` and compare the result.
     """
     before, after = _patched_view(original), _patched_view(mutated)
-    if before == after:
-        return []
     operations, aligned = _align_named_lists(before, after)
-    operations.extend(jsonpatch.make_patch(aligned, after).patch)
-    try:
-        if jsonpatch.apply_patch(before, operations) == after:
-            return operations
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException):
-        pass
-    return _replacement_patch(before, after)
+    _diff(aligned, after, "", operations)
+    return operations
+
+
+def _diff(old: Any, new: Any, path: str, operations: list[dict[str, Any]]) -> None:
+    """Append to ``operations`` what turns ``old`` into ``new`` at ``path``.
+
+    Lists are compared as the mutation changes them: items added at the end (env, mounts,
+    volumes), items added at the front (the wrapped command), or items changed in place; any other
+    change replaces the list whole, which is always correct, if longer.
+    """
+    if old is new:
+        return
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old:
+            if key not in new:
+                operations.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
+        for key, value in new.items():
+            if key not in old:
+                operations.append({"op": "add", "path": f"{path}/{_escape(key)}", "value": value})
+            elif old[key] is not value:  # most of a pod is shared, unchanged: skip it cheaply
+                _diff(old[key], value, f"{path}/{_escape(key)}", operations)
+        return
+    if isinstance(old, list) and isinstance(new, list):
+        added = len(new) - len(old)
+        if added == 0:
+            for index, (old_item, new_item) in enumerate(zip(old, new, strict=True)):
+                if old_item is not new_item:
+                    _diff(old_item, new_item, f"{path}/{index}", operations)
+            return
+        if added > 0 and _same(new[:len(old)], old):
+            operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
+                              for index in range(len(old), len(new)))
+            return
+        if added > 0 and _same(new[added:], old):
+            operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
+                              for index in range(added))
+            return
+    if not _same(old, new):
+        operations.append({"op": "replace", "path": path, "value": new})
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal as JSON: Python's ``True == 1`` and ``1 == 1.0`` are not equal JSON documents."""
+    if old is new:
+        return True
+    if type(old) is not type(new):
+        return False
+    if isinstance(old, dict):
+        return old.keys() == new.keys() and all(_same(old[k], new[k]) for k in old)
+    if isinstance(old, list):
+        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new, strict=True))
+    return bool(old == new)
+
+
+def _escape(key: str) -> str:
+    if "~" in key or "/" in key:
+        return key.replace("~", "~0").replace("/", "~1")
+    return key
 
 
 def _align_named_lists(
@@ -227,7 +283,7 @@ def _align_named_lists(
     and ``before`` with those operations applied (items not copied: the differ only reads)."""
     operations: list[dict[str, Any]] = []
     spec_before, spec_after = before.get("spec"), after.get("spec")
-    if not isinstance(spec_before, dict) or not isinstance(spec_after, Mapping):
+    if not isinstance(spec_before, dict) or not isinstance(spec_after, dict):
         return operations, before
     aligned_spec = dict(spec_before)
     for key in ("initContainers", "containers", "volumes"):
@@ -235,22 +291,29 @@ def _align_named_lists(
         if not isinstance(old, list) or not isinstance(new, list):
             continue
         staged = list(old)
+        staged_names = [_name_of(item) for item in staged]
+        if [_name_of(item) for item in new[:len(staged)]] == staged_names:
+            continue  # same items in the same places, any new ones at the end: nothing to align
         for index, item in enumerate(new):
-            name = item.get("name") if isinstance(item, Mapping) else None
-            current = [i for i, s in enumerate(staged) if isinstance(s, Mapping)
-                       and s.get("name") == name]
-            if name is None or (index < len(staged) and index in current):
+            name = _name_of(item)
+            if name is None or staged_names[index:index + 1] == [name]:
                 continue
             path = f"/spec/{key}/{index}"
-            if current and current[0] > index:
-                operations.append({"op": "move", "from": f"/spec/{key}/{current[0]}",
-                                   "path": path})
-                staged.insert(index, staged.pop(current[0]))
-            elif not current:
+            if name in staged_names[index:]:
+                found = staged_names.index(name, index)
+                operations.append({"op": "move", "from": f"/spec/{key}/{found}", "path": path})
+                staged.insert(index, staged.pop(found))
+                staged_names.insert(index, staged_names.pop(found))
+            elif name not in staged_names:
                 operations.append({"op": "add", "path": path, "value": item})
                 staged.insert(index, item)
+                staged_names.insert(index, name)
         aligned_spec[key] = staged
     return operations, {**before, "spec": aligned_spec}
+
+
+def _name_of(item: object) -> object:
+    return item.get("name") if isinstance(item, dict) else None
 
 
 # --- Decisions ---------------------------------------------------------------------------------
@@ -297,7 +360,7 @@ def _requests_gpu(container: Mapping[str, Any], gpu_resources: Sequence[str]) ->
         return False
     for field in ("limits", "requests"):
         amounts = resources.get(field) or {}
-        if not isinstance(amounts, Mapping):
+        if not isinstance(amounts, dict):
             raise InvalidPod(f"container {container['name']!r}: resources.{field} must be a map")
         for resource, quantity in amounts.items():
             if _matches(str(resource), gpu_resources) and not _is_zero(quantity):
@@ -305,8 +368,14 @@ def _requests_gpu(container: Mapping[str, Any], gpu_resources: Sequence[str]) ->
     return False
 
 
-def _matches(resource: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(resource, pattern) for pattern in patterns)
+def _matches(resource: str, patterns: Sequence[str]) -> bool:
+    return _pattern(tuple(patterns)).match(resource) is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
+    """One regular expression for all the resource globs: matched per resource of every pod."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
 
 
 def _is_zero(quantity: object) -> bool:
@@ -398,22 +467,7 @@ def _wrap(container: Mapping[str, Any], policy: str, warnings: list[str]) -> dic
     return wrapped
 
 
-def _with_launcher_first(
-    init_containers: list[Mapping[str, Any]], pod: Mapping[str, Any], settings: MutationSettings
-) -> list[Mapping[str, Any]]:
-    """The init containers with ours first: it must run before any wrapped init container.
-
-    An existing launcher container is kept as it is (the API server has defaulted its fields by
-    the time a pod is reinvoked), only moved to the front should another webhook have put
-    something before it.
-    """
-    existing = [c for c in init_containers if _is_launcher(c)]
-    others = [c for c in init_containers if not _is_launcher(c)]
-    launcher = existing[0] if existing else _launcher_container(pod, settings)
-    return [launcher, *others]
-
-
-def _launcher_container(pod: Mapping[str, Any], settings: MutationSettings) -> dict[str, Any]:
+def _launcher_container(settings: MutationSettings, *, best_effort: bool) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": names.LAUNCHER_INIT_CONTAINER,
         "image": settings.launcher_image,
@@ -434,18 +488,17 @@ def _launcher_container(pod: Mapping[str, Any], settings: MutationSettings) -> d
     }
     # A BestEffort pod (no cpu or memory anywhere) would become Burstable if our init container
     # asked for any: the webhook must not change a pod's QoS class, so it asks for nothing there.
-    if not _is_best_effort(pod):
+    if not best_effort:
         container["resources"] = {key: dict(value) for key, value in _LAUNCHER_RESOURCES.items()}
     return container
 
 
-def _is_best_effort(pod: Mapping[str, Any]) -> bool:
-    spec = pod["spec"]
-    for container in (*_named_list(spec, "containers"), *_named_list(spec, "initContainers")):
+def _is_best_effort(*container_lists: Sequence[Mapping[str, Any]]) -> bool:
+    for container in (c for containers in container_lists for c in containers):
         resources = container.get("resources")
         for field in ("limits", "requests"):
-            amounts = resources.get(field) if isinstance(resources, Mapping) else None
-            if isinstance(amounts, Mapping) and ("cpu" in amounts or "memory" in amounts):
+            amounts = resources.get(field) if isinstance(resources, dict) else None
+            if isinstance(amounts, dict) and ("cpu" in amounts or "memory" in amounts):
                 return False
     return True
 
@@ -476,26 +529,9 @@ def _patched_view(pod: Mapping[str, Any]) -> dict[str, Any]:
     view: dict[str, Any] = {}
     for section, keys in _PATCHED_FIELDS:
         part = pod.get(section)
-        if isinstance(part, Mapping):
+        if isinstance(part, dict):
             view[section] = {key: part[key] for key in keys if key in part}
     return view
-
-
-def _replacement_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
-    operations: list[dict[str, Any]] = []
-    for section, keys in _PATCHED_FIELDS:
-        if section not in after:
-            continue
-        if section not in before:
-            operations.append({"op": "add", "path": f"/{section}", "value": after[section]})
-            continue
-        for key in keys:
-            path = f"/{section}/{key}"
-            if key in after[section] and after[section][key] != before[section].get(key):
-                operations.append({"op": "add", "path": path, "value": after[section][key]})
-            elif key in before[section] and key not in after[section]:
-                operations.append({"op": "remove", "path": path})
-    return operations
 
 
 # --- Reading a pod defensively -----------------------------------------------------------------
@@ -503,7 +539,7 @@ def _replacement_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> l
 
 def _mapping(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
     value = parent.get(key)
-    if value is not None and not isinstance(value, Mapping):
+    if value is not None and not isinstance(value, dict):
         raise InvalidPod(f"{where} must be a map, not {type(value).__name__}")
     return value
 
@@ -517,10 +553,11 @@ def _string_map(metadata: Mapping[str, Any] | None, key: str) -> dict[str, str]:
 
 def _named_list(parent: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     value = parent.get(key) or []
-    if not isinstance(value, list) or not all(
-        isinstance(item, Mapping) and isinstance(item.get("name"), str) for item in value
-    ):
+    if not isinstance(value, list):
         raise InvalidPod(f"{key} must be a list of maps, each with a name")
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidPod(f"{key} must be a list of maps, each with a name")
     return value
 
 

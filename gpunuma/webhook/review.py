@@ -9,14 +9,17 @@ a warning, because the webhook must never be the reason a workload cannot start.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+# orjson parses and writes JSON several times faster than the standard library; in the admission
+# path that is a third of the webhook's own work per request.
+import orjson
+
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook.mutation import InvalidPod, json_patch, mutate, warning_line
+from gpunuma.webhook.mutation import InvalidPod, mutate, warning_line
 
 __all__ = ["API_VERSION", "KIND", "Admission", "BadRequest", "Outcome", "admit"]
 
@@ -62,7 +65,7 @@ def admit(body: bytes, settings: MutationSettings, *, namespace_opted_in: bool) 
     where = _pod_name(request, pod)
     try:
         mutation = mutate(pod, settings, namespace_opted_in=namespace_opted_in)
-        patch = json_patch(pod, mutation.pod) if mutation.changed else []
+        patch = mutation.patch
     except InvalidPod as exc:
         log.warning("pod %s not mutated: %s", where, exc)
         return Admission(_response(uid, warnings=[warning_line(f"pod not mutated: {exc}")]),
@@ -82,8 +85,8 @@ def admit(body: bytes, settings: MutationSettings, *, namespace_opted_in: bool) 
 
 def _parse(body: bytes) -> dict[str, Any]:
     try:
-        review = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        review = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(review, dict):
         raise BadRequest("the body must be a JSON object (an AdmissionReview)")
@@ -122,7 +125,7 @@ def _response(
         response["status"] = {"code": 403, "reason": "Forbidden", "message": denial}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+        response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
     if warnings:
         response["warnings"] = warnings
     return {"apiVersion": API_VERSION, "kind": KIND, "response": response}
