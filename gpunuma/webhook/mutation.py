@@ -119,7 +119,7 @@ def mutate(
     opt_in = annotations.get(names.ANNOTATION_INJECT)
     if opt_in is not None and opt_in not in ("true", "false"):
         warnings.append(warning_line(f"{names.ANNOTATION_INJECT}={_quote(opt_in)} ignored: "
-                                 "use \"true\" or \"false\""))
+                                     "use \"true\" or \"false\""))
         opt_in = None
     if opt_in == "false":
         return unchanged("opted out")
@@ -133,6 +133,10 @@ def mutate(
     selected = _select(annotations, init_containers, containers, settings.gpu_resources, warnings)
     if not selected:
         return unchanged("no GPU containers")
+    if _is_windows(spec):
+        warnings.append(warning_line("Windows pods are not bound: numa-exec is a POSIX shell "
+                                     "script"))
+        return unchanged("windows pod")
 
     wrapped: list[str] = []
     skipped: list[str] = []
@@ -501,6 +505,12 @@ def _is_best_effort(*container_lists: Sequence[Mapping[str, Any]]) -> bool:
             if isinstance(amounts, dict) and ("cpu" in amounts or "memory" in amounts):
                 return False
     return True
+
+
+def _is_windows(spec: Mapping[str, Any]) -> bool:
+    os_field, selector = spec.get("os"), spec.get("nodeSelector")
+    return (isinstance(os_field, dict) and os_field.get("name") == "windows") or (
+        isinstance(selector, dict) and selector.get("kubernetes.io/os") == "windows")
 
 
 def _is_launcher(container: Mapping[str, Any]) -> bool:

@@ -155,6 +155,18 @@ def test_a_mirror_pod_is_never_mutated():
     assert mutate(pod, SETTINGS).reason == "mirror pod"
 
 
+@pytest.mark.parametrize("where", ["os", "nodeSelector"])
+def test_a_windows_gpu_pod_is_left_alone_with_a_warning(where):
+    pod = gpu_pod(command=["run.exe"])
+    if where == "os":
+        pod["spec"]["os"] = {"name": "windows"}
+    else:
+        pod["spec"]["nodeSelector"] = {"kubernetes.io/os": "windows"}
+    result = mutate(pod, SETTINGS)
+    assert (result.changed, result.reason) == (False, "windows pod")
+    assert "POSIX shell script" in result.warnings[0]
+
+
 def test_a_pod_without_gpu_containers_gets_no_patch():
     pod = gpu_pod(command=["run"], resources={"limits": {"cpu": "1"}})
     result = mutate(pod, SETTINGS)
