@@ -65,7 +65,13 @@ def admit(body: bytes, settings: MutationSettings, *, namespace_opted_in: bool) 
     where = _pod_name(request, pod)
     try:
         mutation = mutate(pod, settings, namespace_opted_in=namespace_opted_in)
-        patch = mutation.patch
+        warnings = list(mutation.warnings)
+        if mutation.denial is not None:
+            return Admission(_response(uid, denial=mutation.denial, warnings=warnings),
+                             "denied", where, mutation.reason)
+        outcome: Outcome = "patched" if mutation.patch else "unchanged"
+        return Admission(_response(uid, patch=mutation.patch, warnings=warnings), outcome,
+                         where, mutation.reason)
     except InvalidPod as exc:
         log.warning("pod %s not mutated: %s", where, exc)
         return Admission(_response(uid, warnings=[warning_line(f"pod not mutated: {exc}")]),
@@ -74,13 +80,6 @@ def admit(body: bytes, settings: MutationSettings, *, namespace_opted_in: bool) 
         log.exception("pod %s not mutated: internal error", where)
         warning = warning_line("pod not mutated: internal error in the webhook (see its log)")
         return Admission(_response(uid, warnings=[warning]), "error", where, "internal error")
-    warnings = list(mutation.warnings)
-    if mutation.denial is not None:
-        return Admission(_response(uid, denial=mutation.denial, warnings=warnings), "denied",
-                         where, mutation.reason)
-    outcome: Outcome = "patched" if patch else "unchanged"
-    return Admission(_response(uid, patch=patch, warnings=warnings), outcome, where,
-                     mutation.reason)
 
 
 def _parse(body: bytes) -> dict[str, Any]:
