@@ -96,6 +96,7 @@ class CertificateReloader:
     def __init__(self, cert_file: Path, key_file: Path) -> None:
         self._cert_file, self._key_file = cert_file, key_file
         self._loaded = _read_pair(cert_file, key_file)
+        self._failed: tuple[bytes, bytes] | None = None
         self.context = _server_context(cert_file, key_file)
         self._current = self.context
         self.context.sni_callback = self._select
@@ -110,24 +111,19 @@ class CertificateReloader:
         """Load the files if their contents changed: True when loaded, False when that failed
         (the previous pair keeps serving), None when nothing changed."""
         contents = _read_pair(self._cert_file, self._key_file)
-        if contents is None or contents == self._loaded:
+        if contents is None or contents in (self._loaded, self._failed):
             return None
         try:
             context = _server_context(self._cert_file, self._key_file)
         except TLSError as exc:
-            # Mid-rotation one file may be new and the other old; the next check retries.
+            # Mid-rotation one file may be new and the other old: the next change is tried again,
+            # this pair is not (it would log the same warning every few seconds).
+            self._failed = contents
             log.warning("keeping the current certificate: %s", exc)
             return False
         self._current, self._loaded = context, contents
         log.info("loaded the new TLS certificate from %s", self._cert_file)
         return True
-
-    async def watch(self, interval: float, metrics: _Metrics) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            result = await asyncio.to_thread(self.reload_if_changed)
-            if result is not None:
-                metrics.reloads.labels("loaded" if result else "failed").inc()
 
 
 class _Metrics:
@@ -188,9 +184,7 @@ class WebhookServer:
         site = web.TCPSite(self._runner, host, port, ssl_context=self.reloader.context)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        self._watcher = asyncio.create_task(
-            self.reloader.watch(self._reload_interval, self.metrics)
-        )
+        self._watcher = asyncio.create_task(self._watch_certificate())
         self._ready = True
         log.info("gpunuma webhook %s serving https://%s:%d (/mutate, /mutate-namespace)",
                  __version__, host or "*", self.port)
@@ -215,6 +209,18 @@ class WebhookServer:
                             self._in_flight, SHUTDOWN_TIMEOUT_S)
             await self._runner.cleanup()
         log.info("gpunuma webhook stopped")
+
+    def reload_certificate(self) -> bool | None:
+        """Load the certificate and key if they changed on disk (see CertificateReloader)."""
+        result = self.reloader.reload_if_changed()
+        if result is not None:
+            self.metrics.reloads.labels("loaded" if result else "failed").inc()
+        return result
+
+    async def _watch_certificate(self) -> None:
+        while True:
+            await asyncio.sleep(self._reload_interval)
+            await asyncio.to_thread(self.reload_certificate)
 
     def _handler(self, *, namespace_opted_in: bool) -> Any:
         settings = self.settings.mutation

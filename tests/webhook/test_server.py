@@ -54,17 +54,30 @@ def certificates(tmp_path: Path) -> Certificates:
     return certs
 
 
-@pytest.fixture
-async def server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
+async def _serving(certificates: Certificates, reload_interval: float
+                   ) -> AsyncIterator[WebhookServer]:
     settings = WebhookSettings(
         listen="127.0.0.1:0", tls_cert_file=certificates.cert_file,
         tls_key_file=certificates.key_file,
         mutation=MutationSettings(launcher_image="registry.example/gpunuma:1.2.3"),
     )
-    webhook = WebhookServer(settings, reload_interval=0.02)
+    webhook = WebhookServer(settings, reload_interval=reload_interval)
     await webhook.start()
     yield webhook
     await webhook.stop()
+
+
+@pytest.fixture
+async def server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
+    async for webhook in _serving(certificates, reload_interval=0.02):
+        yield webhook
+
+
+@pytest.fixture
+async def manual_server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
+    """A server whose certificate is reloaded only when the test says so."""
+    async for webhook in _serving(certificates, reload_interval=3600):
+        yield webhook
 
 
 @pytest.fixture
@@ -285,8 +298,8 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def _wait_for_certificate(server: WebhookServer, certificates: Certificates,
-                                context: ssl.SSLContext, expected: bytes) -> None:
+async def _wait_for_certificate(server: WebhookServer, context: ssl.SSLContext,
+                                expected: bytes) -> None:
     for _ in range(250):
         _, writer = await _open(server, context, "localhost")
         served = _peer_pem(writer)
@@ -310,7 +323,7 @@ async def test_a_rotated_certificate_is_served_without_dropping_open_connections
     assert (await _raw_post(old_reader, old_writer, "/mutate", review))[0] == 200
 
     new_pem = certificates.issue(new_ca)
-    await _wait_for_certificate(server, certificates, context, new_pem)
+    await _wait_for_certificate(server, context, new_pem)
 
     reader, writer = await _open(server, context, server_name)
     assert _peer_pem(writer).strip() == new_pem.strip() != old_pem.strip()
@@ -323,8 +336,9 @@ async def test_a_rotated_certificate_is_served_without_dropping_open_connections
 
 
 async def test_a_half_written_rotation_keeps_the_old_certificate_until_the_key_arrives(
-    server, certificates, session
+    manual_server, certificates, session
 ):
+    server = manual_server
     context = certificates.client_context()
     _, writer = await _open(server, context, "localhost")
     old_pem = _peer_pem(writer)
@@ -334,16 +348,21 @@ async def test_a_half_written_rotation_keeps_the_old_certificate_until_the_key_a
     new_key = certificates.key_file.read_bytes()
     certificates.key_file.write_bytes(old_key)  # the new certificate with the old key
 
-    assert server.reloader.reload_if_changed() is False
+    assert server.reload_certificate() is False
+    assert server.reload_certificate() is None  # the same broken pair is not retried
     _, writer = await _open(server, context, "localhost")
     assert _peer_pem(writer) == old_pem
     writer.close()
 
     certificates.key_file.write_bytes(new_key)
-    await _wait_for_certificate(server, certificates, context, new_pem)
+    assert server.reload_certificate() is True
+    _, writer = await _open(server, context, "localhost")
+    assert _peer_pem(writer).strip() == new_pem.strip()
+    writer.close()
     async with session.get(url(server, "/metrics")) as reply:
         text = await reply.text()
     assert 'gpunuma_webhook_certificate_reloads_total{result="loaded"} 1.0' in text
+    assert 'gpunuma_webhook_certificate_reloads_total{result="failed"} 1.0' in text
 
 
 def test_an_unreadable_certificate_is_refused_at_start_naming_the_files(certificates):
