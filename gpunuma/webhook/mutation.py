@@ -230,30 +230,30 @@ def _diff(old: Any, new: Any, path: str, operations: list[dict[str, Any]]) -> No
     volumes), items added at the front (the wrapped command), or items changed in place; any other
     change replaces the list whole, which is always correct, if longer.
     """
-    if old is new:
-        return
     if isinstance(old, dict) and isinstance(new, dict):
         for key in old:
             if key not in new:
-                operations.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
+                operations.append({"op": "remove", "path": _join(path, key)})
         for key, value in new.items():
             if key not in old:
-                operations.append({"op": "add", "path": f"{path}/{_escape(key)}", "value": value})
+                operations.append({"op": "add", "path": _join(path, key), "value": value})
             elif old[key] is not value:  # most of a pod is shared, unchanged: skip it cheaply
-                _diff(old[key], value, f"{path}/{_escape(key)}", operations)
+                _diff(old[key], value, _join(path, key), operations)
         return
     if isinstance(old, list) and isinstance(new, list):
         added = len(new) - len(old)
         if added == 0:
-            for index, (old_item, new_item) in enumerate(zip(old, new, strict=True)):
-                if old_item is not new_item:
-                    _diff(old_item, new_item, f"{path}/{index}", operations)
+            for index, old_item in enumerate(old):
+                if old_item is not new[index]:
+                    _diff(old_item, new[index], f"{path}/{index}", operations)
             return
-        if added > 0 and _same(new[:len(old)], old):
+        # The kept items are the very objects of the old list (the mutation only adds around
+        # them), so identity decides, and Python's 1 == True cannot hide a change.
+        if added > 0 and all(a is b for a, b in zip(new[:len(old)], old, strict=True)):
             operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
                               for index in range(len(old), len(new)))
             return
-        if added > 0 and _same(new[added:], old):
+        if added > 0 and all(a is b for a, b in zip(new[added:], old, strict=True)):
             operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
                               for index in range(added))
             return
@@ -274,10 +274,9 @@ def _same(old: Any, new: Any) -> bool:
     return bool(old == new)
 
 
-def _escape(key: str) -> str:
-    if "~" in key or "/" in key:
-        return key.replace("~", "~0").replace("/", "~1")
-    return key
+def _join(path: str, key: str) -> str:
+    """``path`` and one more JSON pointer segment (RFC 6901 escapes ``~`` and ``/``)."""
+    return f"{path}/{key.replace('~', '~0').replace('/', '~1')}"
 
 
 def _align_named_lists(
@@ -295,11 +294,11 @@ def _align_named_lists(
         if not isinstance(old, list) or not isinstance(new, list):
             continue
         staged = list(old)
-        staged_names = [_name_of(item) for item in staged]
-        if [_name_of(item) for item in new[:len(staged)]] == staged_names:
+        staged_names = _names(staged)
+        if _names(new[:len(staged)]) == staged_names:
             continue  # same items in the same places, any new ones at the end: nothing to align
         for index, item in enumerate(new):
-            name = _name_of(item)
+            name = item.get("name") if isinstance(item, dict) else None
             if name is None or staged_names[index:index + 1] == [name]:
                 continue
             path = f"/spec/{key}/{index}"
@@ -316,8 +315,8 @@ def _align_named_lists(
     return operations, {**before, "spec": aligned_spec}
 
 
-def _name_of(item: object) -> object:
-    return item.get("name") if isinstance(item, dict) else None
+def _names(items: list[Any]) -> list[object]:
+    return [item.get("name") if isinstance(item, dict) else None for item in items]
 
 
 # --- Decisions ---------------------------------------------------------------------------------
@@ -354,25 +353,24 @@ def _select(
                                              f"{_quote(name)}, which is not a container of this "
                                              "pod"))
         return {name for name in requested if name in known}
-    return {c["name"] for c in candidates if _requests_gpu(c, gpu_resources)}
+    pattern = _pattern(tuple(gpu_resources))
+    return {c["name"] for c in candidates if _requests_gpu(c, pattern)}
 
 
-def _requests_gpu(container: Mapping[str, Any], gpu_resources: Sequence[str]) -> bool:
-    resources = _mapping(container, "resources", f"container {container['name']!r}: resources")
+def _requests_gpu(container: Mapping[str, Any], gpu_resources: re.Pattern[str]) -> bool:
+    resources = container.get("resources")
     if not resources:
         return False
+    if not isinstance(resources, dict):
+        raise InvalidPod(f"container {container['name']!r}: resources must be a map")
     for field in ("limits", "requests"):
         amounts = resources.get(field) or {}
         if not isinstance(amounts, dict):
             raise InvalidPod(f"container {container['name']!r}: resources.{field} must be a map")
         for resource, quantity in amounts.items():
-            if _matches(str(resource), gpu_resources) and not _is_zero(quantity):
+            if gpu_resources.match(str(resource)) and not _is_zero(quantity):
                 return True
     return False
-
-
-def _matches(resource: str, patterns: Sequence[str]) -> bool:
-    return _pattern(tuple(patterns)).match(resource) is not None
 
 
 @functools.lru_cache(maxsize=8)
@@ -383,6 +381,8 @@ def _pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
 
 def _is_zero(quantity: object) -> bool:
     """True for a quantity of zero (``0``, ``"0"``, ``"0k"``): such a container has no GPU."""
+    if isinstance(quantity, int) or (isinstance(quantity, str) and quantity.isdigit()):
+        return int(quantity) == 0
     match = _QUANTITY_NUMBER.match(str(quantity))
     return match is not None and Decimal(match.group(1)) == 0
 
