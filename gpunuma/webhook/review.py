@@ -4,6 +4,9 @@
 and builds the response. Malformed requests raise ``BadRequest`` (the server answers HTTP 400);
 a failure inside the mutation of one pod never fails the request: the pod is allowed unchanged with
 a warning, because the webhook must never be the reason a workload cannot start.
+
+A ``Memory`` lets the server answer a pod it has just seen without mutating it again: the replicas
+of a Deployment, a Job's pods, a Ray worker group reach the webhook as identical pods, in bursts.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import orjson
 from gpunuma.settings import MutationSettings
 from gpunuma.webhook.mutation import InvalidPod, mutate, warning_line
 
-__all__ = ["API_VERSION", "KIND", "Admission", "BadRequest", "Outcome", "admit"]
+__all__ = ["API_VERSION", "KIND", "Admission", "BadRequest", "Memory", "Outcome", "admit"]
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
@@ -47,7 +50,65 @@ class Admission:
     reason: str
 
 
-def admit(body: bytes, settings: MutationSettings, *, namespace_opted_in: bool) -> Admission:
+class Memory:
+    """The answers to the last pods admitted, keyed by everything the mutation reads from a pod.
+
+    The key is the JSON of the pod's annotations and labels, its container, init container,
+    ephemeral container and volume lists, its ``os`` and ``nodeSelector``, with the path's
+    namespace opt-in and the settings: the mutation is a pure function of exactly these, so an
+    answer found here is the answer ``mutate`` would give. Only the request's uid differs.
+    """
+
+    _SPEC_FIELDS = ("initContainers", "containers", "volumes", "ephemeralContainers", "os",
+                    "nodeSelector")
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self.hits = 0
+        self._answers: dict[tuple[MutationSettings, bytes], _Answer] = {}
+
+    def key(self, pod: Mapping[str, Any], settings: MutationSettings,
+            namespace_opted_in: bool) -> tuple[MutationSettings, bytes] | None:
+        metadata, spec = pod.get("metadata"), pod.get("spec")
+        inputs = [
+            namespace_opted_in,
+            {k: metadata[k] for k in ("annotations", "labels") if k in metadata}
+            if isinstance(metadata, dict) else metadata,
+            {k: spec[k] for k in self._SPEC_FIELDS if k in spec}
+            if isinstance(spec, dict) else spec,
+        ]
+        try:
+            return settings, orjson.dumps(inputs)
+        except orjson.JSONEncodeError:  # a value orjson cannot write: just not remembered
+            return None
+
+    def recall(self, key: tuple[MutationSettings, bytes]) -> _Answer | None:
+        answer = self._answers.get(key)
+        if answer is not None:
+            self.hits += 1
+        return answer
+
+    def remember(self, key: tuple[MutationSettings, bytes], answer: _Answer) -> None:
+        if len(self._answers) >= self.size:
+            del self._answers[next(iter(self._answers))]  # the oldest
+        self._answers[key] = answer
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    outcome: Outcome
+    reason: str
+    response: dict[str, Any]
+    """The AdmissionReview response without its uid."""
+
+
+def admit(
+    body: bytes,
+    settings: MutationSettings,
+    *,
+    namespace_opted_in: bool,
+    memory: Memory | None = None,
+) -> Admission:
     """The AdmissionReview response for one request body. Raises ``BadRequest``."""
     request = _parse(body)
     uid: str = request["uid"]
@@ -63,15 +124,17 @@ def admit(body: bytes, settings: MutationSettings, *, namespace_opted_in: bool) 
     if not isinstance(pod, dict):
         raise BadRequest("request.object must be the pod being created")
     where = _pod_name(request, pod)
+    key = memory.key(pod, settings, namespace_opted_in) if memory is not None else None
+    if memory is not None and key is not None and (known := memory.recall(key)) is not None:
+        return Admission(_review({"uid": uid, **known.response}), known.outcome, where,
+                         known.reason)
     try:
         mutation = mutate(pod, settings, namespace_opted_in=namespace_opted_in)
         warnings = list(mutation.warnings)
-        if mutation.denial is not None:
-            return Admission(_response(uid, denial=mutation.denial, warnings=warnings),
-                             "denied", where, mutation.reason)
-        outcome: Outcome = "patched" if mutation.patch else "unchanged"
-        return Admission(_response(uid, patch=mutation.patch, warnings=warnings), outcome,
-                         where, mutation.reason)
+        outcome: Outcome = ("denied" if mutation.denial is not None
+                            else "patched" if mutation.patch else "unchanged")
+        answer = _Answer(outcome, mutation.reason,
+                         _answer(patch=mutation.patch, denial=mutation.denial, warnings=warnings))
     except InvalidPod as exc:
         log.warning("pod %s not mutated: %s", where, exc)
         return Admission(_response(uid, warnings=[warning_line(f"pod not mutated: {exc}")]),
@@ -80,6 +143,10 @@ def admit(body: bytes, settings: MutationSettings, *, namespace_opted_in: bool) 
         log.exception("pod %s not mutated: internal error", where)
         warning = warning_line("pod not mutated: internal error in the webhook (see its log)")
         return Admission(_response(uid, warnings=[warning]), "error", where, "internal error")
+    if memory is not None and key is not None:
+        memory.remember(key, answer)
+    return Admission(_review({"uid": uid, **answer.response}), answer.outcome, where,
+                     answer.reason)
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -112,14 +179,18 @@ def _pod_name(request: Mapping[str, Any], pod: object) -> str:
     return f"{namespace}/{name}"
 
 
-def _response(
-    uid: str,
+def _response(uid: str, *, warnings: list[str] | None = None) -> dict[str, Any]:
+    return _review({"uid": uid, **_answer(warnings=warnings)})
+
+
+def _answer(
     *,
     patch: list[dict[str, Any]] | None = None,
     denial: str | None = None,
     warnings: list[str] | None = None,
 ) -> dict[str, Any]:
-    response: dict[str, Any] = {"uid": uid, "allowed": denial is None}
+    """An AdmissionReview response, but for its uid."""
+    response: dict[str, Any] = {"allowed": denial is None}
     if denial is not None:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": denial}
     if patch:
@@ -127,4 +198,8 @@ def _response(
         response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
     if warnings:
         response["warnings"] = warnings
+    return response
+
+
+def _review(response: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": KIND, "response": response}

@@ -32,7 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from gpunuma import __version__
 from gpunuma.settings import WebhookSettings
 from gpunuma.webhook.mutation import mutation_settings
-from gpunuma.webhook.review import Admission, BadRequest, admit
+from gpunuma.webhook.review import Admission, BadRequest, Memory, admit
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -157,6 +157,7 @@ class WebhookServer:
         self.settings = settings
         self.reloader = CertificateReloader(settings.tls_cert_file, settings.tls_key_file)
         self.metrics = _Metrics(CollectorRegistry(auto_describe=True))
+        self.memory = Memory()
         self._reload_interval = reload_interval
         self._ready = False
         self._in_flight = 0
@@ -223,8 +224,7 @@ class WebhookServer:
             await asyncio.to_thread(self.reload_certificate)
 
     def _handler(self, *, namespace_opted_in: bool) -> Any:
-        settings = self.settings.mutation
-        metrics = self.metrics
+        settings, metrics, memory = self.settings.mutation, self.metrics, self.memory
 
         async def handle(request: web.Request) -> web.Response:
             started = time.perf_counter()
@@ -239,7 +239,8 @@ class WebhookServer:
                 except web.HTTPRequestEntityTooLarge:
                     return _bad_request(f"the body is over {MAX_BODY_BYTES} bytes")
                 try:
-                    admission = admit(body, settings, namespace_opted_in=namespace_opted_in)
+                    admission = admit(body, settings, namespace_opted_in=namespace_opted_in,
+                                      memory=memory)
                 except BadRequest as exc:
                     log.warning("bad admission request from %s: %s", request.remote, exc)
                     return _bad_request(str(exc))

@@ -17,10 +17,13 @@ from hypothesis import strategies as st
 from gpunuma import names
 from gpunuma.settings import MutationSettings
 from gpunuma.webhook.mutation import WARNING_LIMIT, mutate
-from gpunuma.webhook.review import admit
+from gpunuma.webhook.review import Memory, admit
 from tests.webhook import pods
 
 SETTINGS = MutationSettings(launcher_image="registry.example/gpunuma:1.2.3")
+# Shared by all examples, as the server shares one across requests: an answer remembered for one
+# pod and wrongly given to another would show as a difference below.
+MEMORY = Memory(size=1000)
 
 _names = st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True).filter(
     lambda n: n != names.LAUNCHER_INIT_CONTAINER)
@@ -131,3 +134,16 @@ def test_every_patch_applies_validates_leaves_other_containers_alone_and_is_fina
     second = mutate(out, SETTINGS, namespace_opted_in=namespace_opted_in)
     assert second.changed is False
     assert second.denial is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pod=generated_pods(), namespace_opted_in=st.booleans())
+def test_a_remembered_answer_is_the_answer_the_mutation_gives(pod, namespace_opted_in):
+    fresh = admit(json.dumps(pods.admission_review(pod, uid="a")).encode(), SETTINGS,
+                  namespace_opted_in=namespace_opted_in)
+    for uid in ("b", "c"):  # the first may be recalled from another example, the second is
+        review = json.dumps(pods.admission_review(pod, uid=uid)).encode()
+        remembered = admit(review, SETTINGS, namespace_opted_in=namespace_opted_in,
+                           memory=MEMORY)
+        assert remembered.response["response"] == {**fresh.response["response"], "uid": uid}
+        assert remembered.outcome == fresh.outcome

@@ -144,6 +144,19 @@ async def test_a_mutated_pod_sent_again_gets_no_patch(server, session):
     assert again["response"] == {"uid": "uid-1", "allowed": True}
 
 
+async def test_identical_pods_are_answered_from_memory_and_a_changed_one_is_not(server, session):
+    pod = pods.ray_gpu_worker()
+    first = await post_review(session, server, pod, uid="replica-1")
+    second = await post_review(session, server, pod, uid="replica-2")
+    assert server.memory.hits == 1
+    assert second["response"] == {**first["response"], "uid": "replica-2"}
+    pod["metadata"]["annotations"][names.ANNOTATION_POLICY] = "strict"
+    third = await post_review(session, server, pod, uid="replica-3")
+    assert server.memory.hits == 1
+    assert pods.patched(pod, third)["spec"]["containers"][0]["env"][-1] == {
+        "name": "GPUNUMA_POLICY", "value": "strict"}
+
+
 async def test_a_strict_pod_that_cannot_be_wrapped_is_denied_with_a_message(server, session):
     pod = pods.mig_pod()
     del pod["spec"]["containers"][0]["command"]
