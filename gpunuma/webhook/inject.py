@@ -114,12 +114,13 @@ def _inject(document: Any, settings: MutationSettings, policy: str | None,
     if mutation.denial is not None:
         result.errors.append(f"{label}: {mutation.denial}")
         return document
-    if mutation.reason == "opted out":
-        result.notes.append(f"{label}: left unchanged, it has {names.ANNOTATION_INJECT}: \"false\"")
-        return document
-    if not mutation.wrapped and not mutation.skipped:
-        result.notes.append(f"{label}: left unchanged, no container requests a GPU "
-                            "(name containers with --containers)")
+    if not mutation.changed:
+        if mutation.reason == "opted out":
+            result.notes.append(f"{label}: left unchanged, it has {names.ANNOTATION_INJECT}: "
+                                "\"false\"")
+        elif mutation.reason == "no GPU containers":
+            result.notes.append(f"{label}: left unchanged, no container requests a GPU "
+                                "(name containers with --containers)")
         return document
     if parent is None:
         return mutation.pod

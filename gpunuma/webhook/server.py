@@ -21,8 +21,8 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -50,6 +50,7 @@ SHUTDOWN_TIMEOUT_S = 10.0
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 log = logging.getLogger("gpunuma.webhook")
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 class TLSError(RuntimeError):
@@ -178,7 +179,7 @@ class WebhookServer:
 
     async def start(self) -> None:
         host, port = parse_listen(self.settings.listen)
-        # No access log: one line per admission request is noise; mutations are logged instead.
+        # No access log: a line per admission request is noise (and time); /metrics counts them.
         self._runner = web.AppRunner(self.application(), access_log=None,
                                      shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
@@ -223,7 +224,7 @@ class WebhookServer:
             await asyncio.sleep(self._reload_interval)
             await asyncio.to_thread(self.reload_certificate)
 
-    def _handler(self, *, namespace_opted_in: bool) -> Any:
+    def _handler(self, *, namespace_opted_in: bool) -> Handler:
         settings, metrics, memory = self.settings.mutation, self.metrics, self.memory
 
         async def handle(request: web.Request) -> web.Response:
