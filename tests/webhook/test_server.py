@@ -428,6 +428,9 @@ async def test_sigterm_finishes_the_request_in_flight_then_exits(certificates):
         body = json.dumps(pods.admission_review(pods.vllm_server(), uid="in-flight")).encode()
         reader, writer = await asyncio.wait_for(asyncio.open_connection(
             "127.0.0.1", port, ssl=certificates.client_context(), server_hostname="localhost"), 5)
+        # A first request makes sure the server has taken the connection before the second one
+        # starts on it.
+        assert (await _raw_post(reader, writer, "/mutate", body))[0] == 200
         half = len(body) // 2
         writer.write(f"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Length: {len(body)}\r\n"
                      f"\r\n".encode() + body[:half])
