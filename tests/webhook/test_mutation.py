@@ -39,8 +39,7 @@ def gpu_pod(*, annotations: dict[str, str] | None = None, command: list[str] | N
 
 def applied(pod: dict[str, Any], result: Mutation) -> dict[str, Any]:
     """The original pod with the webhook's patch applied, checked against the mutated pod."""
-    patch = json_patch(pod, result.pod)
-    out: dict[str, Any] = jsonpatch.apply_patch(pod, patch)
+    out: dict[str, Any] = jsonpatch.apply_patch(pod, result.patch)
     assert out == result.pod
     return out
 
