@@ -404,12 +404,13 @@ def test_a_bad_listen_address_is_refused_with_an_example(text):
 # --- The real command: start-up errors and graceful shutdown -------------------------------------
 
 
-async def _start_cli(certificates: Certificates, *extra: str) -> asyncio.subprocess.Process:
+async def _start_cli(certificates: Certificates, *extra: str, **env: str
+                     ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gpunuma", "webhook", "--listen", "127.0.0.1:0",
         "--tls-cert-file", str(certificates.cert_file),
         "--tls-key-file", str(certificates.key_file), *extra,
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
 
@@ -466,3 +467,11 @@ async def test_the_command_reports_a_bad_listen_address_and_exits_2(certificates
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert "--listen 'everywhere' is not HOST:PORT" in stderr.decode()
+
+
+async def test_a_bad_default_policy_from_the_environment_is_reported_and_exits_2(certificates):
+    process = await _start_cli(certificates, GPUNUMA_DEFAULT_POLICY="fastest")
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "default policy 'fastest' is not one of preferred, strict, cpu-only" in stderr.decode()
+    assert "GPUNUMA_DEFAULT_POLICY" in stderr.decode()
