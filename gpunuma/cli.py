@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(env GPUNUMA_TLS_CERT_FILE)")
     webhook.add_argument("--tls-key-file", type=Path, default=_env("TLS_KEY_FILE"),
                          required=_env("TLS_KEY_FILE") is None,
-                         help="PEM private key, reloaded when it changes (env GPUNUMA_TLS_KEY_FILE)")
+                         help="PEM private key, reloaded when it changes "
+                         "(env GPUNUMA_TLS_KEY_FILE)")
     _add_mutation_arguments(webhook)
     webhook.set_defaults(handler=_run_webhook)
 
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     operator.set_defaults(handler=_run_operator)
 
     inject = commands.add_parser(
-        "inject", help="apply the webhook's mutation to manifests offline (like istioctl kube-inject)",
+        "inject",
+        help="apply the webhook's mutation to manifests offline (like istioctl kube-inject)",
     )
     inject.add_argument("-f", "--filename", required=True, metavar="FILE",
                         help="YAML file with one or more documents, or - for standard input")

@@ -53,6 +53,19 @@ class MutationSettings:
     default_policy: str = names.DEFAULT_POLICY
     version: str = __version__
 
+    def __post_init__(self) -> None:
+        # Flags are checked by argparse, but their GPUNUMA_* environment defaults are not.
+        if self.default_policy not in names.POLICIES:
+            raise ValueError(f"default policy {self.default_policy!r} is not one of "
+                             f"{', '.join(names.POLICIES)} (--default-policy, "
+                             "GPUNUMA_DEFAULT_POLICY)")
+        if not self.gpu_resources:
+            raise ValueError("no GPU resource names given (--gpu-resources, "
+                             "GPUNUMA_GPU_RESOURCES), e.g. nvidia.com/gpu,amd.com/gpu")
+        if not self.launcher_image.strip():
+            raise ValueError("the launcher image is empty (--launcher-image, "
+                             "GPUNUMA_LAUNCHER_IMAGE)")
+
 
 @dataclass(frozen=True, slots=True)
 class WebhookSettings:

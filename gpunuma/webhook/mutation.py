@@ -1,0 +1,583 @@
+"""The pod mutation (DESIGN §9) as a pure function, shared by the webhook and ``gpunuma inject``.
+
+``mutate`` takes a pod (or a pod template) as a plain dict and returns the pod it should become,
+or a denial, plus warnings for the user. It reads nothing but its arguments, so the admission path
+makes no API calls and ``gpunuma inject`` gives exactly what the webhook would.
+
+The mutation is computed as a desired state rather than a list of edits: a pod that already carries
+it (reinvocation, ``gpunuma inject`` twice, a template injected offline then admitted) comes out
+equal to itself, which is what makes the webhook idempotent. ``json_patch`` turns the difference
+into an RFC 6902 patch by diffing, never by hand-written paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from gpunuma import names
+from gpunuma.settings import MutationSettings
+
+__all__ = [
+    "INSTALL_COMMAND",
+    "MIRROR_POD_ANNOTATION",
+    "POLICY_ENV",
+    "WARNING_LIMIT",
+    "InvalidPod",
+    "Mutation",
+    "json_patch",
+    "mutate",
+    "mutation_settings",
+    "warning_line",
+]
+
+MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
+POLICY_ENV = "GPUNUMA_POLICY"
+INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
+# Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
+WARNING_LIMIT = 120
+
+_LAUNCHER_VOLUME: dict[str, Any] = {
+    "name": names.LAUNCHER_VOLUME,
+    "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"},
+}
+# The init container's own resources. requests == limits, so that a Guaranteed pod stays
+# Guaranteed (every container, init ones included, must have equal cpu and memory requests and
+# limits): the kubelet's CPU manager hands exclusive CPUs only to Guaranteed pods.
+# 100m keeps Python's start-up (about 0.1 s of CPU) from being throttled into seconds.
+_LAUNCHER_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "100m", "memory": "64Mi"},
+    "limits": {"cpu": "100m", "memory": "64Mi"},
+}
+# The image's non-root user; explicit so that runAsNonRoot holds whatever the image declares.
+_LAUNCHER_UID = 65532
+_QUANTITY_NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+))")
+
+
+class InvalidPod(ValueError):
+    """The object is not shaped like a pod (a list where a mapping belongs, a command not a list…).
+
+    The API server never sends such a pod; ``gpunuma inject`` can be given one.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """What ``mutate`` decided for one pod."""
+
+    pod: Mapping[str, Any]
+    """The pod after the mutation: the object passed in itself when nothing changes or on denial."""
+    patch: list[dict[str, Any]]
+    """The JSON patch from the pod passed in to ``pod`` (see ``json_patch``); empty: no change."""
+    denial: str | None
+    """Why the pod must not be created, with how to fix it; ``None`` when it is allowed."""
+    warnings: tuple[str, ...]
+    """Short lines (at most WARNING_LIMIT characters) for the user who created the pod."""
+    reason: str
+    """A few words for logs: why this outcome (``mutated``, ``not opted in``, ``mirror pod``…)."""
+    wrapped: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.patch)
+
+
+def mutate(
+    pod: Mapping[str, Any],
+    settings: MutationSettings,
+    *,
+    namespace_opted_in: bool = False,
+    explicit: bool = False,
+) -> Mutation:
+    """Decide how ``pod`` must change for gpunuma to bind its GPU containers.
+
+    ``namespace_opted_in``: the pod's namespace carries ``gpunuma.io/inject=enabled`` (the webhook
+    knows this from which of its paths the API server called). ``explicit``: the user asked for
+    this pod by name (``gpunuma inject``), so no opt-in annotation is needed; an opt-out still wins.
+    Raises ``InvalidPod`` when the object is not shaped like a pod.
+    """
+    warnings: list[str] = []
+    metadata = _mapping(pod, "metadata", "metadata")
+    annotations = _string_map(metadata, "annotations")
+    labels = _string_map(metadata, "labels")
+    spec = _mapping(pod, "spec", "spec")
+    if spec is None:
+        raise InvalidPod("the pod has no spec")
+
+    def unchanged(reason: str, denial: str | None = None) -> Mutation:
+        return Mutation(pod, [], denial, tuple(warnings), reason)
+
+    if MIRROR_POD_ANNOTATION in annotations:
+        return unchanged("mirror pod")
+    opt_in = annotations.get(names.ANNOTATION_INJECT)
+    if opt_in is not None and opt_in not in ("true", "false"):
+        warnings.append(warning_line(f"{names.ANNOTATION_INJECT}={_quote(opt_in)} ignored: "
+                                     "use \"true\" or \"false\""))
+        opt_in = None
+    if opt_in == "false":
+        return unchanged("opted out")
+    if not (opt_in == "true" or namespace_opted_in or explicit):
+        return unchanged("not opted in")
+
+    containers = _named_list(spec, "containers")
+    init_containers = _named_list(spec, "initContainers")
+    volumes = _named_list(spec, "volumes")
+    policy = _policy(annotations, settings.default_policy, warnings)
+    selected = _select(annotations, init_containers, containers, settings.gpu_resources, warnings)
+    if not selected:
+        return unchanged("no GPU containers")
+    if _is_windows(spec):
+        warnings.append(warning_line("Windows pods are not bound: numa-exec is a POSIX shell "
+                                     "script"))
+        return unchanged("windows pod")
+
+    wrapped: list[str] = []
+    skipped: list[str] = []
+    changed_containers: dict[str, dict[str, Any]] = {}
+    for container in (*init_containers, *containers):
+        name = container["name"]
+        if name not in selected:
+            continue
+        command = container.get("command")
+        if command is not None and not _is_string_list(command):
+            raise InvalidPod(f"container {name!r}: command must be a list of strings")
+        if not command:
+            skipped.append(name)
+            continue
+        mount_clash = _mount_clash(container)
+        if mount_clash is not None:
+            return unchanged("mount path clash", mount_clash)
+        changed_containers[name] = _wrap(container, policy, warnings)
+        wrapped.append(name)
+
+    if wrapped:
+        clash = _name_clash(containers, init_containers, volumes, spec)
+        if clash is not None:
+            return unchanged("name clash", clash)
+    if skipped:
+        if policy == "strict":
+            return unchanged("strict policy, container without command", _strict_denial(skipped))
+        for name in skipped:
+            warnings.append(warning_line(f"container {name!r} not wrapped: it has no command "
+                                         "(the image ENTRYPOINT is invisible to gpunuma)"))
+
+    new_annotations = dict(annotations)
+    new_annotations[names.ANNOTATION_INJECTED] = settings.version
+    _set_or_drop(new_annotations, names.ANNOTATION_WRAPPED, wrapped)
+    _set_or_drop(new_annotations, names.ANNOTATION_SKIPPED, skipped)
+    new_metadata = dict(metadata or {})
+    new_metadata["annotations"] = new_annotations
+    new_spec = dict(spec)
+    new_spec["containers"] = [changed_containers.get(c["name"], c) for c in containers]
+    if wrapped:
+        # Only a pod with something to run numa-exec gets the launcher and the label the operator
+        # selects on: a pod whose GPU containers were all skipped is not bound, so it has no
+        # placement to report.
+        new_metadata["labels"] = {**labels, names.LABEL_MANAGED: "true"}
+        # Ours runs first, before any wrapped init container. One already there is kept as it is
+        # (on reinvocation the API server has defaulted its fields), only moved to the front
+        # should another webhook have put something before it.
+        launcher = next((c for c in init_containers if _is_launcher(c)), None) or (
+            _launcher_container(settings, best_effort=_is_best_effort(containers, init_containers)))
+        new_spec["initContainers"] = [launcher, *(changed_containers.get(c["name"], c)
+                                                  for c in init_containers if not _is_launcher(c))]
+        if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
+            new_spec["volumes"] = [*volumes, dict(_LAUNCHER_VOLUME)]
+    new_pod = {**pod, "metadata": new_metadata, "spec": new_spec}
+
+    patch = json_patch(pod, new_pod)
+    return Mutation(
+        new_pod if patch else pod, patch, None, tuple(warnings),
+        "mutated" if patch else "already mutated", tuple(wrapped), tuple(skipped),
+    )
+
+
+def mutation_settings(args: argparse.Namespace) -> MutationSettings:
+    """The settings of ``gpunuma webhook`` and ``gpunuma inject`` flags. Raises ValueError."""
+    return MutationSettings(
+        launcher_image=args.launcher_image,
+        gpu_resources=tuple(args.gpu_resources),
+        default_policy=getattr(args, "default_policy", None) or names.DEFAULT_POLICY,
+    )
+
+
+def json_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The RFC 6902 patch that turns ``original`` into ``mutated`` (empty when they are equal).
+
+    Computed by diffing the two, never from hand-written paths. Only the fields the mutation
+    writes are compared, and parts that are the same object on both sides (every container the
+    mutation did not touch) are skipped without being walked. ``jsonpatch.make_patch`` does the
+    same diff at about ten times the cost, more than a bare aiohttp request takes in all; the
+    tests apply every patch with ``jsonpatch`` and compare the result with the mutated pod.
+    """
+    before, after = _patched_view(original), _patched_view(mutated)
+    operations, aligned = _align_named_lists(before, after)
+    _diff(aligned, after, "", operations)
+    return operations
+
+
+def _diff(old: Any, new: Any, path: str, operations: list[dict[str, Any]]) -> None:
+    """Append to ``operations`` what turns ``old`` into ``new`` at ``path``.
+
+    Lists are compared as the mutation changes them: items added at the end (env, mounts,
+    volumes), items added at the front (the wrapped command), or items changed in place; any other
+    change replaces the list whole, which is always correct, if longer.
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old:
+            if key not in new:
+                operations.append({"op": "remove", "path": _join(path, key)})
+        for key, value in new.items():
+            if key not in old:
+                operations.append({"op": "add", "path": _join(path, key), "value": value})
+            elif old[key] is not value:  # most of a pod is shared, unchanged: skip it cheaply
+                _diff(old[key], value, _join(path, key), operations)
+        return
+    if isinstance(old, list) and isinstance(new, list):
+        added = len(new) - len(old)
+        if added == 0:
+            for index, old_item in enumerate(old):
+                if old_item is not new[index]:
+                    _diff(old_item, new[index], f"{path}/{index}", operations)
+            return
+        # The kept items are the very objects of the old list (the mutation only adds around
+        # them), so identity decides, and Python's 1 == True cannot hide a change.
+        if added > 0 and all(a is b for a, b in zip(new[:len(old)], old, strict=True)):
+            operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
+                              for index in range(len(old), len(new)))
+            return
+        if added > 0 and all(a is b for a, b in zip(new[added:], old, strict=True)):
+            operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
+                              for index in range(added))
+            return
+    if not _same(old, new):
+        operations.append({"op": "replace", "path": path, "value": new})
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal as JSON: Python's ``True == 1`` and ``1 == 1.0`` are not equal JSON documents."""
+    if old is new:
+        return True
+    if type(old) is not type(new):
+        return False
+    if isinstance(old, dict):
+        return old.keys() == new.keys() and all(_same(old[k], new[k]) for k in old)
+    if isinstance(old, list):
+        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new, strict=True))
+    return bool(old == new)
+
+
+def _join(path: str, key: str) -> str:
+    """``path`` and one more JSON pointer segment (RFC 6901 escapes ``~`` and ``/``)."""
+    return f"{path}/{key.replace('~', '~0').replace('/', '~1')}"
+
+
+def _align_named_lists(
+    before: dict[str, Any], after: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``add``/``move`` operations that put each named item of ``after``'s lists at its index,
+    and ``before`` with those operations applied (items not copied: the differ only reads)."""
+    operations: list[dict[str, Any]] = []
+    spec_before, spec_after = before.get("spec"), after.get("spec")
+    if not isinstance(spec_before, dict) or not isinstance(spec_after, dict):
+        return operations, before
+    aligned_spec = dict(spec_before)
+    for key in ("initContainers", "containers", "volumes"):
+        old, new = spec_before.get(key), spec_after.get(key)
+        if not isinstance(old, list) or not isinstance(new, list):
+            continue
+        staged = list(old)
+        staged_names = _names(staged)
+        if _names(new[:len(staged)]) == staged_names:
+            continue  # same items in the same places, any new ones at the end: nothing to align
+        for index, item in enumerate(new):
+            name = item.get("name") if isinstance(item, dict) else None
+            if name is None or staged_names[index:index + 1] == [name]:
+                continue
+            path = f"/spec/{key}/{index}"
+            if name in staged_names[index:]:
+                found = staged_names.index(name, index)
+                operations.append({"op": "move", "from": f"/spec/{key}/{found}", "path": path})
+                staged.insert(index, staged.pop(found))
+                staged_names.insert(index, staged_names.pop(found))
+            elif name not in staged_names:
+                operations.append({"op": "add", "path": path, "value": item})
+                staged.insert(index, item)
+                staged_names.insert(index, name)
+        aligned_spec[key] = staged
+    return operations, {**before, "spec": aligned_spec}
+
+
+def _names(items: list[Any]) -> list[object]:
+    return [item.get("name") if isinstance(item, dict) else None for item in items]
+
+
+# --- Decisions ---------------------------------------------------------------------------------
+
+
+def _policy(annotations: Mapping[str, str], default: str, warnings: list[str]) -> str:
+    value = annotations.get(names.ANNOTATION_POLICY)
+    if value is None:
+        return default
+    if value in names.POLICIES:
+        return value
+    # The value never goes further than this check: numa-exec only ever sees a known policy.
+    warnings.append(warning_line(f"unknown {names.ANNOTATION_POLICY}={_quote(value)}, "
+                                 f"using {default}"))
+    return default
+
+
+def _select(
+    annotations: Mapping[str, str],
+    init_containers: Sequence[Mapping[str, Any]],
+    containers: Sequence[Mapping[str, Any]],
+    gpu_resources: Sequence[str],
+    warnings: list[str],
+) -> set[str]:
+    """Names of the containers to wrap: the annotation's list, else those that request GPUs."""
+    candidates = [c for c in (*init_containers, *containers) if not _is_launcher(c)]
+    listed = annotations.get(names.ANNOTATION_CONTAINERS)
+    requested = [name.strip() for name in (listed or "").split(",") if name.strip()]
+    if requested:
+        known = {c["name"] for c in candidates}
+        for name in requested:
+            if name not in known:
+                warnings.append(warning_line(f"{names.ANNOTATION_CONTAINERS} names "
+                                             f"{_quote(name)}, which is not a container of this "
+                                             "pod"))
+        return {name for name in requested if name in known}
+    pattern = _pattern(tuple(gpu_resources))
+    return {c["name"] for c in candidates if _requests_gpu(c, pattern)}
+
+
+def _requests_gpu(container: Mapping[str, Any], gpu_resources: re.Pattern[str]) -> bool:
+    resources = container.get("resources")
+    if not resources:
+        return False
+    if not isinstance(resources, dict):
+        raise InvalidPod(f"container {container['name']!r}: resources must be a map")
+    for field in ("limits", "requests"):
+        amounts = resources.get(field) or {}
+        if not isinstance(amounts, dict):
+            raise InvalidPod(f"container {container['name']!r}: resources.{field} must be a map")
+        for resource, quantity in amounts.items():
+            if gpu_resources.match(str(resource)) and not _is_zero(quantity):
+                return True
+    return False
+
+
+@functools.lru_cache(maxsize=8)
+def _pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
+    """One regular expression for all the resource globs: matched per resource of every pod."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
+
+
+def _is_zero(quantity: object) -> bool:
+    """True for a quantity of zero (``0``, ``"0"``, ``"0k"``): such a container has no GPU."""
+    if isinstance(quantity, int) or (isinstance(quantity, str) and quantity.isdigit()):
+        return int(quantity) == 0
+    match = _QUANTITY_NUMBER.match(str(quantity))
+    return match is not None and Decimal(match.group(1)) == 0
+
+
+def _name_clash(
+    containers: Sequence[Mapping[str, Any]],
+    init_containers: Sequence[Mapping[str, Any]],
+    volumes: Sequence[Mapping[str, Any]],
+    spec: Mapping[str, Any],
+) -> str | None:
+    """A denial when the pod already uses our names for something of its own.
+
+    Renaming or overwriting a user's volume or container would break the pod in ways the user
+    could not see, so such a pod is refused with a message instead.
+    """
+    ours = names.LAUNCHER_INIT_CONTAINER
+    ephemeral = _named_list(spec, "ephemeralContainers")
+    if any(c["name"] == ours for c in (*containers, *ephemeral)):
+        return (f"the pod has a container named {ours!r}, a name gpunuma needs for its init "
+                f"container: rename that container, or opt the pod out with "
+                f"{names.ANNOTATION_INJECT}: \"false\"")
+    for container in init_containers:
+        if container["name"] == ours and not _is_launcher(container):
+            return (f"the pod has an init container named {ours!r} that gpunuma did not create: "
+                    f"rename it, or opt the pod out with {names.ANNOTATION_INJECT}: \"false\"")
+    for volume in volumes:
+        if volume["name"] == names.LAUNCHER_VOLUME and set(volume) != {"name", "emptyDir"}:
+            return (f"the pod has a volume named {names.LAUNCHER_VOLUME!r} that is not gpunuma's "
+                    f"emptyDir: rename it, or opt the pod out with {names.ANNOTATION_INJECT}: "
+                    "\"false\"")
+    return None
+
+
+def _mount_clash(container: Mapping[str, Any]) -> str | None:
+    for mount in _named_list(container, "volumeMounts"):
+        ours_by_name = mount["name"] == names.LAUNCHER_VOLUME
+        ours_by_path = mount.get("mountPath") == names.LAUNCHER_MOUNT_PATH
+        if ours_by_name != ours_by_path:
+            return (f"container {container['name']!r} mounts {mount['name']!r} at "
+                    f"{mount.get('mountPath')!r}, but gpunuma mounts its volume "
+                    f"{names.LAUNCHER_VOLUME!r} at {names.LAUNCHER_MOUNT_PATH!r}: move that mount, "
+                    f"or leave the container out with {names.ANNOTATION_CONTAINERS}")
+    return None
+
+
+def _strict_denial(skipped: Sequence[str]) -> str:
+    listed = ", ".join(repr(name) for name in skipped)
+    return (f"{names.ANNOTATION_POLICY} is \"strict\" but container(s) {listed} have no command, "
+            "so gpunuma cannot put numa-exec in front of the image's ENTRYPOINT. Fix: set "
+            "command (and args) in the pod spec to what the image runs; or list only the other "
+            f"containers in {names.ANNOTATION_CONTAINERS}; or use {names.ANNOTATION_POLICY}: "
+            "\"preferred\"")
+
+
+# --- Building the mutated pod ------------------------------------------------------------------
+
+
+def _wrap(container: Mapping[str, Any], policy: str, warnings: list[str]) -> dict[str, Any]:
+    """A copy of ``container`` running under numa-exec, with the launcher volume and the policy."""
+    name = container["name"]
+    wrapped = dict(container)
+    command = list(container["command"])
+    if command[0] != names.LAUNCHER_PATH:
+        wrapped["command"] = [names.LAUNCHER_PATH, "--", *command]
+    mounts = _named_list(container, "volumeMounts")
+    if not any(mount["name"] == names.LAUNCHER_VOLUME for mount in mounts):
+        wrapped["volumeMounts"] = [
+            *mounts,
+            {"name": names.LAUNCHER_VOLUME, "mountPath": names.LAUNCHER_MOUNT_PATH,
+             "readOnly": True},
+        ]
+    env = _named_list(container, "env")
+    policy_entry = {"name": POLICY_ENV, "value": policy}
+    if not any(entry["name"] == POLICY_ENV for entry in env):
+        wrapped["env"] = [*env, policy_entry]
+    elif policy_entry not in env:
+        warnings.append(warning_line(f"container {name!r}: {POLICY_ENV} replaced by "
+                                     f"{names.ANNOTATION_POLICY}'s {policy!r}"))
+        wrapped["env"] = [policy_entry if entry["name"] == POLICY_ENV else entry for entry in env]
+    return wrapped
+
+
+def _launcher_container(settings: MutationSettings, *, best_effort: bool) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": names.LAUNCHER_INIT_CONTAINER,
+        "image": settings.launcher_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(INSTALL_COMMAND),
+        "volumeMounts": [{"name": names.LAUNCHER_VOLUME, "mountPath": names.LAUNCHER_MOUNT_PATH}],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": _LAUNCHER_UID,
+            "runAsGroup": _LAUNCHER_UID,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    # A BestEffort pod (no cpu or memory anywhere) would become Burstable if our init container
+    # asked for any: the webhook must not change a pod's QoS class, so it asks for nothing there.
+    if not best_effort:
+        container["resources"] = {key: dict(value) for key, value in _LAUNCHER_RESOURCES.items()}
+    return container
+
+
+def _is_best_effort(*container_lists: Sequence[Mapping[str, Any]]) -> bool:
+    for container in (c for containers in container_lists for c in containers):
+        resources = container.get("resources")
+        for field in ("limits", "requests"):
+            amounts = resources.get(field) if isinstance(resources, dict) else None
+            if isinstance(amounts, dict) and ("cpu" in amounts or "memory" in amounts):
+                return False
+    return True
+
+
+def _is_windows(spec: Mapping[str, Any]) -> bool:
+    os_field, selector = spec.get("os"), spec.get("nodeSelector")
+    return (isinstance(os_field, dict) and os_field.get("name") == "windows") or (
+        isinstance(selector, dict) and selector.get("kubernetes.io/os") == "windows")
+
+
+def _is_launcher(container: Mapping[str, Any]) -> bool:
+    """Our init container: its name and the command only gpunuma gives it."""
+    return (container.get("name") == names.LAUNCHER_INIT_CONTAINER
+            and container.get("command") == list(INSTALL_COMMAND))
+
+
+def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str]) -> None:
+    if values:
+        annotations[key] = ",".join(values)
+    else:
+        annotations.pop(key, None)
+
+
+# --- The JSON patch ----------------------------------------------------------------------------
+
+# The only fields the mutation writes; json_patch diffs these and nothing else.
+_PATCHED_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("metadata", ("annotations", "labels")),
+    ("spec", ("initContainers", "containers", "volumes")),
+)
+
+
+def _patched_view(pod: Mapping[str, Any]) -> dict[str, Any]:
+    view: dict[str, Any] = {}
+    for section, keys in _PATCHED_FIELDS:
+        part = pod.get(section)
+        if isinstance(part, dict):
+            view[section] = {key: part[key] for key in keys if key in part}
+    return view
+
+
+# --- Reading a pod defensively -----------------------------------------------------------------
+
+
+def _mapping(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
+    value = parent.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise InvalidPod(f"{where} must be a map, not {type(value).__name__}")
+    return value
+
+
+def _string_map(metadata: Mapping[str, Any] | None, key: str) -> dict[str, str]:
+    value = _mapping(metadata or {}, key, f"metadata.{key}") or {}
+    if not all(isinstance(item, str) for item in value.values()):
+        raise InvalidPod(f"metadata.{key} values must be strings (quote them in YAML)")
+    return dict(value)
+
+
+def _named_list(parent: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    value = parent.get(key) or []
+    if not isinstance(value, list):
+        raise InvalidPod(f"{key} must be a list of maps, each with a name")
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidPod(f"{key} must be a list of maps, each with a name")
+    return value
+
+
+def _is_string_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+# --- Warnings ----------------------------------------------------------------------------------
+
+
+def _quote(value: str, limit: int = 24) -> str:
+    """A user's string made safe and short for a warning line: printable, quoted, truncated."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def warning_line(text: str) -> str:
+    """``text`` as one admission warning: prefixed, on one line, at most WARNING_LIMIT long."""
+    line = "gpunuma: " + " ".join(text.split())
+    return line if len(line) <= WARNING_LIMIT else line[: WARNING_LIMIT - 1] + "…"

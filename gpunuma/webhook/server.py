@@ -1,0 +1,322 @@
+"""``gpunuma webhook``: the mutating admission webhook served over TLS with aiohttp (DESIGN §9).
+
+Paths:
+- ``POST /mutate``: pods that opted in with the ``gpunuma.io/inject: "true"`` annotation;
+- ``POST /mutate-namespace``: pods of namespaces labelled ``gpunuma.io/inject=enabled``. The label
+  is visible only to the API server's namespaceSelector, so the chart registers this path for the
+  webhook entry that selects those namespaces, and the path is how the mutation learns it;
+- ``GET /healthz``, ``/readyz`` (503 while shutting down), ``/metrics`` (Prometheus).
+
+The certificate and key are re-read when they change on disk (a rotated Secret): new connections
+get the new pair, open ones keep theirs, and a pair that fails to load leaves the old one serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gpunuma import __version__
+from gpunuma.settings import WebhookSettings
+from gpunuma.webhook.mutation import mutation_settings
+from gpunuma.webhook.review import Admission, BadRequest, Memory, admit
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "CertificateReloader",
+    "TLSError",
+    "WebhookServer",
+    "main",
+    "parse_listen",
+]
+
+MAX_BODY_BYTES = 3 * 1024 * 1024
+# In-flight requests get this long to finish after SIGTERM; the API server gives up after the
+# webhook's timeoutSeconds (5 in the chart) anyway.
+SHUTDOWN_TIMEOUT_S = 10.0
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+log = logging.getLogger("gpunuma.webhook")
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+class TLSError(RuntimeError):
+    """The certificate or key cannot be loaded; the message names the files."""
+
+
+def parse_listen(text: str) -> tuple[str | None, int]:
+    """``HOST:PORT`` (``[::]:8443``, ``:8443`` for every address) as aiohttp's host and port."""
+    host, separator, port = text.rpartition(":")
+    if not separator or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen {text!r} is not HOST:PORT (e.g. 0.0.0.0:8443 or [::]:8443)")
+    host = host.removeprefix("[").removesuffix("]")
+    return host or None, int(port)
+
+
+def _server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSError(f"cannot load the TLS certificate {cert_file} with the key {key_file}: "
+                       f"{exc}") from exc
+    return context
+
+
+def _read_pair(cert_file: Path, key_file: Path) -> tuple[bytes, bytes] | None:
+    try:
+        return cert_file.read_bytes(), key_file.read_bytes()
+    except OSError:
+        return None
+
+
+class CertificateReloader:
+    """The listening TLS context, handing each new connection the newest loaded certificate.
+
+    The server's context is fixed when it starts listening; its SNI callback (which OpenSSL calls
+    for every handshake, with or without a server name) switches the connection to the context
+    loaded last. A new context is built whole and swapped in one assignment, so a handshake never
+    sees a new certificate with an old key.
+    """
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        self._cert_file, self._key_file = cert_file, key_file
+        self._loaded = _read_pair(cert_file, key_file)
+        self._failed: tuple[bytes, bytes] | None = None
+        self.context = _server_context(cert_file, key_file)
+        self._current = self.context
+        self.context.sni_callback = self._select
+
+    def _select(self, connection: ssl.SSLObject, server_name: str | None,
+                context: ssl.SSLContext) -> None:
+        current = self._current
+        if connection.context is not current:
+            connection.context = current
+
+    def reload_if_changed(self) -> bool | None:
+        """Load the files if their contents changed: True when loaded, False when that failed
+        (the previous pair keeps serving), None when nothing changed."""
+        contents = _read_pair(self._cert_file, self._key_file)
+        if contents is None or contents in (self._loaded, self._failed):
+            return None
+        try:
+            context = _server_context(self._cert_file, self._key_file)
+        except TLSError as exc:
+            # Mid-rotation one file may be new and the other old: the next change is tried again,
+            # this pair is not (it would log the same warning every few seconds).
+            self._failed = contents
+            log.warning("keeping the current certificate: %s", exc)
+            return False
+        self._current, self._loaded = context, contents
+        log.info("loaded the new TLS certificate from %s", self._cert_file)
+        return True
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "gpunuma_webhook_requests", "Admission requests by outcome: patched, unchanged, "
+            "denied, error (allowed unchanged after an internal error), invalid (HTTP 400)",
+            ["outcome"], registry=registry,
+        )
+        self.latency = Histogram(
+            "gpunuma_webhook_request_duration_seconds",
+            "Time from reading an admission request to having its response",
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.reloads = Counter(
+            "gpunuma_webhook_certificate_reloads", "Certificate changes seen on disk, by result",
+            ["result"], registry=registry,
+        )
+        # Resolved once: a labels() lookup per request takes a lock.
+        self.by_outcome = {outcome: self.requests.labels(outcome) for outcome in
+                           ("patched", "unchanged", "denied", "error", "invalid")}
+
+
+class WebhookServer:
+    """The webhook's aiohttp application on a TLS site, started and stopped explicitly."""
+
+    def __init__(self, settings: WebhookSettings, *, reload_interval: float = 2.0) -> None:
+        if settings.tls_cert_file is None or settings.tls_key_file is None:
+            raise TLSError("the webhook needs --tls-cert-file and --tls-key-file")
+        self.settings = settings
+        self.reloader = CertificateReloader(settings.tls_cert_file, settings.tls_key_file)
+        self.metrics = _Metrics(CollectorRegistry(auto_describe=True))
+        self.memory = Memory()
+        self._reload_interval = reload_interval
+        self._ready = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._runner: web.AppRunner | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.port = 0
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/mutate", self._handler(namespace_opted_in=False))
+        app.router.add_post("/mutate-namespace", self._handler(namespace_opted_in=True))
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self) -> None:
+        host, port = parse_listen(self.settings.listen)
+        # No access log: a line per admission request is noise (and time); /metrics counts them.
+        self._runner = web.AppRunner(self.application(), access_log=None,
+                                     shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.reloader.context)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        self._watcher = asyncio.create_task(self._watch_certificate())
+        self._ready = True
+        log.info("gpunuma webhook %s serving https://%s:%d (/mutate, /mutate-namespace)",
+                 __version__, host or "*", self.port)
+
+    async def stop(self) -> None:
+        """Stop listening, finish the requests in flight, then close."""
+        self._ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._runner is not None:
+            for site in self._runner.sites:
+                await site.stop()
+            # aiohttp's own shutdown stops reading from every connection at once, which would cut
+            # off a request whose body is still arriving: wait for those first. Open keep-alive
+            # connections are still served meanwhile.
+            try:
+                await asyncio.wait_for(self._idle.wait(), SHUTDOWN_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("%d request(s) still in flight after %.0f s; closing anyway",
+                            self._in_flight, SHUTDOWN_TIMEOUT_S)
+            await self._runner.cleanup()
+        log.info("gpunuma webhook stopped")
+
+    def reload_certificate(self) -> bool | None:
+        """Load the certificate and key if they changed on disk (see CertificateReloader)."""
+        result = self.reloader.reload_if_changed()
+        if result is not None:
+            self.metrics.reloads.labels("loaded" if result else "failed").inc()
+        return result
+
+    async def _watch_certificate(self) -> None:
+        while True:
+            await asyncio.sleep(self._reload_interval)
+            await asyncio.to_thread(self.reload_certificate)
+
+    def _handler(self, *, namespace_opted_in: bool) -> Handler:
+        settings, metrics, memory = self.settings.mutation, self.metrics, self.memory
+
+        async def handle(request: web.Request) -> web.Response:
+            started = time.perf_counter()
+            outcome = "invalid"
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                if (request.content_length or 0) > MAX_BODY_BYTES:
+                    return _bad_request(f"the body is over {MAX_BODY_BYTES} bytes")
+                try:
+                    body = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    return _bad_request(f"the body is over {MAX_BODY_BYTES} bytes")
+                try:
+                    admission = admit(body, settings, namespace_opted_in=namespace_opted_in,
+                                      memory=memory)
+                except BadRequest as exc:
+                    log.warning("bad admission request from %s: %s", request.remote, exc)
+                    return _bad_request(str(exc))
+                outcome = admission.outcome
+                _log_admission(admission)
+                return web.Response(body=orjson.dumps(admission.response),
+                                    content_type="application/json")
+            finally:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.set()
+                metrics.by_outcome[outcome].inc()
+                metrics.latency.observe(time.perf_counter() - started)
+
+        return handle
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self._ready:
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="shutting down\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _bad_request(reason: str) -> web.Response:
+    return web.json_response({"reason": reason}, status=400)
+
+
+def _log_admission(admission: Admission) -> None:
+    # Mutated pods say so themselves (gpunuma.io/injected, the API server's audit log has the
+    # patch); a log line for each would cost a tenth of a request's time. Denials are rarer and
+    # worth a line.
+    if admission.outcome == "denied":
+        log.info("pod %s: denied (%s)", admission.pod, admission.reason)
+    elif admission.outcome in ("patched", "unchanged"):
+        log.debug("pod %s: %s (%s)", admission.pod, admission.outcome, admission.reason)
+
+
+async def serve(settings: WebhookSettings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = WebhookServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+        log.info("signal received: finishing the requests in flight")
+    finally:
+        await server.stop()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry of ``gpunuma webhook`` (flags in ``gpunuma.cli``)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = WebhookSettings(
+            listen=args.listen, tls_cert_file=Path(args.tls_cert_file),
+            tls_key_file=Path(args.tls_key_file), mutation=mutation_settings(args),
+        )
+        parse_listen(settings.listen)
+    except ValueError as exc:
+        print(f"gpunuma webhook: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(settings))
+    except (TLSError, OSError) as exc:
+        print(f"gpunuma webhook: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,409 @@
+"""The pure mutation: who is mutated, what changes, what is refused, and that it is idempotent."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from gpunuma import names
+from gpunuma.settings import MutationSettings
+from gpunuma.webhook.mutation import (
+    WARNING_LIMIT,
+    InvalidPod,
+    Mutation,
+    json_patch,
+    mutate,
+)
+from tests.webhook import pods
+
+SETTINGS = MutationSettings(launcher_image="registry.example/gpunuma:1.2.3")
+
+
+def gpu_pod(*, annotations: dict[str, str] | None = None, command: list[str] | None = None,
+            resources: dict[str, Any] | None = None) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "main", "image": "nvcr.io/nvidia/pytorch:24.08-py3",
+        "resources": resources or {"limits": {"nvidia.com/gpu": 1}},
+    }
+    if command is not None:
+        container["command"] = command
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "ml",
+                         "annotations": dict(pods.OPT_IN if annotations is None else annotations)},
+            "spec": {"containers": [container]}}
+
+
+def applied(pod: dict[str, Any], result: Mutation) -> dict[str, Any]:
+    """The original pod with the webhook's patch applied, checked against the mutated pod."""
+    out: dict[str, Any] = jsonpatch.apply_patch(pod, result.patch)
+    assert out == result.pod
+    return out
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    spec = pod["spec"]
+    found: dict[str, Any] = next(c for c in [*spec.get("initContainers", []), *spec["containers"]]
+                                 if c["name"] == name)
+    return found
+
+
+# --- Realistic pods ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("make_pod", "expected_wrapped"), list(pods.REALISTIC_PODS.values()),
+                         ids=list(pods.REALISTIC_PODS))
+def test_a_realistic_gpu_pod_gets_a_patch_that_applies_and_validates(make_pod, expected_wrapped):
+    pod = make_pod()
+    original = copy.deepcopy(pod)
+    result = mutate(pod, SETTINGS)
+    assert pod == original, "the input pod must not be modified"
+    assert result.changed
+    assert result.denial is None
+    assert list(result.wrapped) == expected_wrapped
+    out = applied(pod, result)
+    pods.assert_valid_pod(out)
+    assert out["metadata"]["annotations"][names.ANNOTATION_WRAPPED] == ",".join(expected_wrapped)
+    assert out["metadata"]["labels"][names.LABEL_MANAGED] == "true"
+    assert out["spec"]["initContainers"][0]["name"] == names.LAUNCHER_INIT_CONTAINER
+    for name in expected_wrapped:
+        before, after = container(original, name), container(out, name)
+        assert after["command"] == [names.LAUNCHER_PATH, "--", *before["command"]]
+        assert after.get("args") == before.get("args")
+        assert {"name": "GPUNUMA_POLICY", "value": "preferred"} in after["env"]
+        assert {"name": names.LAUNCHER_VOLUME, "mountPath": names.LAUNCHER_MOUNT_PATH,
+                "readOnly": True} in after["volumeMounts"]
+    untouched = [c for c in [*original["spec"].get("initContainers", []),
+                             *original["spec"]["containers"]] if c["name"] not in expected_wrapped]
+    for before in untouched:
+        assert json.dumps(container(out, before["name"])) == json.dumps(before)
+    assert mutate(out, SETTINGS).changed is False
+
+
+def test_the_init_container_is_restricted_and_installs_numa_exec():
+    out = applied(pods.vllm_server(), mutate(pods.vllm_server(), SETTINGS))
+    launcher = out["spec"]["initContainers"][0]
+    assert launcher["image"] == "registry.example/gpunuma:1.2.3"
+    assert launcher["command"] == ["gpunuma", "install-launcher", "/opt/gpunuma"]
+    assert "restartPolicy" not in launcher
+    security = launcher["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert launcher["volumeMounts"] == [{"name": "gpunuma-launcher", "mountPath": "/opt/gpunuma"}]
+    assert {"name": "gpunuma-launcher", "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}} in (
+        out["spec"]["volumes"])
+
+
+def test_a_guaranteed_pod_stays_guaranteed():
+    """requests == limits on every container, init ones included, or the QoS class drops."""
+    out = applied(pods.vllm_server(), mutate(pods.vllm_server(), SETTINGS))
+    resources = out["spec"]["initContainers"][0]["resources"]
+    assert resources["requests"] == resources["limits"]
+    assert set(resources["limits"]) == {"cpu", "memory"}
+
+
+def test_a_best_effort_pod_stays_best_effort():
+    out = applied(gpu_pod(command=["run"]), mutate(gpu_pod(command=["run"]), SETTINGS))
+    assert "resources" not in out["spec"]["initContainers"][0]
+
+
+def test_the_injected_annotation_carries_the_version():
+    settings = MutationSettings(version="9.8.7")
+    result = mutate(gpu_pod(command=["run"]), settings)
+    assert result.pod["metadata"]["annotations"][names.ANNOTATION_INJECTED] == "9.8.7"
+
+
+# --- Who is mutated ------------------------------------------------------------------------------
+
+
+def test_a_pod_without_the_annotation_is_left_alone():
+    result = mutate(gpu_pod(annotations={}, command=["run"]), SETTINGS)
+    assert (result.changed, result.reason) == (False, "not opted in")
+
+
+def test_a_pod_in_an_opted_in_namespace_is_mutated_without_the_annotation():
+    result = mutate(gpu_pod(annotations={}, command=["run"]), SETTINGS, namespace_opted_in=True)
+    assert result.changed
+    assert result.wrapped == ("main",)
+
+
+def test_the_pod_annotation_false_opts_out_even_in_an_opted_in_namespace():
+    pod = gpu_pod(annotations={names.ANNOTATION_INJECT: "false"}, command=["run"])
+    result = mutate(pod, SETTINGS, namespace_opted_in=True)
+    assert (result.changed, result.reason) == (False, "opted out")
+    assert mutate(pod, SETTINGS, explicit=True).reason == "opted out"
+
+
+def test_an_unknown_inject_value_is_a_warning_and_counts_as_unset():
+    pod = gpu_pod(annotations={names.ANNOTATION_INJECT: "yes"}, command=["run"])
+    result = mutate(pod, SETTINGS)
+    assert not result.changed
+    assert any("gpunuma.io/inject='yes' ignored" in w for w in result.warnings)
+    assert mutate(pod, SETTINGS, namespace_opted_in=True).changed
+
+
+def test_a_mirror_pod_is_never_mutated():
+    pod = gpu_pod(command=["run"])
+    pod["metadata"]["annotations"]["kubernetes.io/config.mirror"] = "5f2b1a"
+    assert mutate(pod, SETTINGS).reason == "mirror pod"
+
+
+@pytest.mark.parametrize("where", ["os", "nodeSelector"])
+def test_a_windows_gpu_pod_is_left_alone_with_a_warning(where):
+    pod = gpu_pod(command=["run.exe"])
+    if where == "os":
+        pod["spec"]["os"] = {"name": "windows"}
+    else:
+        pod["spec"]["nodeSelector"] = {"kubernetes.io/os": "windows"}
+    result = mutate(pod, SETTINGS)
+    assert (result.changed, result.reason) == (False, "windows pod")
+    assert "POSIX shell script" in result.warnings[0]
+
+
+def test_a_pod_without_gpu_containers_gets_no_patch():
+    pod = gpu_pod(command=["run"], resources={"limits": {"cpu": "1"}})
+    result = mutate(pod, SETTINGS)
+    assert (result.changed, result.reason, result.warnings) == (False, "no GPU containers", ())
+    assert json_patch(pod, result.pod) == []
+
+
+def test_a_zero_gpu_limit_is_not_a_gpu_request():
+    pod = gpu_pod(command=["run"], resources={"limits": {"nvidia.com/gpu": "0"}})
+    assert not mutate(pod, SETTINGS).changed
+
+
+def test_gpu_requests_count_as_well_as_limits():
+    pod = gpu_pod(command=["run"], resources={"requests": {"amd.com/gpu": 1}})
+    assert mutate(pod, SETTINGS).wrapped == ("main",)
+
+
+@pytest.mark.parametrize(("resource", "wrapped"), [
+    ("nvidia.com/mig-3g.40gb", True),
+    ("nvidia.com/mig-1g.10gb.me", True),
+    ("nvidia.com/gpu.shared", False),
+    ("example.com/gpu", False),
+])
+def test_gpu_resource_names_are_matched_with_globs(resource, wrapped):
+    pod = gpu_pod(command=["run"], resources={"limits": {resource: 1}})
+    assert bool(mutate(pod, SETTINGS).wrapped) is wrapped
+
+
+def test_configured_gpu_resource_names_replace_the_defaults():
+    settings = MutationSettings(gpu_resources=("gpu.intel.com/*",))
+    intel = gpu_pod(command=["run"], resources={"limits": {"gpu.intel.com/i915": 1}})
+    assert mutate(intel, settings).wrapped == ("main",)
+    assert not mutate(gpu_pod(command=["run"]), settings).changed
+
+
+def test_the_containers_annotation_selects_exactly_those_containers():
+    pod = gpu_pod(command=["run"])
+    pod["spec"]["containers"].append({"name": "dra", "image": "x", "command": ["infer"]})
+    pod["metadata"]["annotations"][names.ANNOTATION_CONTAINERS] = " dra , ghost"
+    result = mutate(pod, SETTINGS)
+    assert result.wrapped == ("dra",)
+    assert container(result.pod, "main") == pod["spec"]["containers"][0]
+    assert any("'ghost', which is not a container" in w for w in result.warnings)
+
+
+# --- Policy --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", names.POLICIES)
+def test_each_known_policy_reaches_the_environment(policy):
+    pod = gpu_pod(annotations={**pods.OPT_IN, names.ANNOTATION_POLICY: policy}, command=["run"])
+    env = container(mutate(pod, SETTINGS).pod, "main")["env"]
+    assert env == [{"name": "GPUNUMA_POLICY", "value": policy}]
+
+
+def test_an_unknown_policy_is_a_warning_and_falls_back_to_the_default():
+    hostile = "strict; rm -rf / #$(reboot)"
+    pod = gpu_pod(annotations={**pods.OPT_IN, names.ANNOTATION_POLICY: hostile}, command=["run"])
+    result = mutate(pod, MutationSettings(default_policy="cpu-only"))
+    assert container(result.pod, "main")["env"] == [{"name": "GPUNUMA_POLICY", "value": "cpu-only"}]
+    assert hostile not in json.dumps(result.pod["spec"])
+    assert any("unknown gpunuma.io/policy" in w and "using cpu-only" in w for w in result.warnings)
+
+
+def test_a_default_policy_outside_the_known_ones_is_refused():
+    with pytest.raises(ValueError, match="default policy 'fast'"):
+        MutationSettings(default_policy="fast")
+
+
+def test_a_different_policy_variable_already_in_the_env_is_replaced_with_a_warning():
+    pod = gpu_pod(command=["run"])
+    pod["spec"]["containers"][0]["env"] = [{"name": "A", "value": "1"},
+                                           {"name": "GPUNUMA_POLICY", "value": "strict"}]
+    result = mutate(pod, SETTINGS)
+    assert container(result.pod, "main")["env"] == [{"name": "A", "value": "1"},
+                                                   {"name": "GPUNUMA_POLICY", "value": "preferred"}]
+    assert any("GPUNUMA_POLICY replaced" in w for w in result.warnings)
+
+
+# --- Containers without a command ----------------------------------------------------------------
+
+
+def test_a_gpu_container_without_command_is_skipped_with_a_warning():
+    pod = gpu_pod()
+    pod["spec"]["containers"].append({"name": "second", "image": "x", "command": ["serve"],
+                                      "resources": {"limits": {"nvidia.com/gpu": 1}}})
+    result = mutate(pod, SETTINGS)
+    out = applied(pod, result)
+    pods.assert_valid_pod(out)
+    assert (result.wrapped, result.skipped) == (("second",), ("main",))
+    assert out["metadata"]["annotations"][names.ANNOTATION_SKIPPED] == "main"
+    assert out["spec"]["containers"][0] == pod["spec"]["containers"][0]
+    assert any("'main' not wrapped" in w and "ENTRYPOINT" in w for w in result.warnings)
+
+
+def test_a_pod_whose_only_gpu_container_has_no_command_gets_only_annotations():
+    pod = gpu_pod()
+    out = applied(pod, mutate(pod, SETTINGS))
+    assert out["spec"] == pod["spec"]
+    assert out["metadata"]["annotations"][names.ANNOTATION_SKIPPED] == "main"
+    assert names.LABEL_MANAGED not in out["metadata"].get("labels", {})
+
+
+def test_strict_with_a_container_without_command_is_denied_with_how_to_fix_it():
+    pod = gpu_pod(annotations={**pods.OPT_IN, names.ANNOTATION_POLICY: "strict"})
+    result = mutate(pod, SETTINGS)
+    assert result.denial is not None
+    assert not result.changed
+    assert "'main'" in result.denial
+    assert "set command" in result.denial
+    assert names.ANNOTATION_CONTAINERS in result.denial
+
+
+def test_an_empty_command_counts_as_no_command():
+    assert mutate(gpu_pod(command=[]), SETTINGS).skipped == ("main",)
+
+
+# --- Name clashes --------------------------------------------------------------------------------
+
+
+def test_a_foreign_volume_with_our_name_is_denied_not_replaced():
+    pod = gpu_pod(command=["run"])
+    pod["spec"]["volumes"] = [{"name": "gpunuma-launcher", "configMap": {"name": "mine"}}]
+    result = mutate(pod, SETTINGS)
+    assert result.denial is not None
+    assert "volume named 'gpunuma-launcher'" in result.denial
+    assert result.pod is pod
+
+
+def test_a_foreign_init_container_with_our_name_is_denied():
+    pod = gpu_pod(command=["run"])
+    pod["spec"]["initContainers"] = [{"name": "gpunuma-launcher", "image": "busybox",
+                                      "command": ["true"]}]
+    result = mutate(pod, SETTINGS)
+    assert result.denial is not None
+    assert "init container named" in result.denial
+
+
+def test_an_app_container_with_our_name_is_denied():
+    pod = gpu_pod(command=["run"])
+    pod["spec"]["containers"].append({"name": "gpunuma-launcher", "image": "busybox"})
+    result = mutate(pod, SETTINGS)
+    assert result.denial is not None
+    assert "a container named" in result.denial
+
+
+def test_another_mount_at_our_path_is_denied():
+    pod = gpu_pod(command=["run"])
+    pod["spec"]["volumes"] = [{"name": "tools", "emptyDir": {}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "tools", "mountPath": "/opt/gpunuma"}]
+    result = mutate(pod, SETTINGS)
+    assert result.denial is not None
+    assert "'/opt/gpunuma'" in result.denial
+
+
+def test_a_clash_in_a_pod_with_nothing_to_wrap_is_not_our_business():
+    pod = gpu_pod(command=["run"], resources={"limits": {"cpu": "1"}})
+    pod["spec"]["volumes"] = [{"name": "gpunuma-launcher", "configMap": {"name": "mine"}}]
+    assert mutate(pod, SETTINGS).denial is None
+
+
+# --- Idempotency and reinvocation ----------------------------------------------------------------
+
+
+def test_a_mutated_pod_gets_no_patch():
+    pod = pods.gpu_sidecar_and_init()
+    once = mutate(pod, SETTINGS).pod
+    twice = mutate(once, SETTINGS)
+    assert (twice.changed, twice.reason) == (False, "already mutated")
+    assert twice.pod is once
+    assert json_patch(once, twice.pod) == []
+
+
+def test_a_reinvoked_pod_defaulted_by_the_api_server_gets_no_patch():
+    out = mutate(pods.vllm_server(), SETTINGS).pod
+    defaulted = copy.deepcopy(out)
+    for c in [*defaulted["spec"]["initContainers"], *defaulted["spec"]["containers"]]:
+        c.setdefault("terminationMessagePath", "/dev/termination-log")
+        c.setdefault("terminationMessagePolicy", "File")
+        c.setdefault("imagePullPolicy", "IfNotPresent")
+    assert mutate(defaulted, SETTINGS).changed is False
+
+
+def test_a_container_added_by_another_webhook_after_us_is_wrapped_on_reinvocation():
+    out = mutate(pods.vllm_server(), SETTINGS).pod
+    out["spec"]["containers"].append({"name": "late", "image": "x", "command": ["go"],
+                                      "resources": {"limits": {"nvidia.com/gpu": 1}}})
+    again = mutate(out, SETTINGS)
+    assert again.changed
+    assert again.wrapped == ("vllm", "late")
+    assert len(again.pod["spec"]["initContainers"]) == 1
+    assert again.pod["metadata"]["annotations"][names.ANNOTATION_WRAPPED] == "vllm,late"
+
+
+def test_our_init_container_is_moved_first_when_another_was_put_before_it():
+    out = mutate(pods.gpu_sidecar_and_init(), SETTINGS).pod
+    inits = out["spec"]["initContainers"]
+    out["spec"]["initContainers"] = [{"name": "istio-init", "image": "istio/proxyv2"}, *inits]
+    again = applied(out, mutate(out, SETTINGS))
+    assert [c["name"] for c in again["spec"]["initContainers"]][:2] == [
+        "gpunuma-launcher", "istio-init"]
+
+
+def test_an_upgraded_webhook_keeps_an_existing_launcher_container():
+    out = mutate(pods.ray_gpu_worker(), MutationSettings(launcher_image="old:1")).pod
+    again = mutate(out, MutationSettings(launcher_image="new:2", version=SETTINGS.version))
+    assert again.changed is False
+    assert again.pod["spec"]["initContainers"][0]["image"] == "old:1"
+
+
+# --- Malformed input and warnings ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("break_pod", "message"), [
+    (lambda p: p.pop("spec"), "no spec"),
+    (lambda p: p["spec"].update(containers={"main": {}}), "containers must be a list"),
+    (lambda p: p["spec"]["containers"][0].update(command="python3 serve.py"),
+     "command must be a list of strings"),
+    (lambda p: p["metadata"].update(annotations=["a"]), "metadata.annotations must be a map"),
+    (lambda p: p["metadata"]["annotations"].update({"x": 1}), "values must be strings"),
+    (lambda p: p["spec"]["containers"][0]["resources"].update(limits=["nvidia.com/gpu"]),
+     "resources.limits must be a map"),
+])
+def test_a_malformed_pod_raises_invalid_pod_naming_the_field(break_pod, message):
+    pod = gpu_pod(command=["run"])
+    break_pod(pod)
+    with pytest.raises(InvalidPod, match=message):
+        mutate(pod, SETTINGS)
+
+
+def test_warnings_stay_under_the_limit_and_on_one_line():
+    long_name = "c" * 63
+    pod = gpu_pod(annotations={**pods.OPT_IN, names.ANNOTATION_POLICY: "x" * 500 + "\n\x1b[2J",
+                               names.ANNOTATION_CONTAINERS: "main," + long_name})
+    result = mutate(pod, SETTINGS)
+    assert len(result.warnings) == 3
+    for warning in result.warnings:
+        assert len(warning) <= WARNING_LIMIT
+        assert "\n" not in warning
+        assert "\x1b" not in warning
+        assert warning.startswith("gpunuma: ")

@@ -1,0 +1,477 @@
+"""The real webhook server over TLS on loopback: AdmissionReviews, bad input, rotation, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import trustme
+
+from gpunuma import names
+from gpunuma.settings import MutationSettings, WebhookSettings
+from gpunuma.webhook import review as review_module
+from gpunuma.webhook.server import MAX_BODY_BYTES, TLSError, WebhookServer, parse_listen
+from tests.webhook import pods
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Certificates:
+    ca: trustme.CA
+    cert_file: Path
+    key_file: Path
+
+    def issue(self, ca: trustme.CA | None = None) -> bytes:
+        """Write a fresh leaf certificate and key; returns the certificate's PEM."""
+        leaf = (ca or self.ca).issue_cert("127.0.0.1", "localhost",
+                                          "gpunuma-webhook.gpunuma.svc")
+        self.cert_file.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        self.key_file.write_bytes(leaf.private_key_pem.bytes())
+        return leaf.cert_chain_pems[0].bytes()
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> Certificates:
+    certs = Certificates(trustme.CA(), tmp_path / "tls.crt", tmp_path / "tls.key")
+    certs.issue()
+    return certs
+
+
+async def _serving(certificates: Certificates, reload_interval: float
+                   ) -> AsyncIterator[WebhookServer]:
+    settings = WebhookSettings(
+        listen="127.0.0.1:0", tls_cert_file=certificates.cert_file,
+        tls_key_file=certificates.key_file,
+        mutation=MutationSettings(launcher_image="registry.example/gpunuma:1.2.3"),
+    )
+    webhook = WebhookServer(settings, reload_interval=reload_interval)
+    await webhook.start()
+    yield webhook
+    await webhook.stop()
+
+
+@pytest.fixture
+async def server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
+    async for webhook in _serving(certificates, reload_interval=0.02):
+        yield webhook
+
+
+@pytest.fixture
+async def manual_server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
+    """A server whose certificate is reloaded only when the test says so."""
+    async for webhook in _serving(certificates, reload_interval=3600):
+        yield webhook
+
+
+@pytest.fixture
+async def session(certificates: Certificates) -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(ssl=certificates.client_context(), limit=8)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=20)) as client:
+        yield client
+
+
+def url(server: WebhookServer, path: str) -> str:
+    return f"https://127.0.0.1:{server.port}{path}"
+
+
+async def post_review(session: aiohttp.ClientSession, server: WebhookServer, pod: dict[str, Any],
+                      *, path: str = "/mutate", uid: str = "uid-1") -> dict[str, Any]:
+    async with session.post(url(server, path), json=pods.admission_review(pod, uid=uid)) as reply:
+        assert reply.status == 200, await reply.text()
+        body: dict[str, Any] = await reply.json()
+    assert body["apiVersion"] == "admission.k8s.io/v1"
+    assert body["kind"] == "AdmissionReview"
+    assert body["response"]["uid"] == uid
+    return body
+
+
+# --- AdmissionReviews ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make_pod", [make for make, _ in pods.REALISTIC_PODS.values()],
+                         ids=list(pods.REALISTIC_PODS))
+async def test_a_realistic_pod_is_patched_over_tls_and_the_result_validates(
+    server, session, make_pod
+):
+    pod = make_pod()
+    body = await post_review(session, server, pod)
+    assert body["response"]["allowed"] is True
+    out = pods.patched(pod, body)
+    pods.assert_valid_pod(out)
+    assert out["spec"]["initContainers"][0]["image"] == "registry.example/gpunuma:1.2.3"
+
+
+async def test_the_namespace_path_mutates_pods_without_the_annotation(server, session):
+    pod = pods.vllm_server()
+    del pod["metadata"]["annotations"]
+    assert "patch" not in (await post_review(session, server, pod))["response"]
+    namespace_reply = await post_review(session, server, pod, path="/mutate-namespace")
+    assert "patch" in namespace_reply["response"]
+
+
+async def test_concurrent_requests_each_get_their_own_answer(server, session):
+    cases = [(pods.vllm_server() if i % 2 else pods.amd_pod(), f"uid-{i}") for i in range(40)]
+    replies = await asyncio.gather(*(post_review(session, server, pod, uid=uid)
+                                     for pod, uid in cases))
+    for (pod, _), reply in zip(cases, replies, strict=True):
+        out = pods.patched(pod, reply)
+        assert out["metadata"]["annotations"][names.ANNOTATION_WRAPPED] == (
+            pod["spec"]["containers"][0]["name"])
+
+
+async def test_a_mutated_pod_sent_again_gets_no_patch(server, session):
+    pod = pods.torchrun_worker()
+    out = pods.patched(pod, await post_review(session, server, pod))
+    again = await post_review(session, server, out)
+    assert again["response"] == {"uid": "uid-1", "allowed": True}
+
+
+async def test_identical_pods_are_answered_from_memory_and_a_changed_one_is_not(server, session):
+    pod = pods.ray_gpu_worker()
+    first = await post_review(session, server, pod, uid="replica-1")
+    second = await post_review(session, server, pod, uid="replica-2")
+    assert server.memory.hits == 1
+    assert second["response"] == {**first["response"], "uid": "replica-2"}
+    pod["metadata"]["annotations"][names.ANNOTATION_POLICY] = "strict"
+    third = await post_review(session, server, pod, uid="replica-3")
+    assert server.memory.hits == 1
+    assert pods.patched(pod, third)["spec"]["containers"][0]["env"][-1] == {
+        "name": "GPUNUMA_POLICY", "value": "strict"}
+
+
+async def test_a_strict_pod_that_cannot_be_wrapped_is_denied_with_a_message(server, session):
+    pod = pods.mig_pod()
+    del pod["spec"]["containers"][0]["command"]
+    pod["metadata"]["annotations"][names.ANNOTATION_POLICY] = "strict"
+    response = (await post_review(session, server, pod))["response"]
+    assert response["allowed"] is False
+    assert "patch" not in response
+    assert response["status"]["code"] == 403
+    assert "'jupyter'" in response["status"]["message"]
+
+
+async def test_warnings_reach_the_response_and_stay_short(server, session):
+    pod = pods.amd_pod()
+    pod["metadata"]["annotations"][names.ANNOTATION_POLICY] = "fastest-please" * 20
+    response = (await post_review(session, server, pod))["response"]
+    assert response["warnings"]
+    assert all(len(w) <= 120 for w in response["warnings"])
+    assert "patch" in response
+
+
+async def test_a_request_that_is_not_a_pod_create_is_allowed_unchanged(server, session):
+    review = pods.admission_review(pods.vllm_server(), operation="UPDATE")
+    async with session.post(url(server, "/mutate"), json=review) as reply:
+        assert (await reply.json())["response"] == {"uid": review["request"]["uid"],
+                                                     "allowed": True}
+
+
+async def test_a_pod_the_mutation_cannot_read_is_allowed_with_a_warning(server, session):
+    pod = pods.vllm_server()
+    pod["spec"]["containers"][0]["command"] = "python3 -m vllm"
+    response = (await post_review(session, server, pod))["response"]
+    assert response["allowed"] is True
+    assert "patch" not in response
+    assert "command must be a list" in response["warnings"][0]
+
+
+async def test_an_internal_error_allows_the_pod_unchanged_and_logs_its_name(
+    server, session, monkeypatch, caplog
+):
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(review_module, "mutate", broken)
+    with caplog.at_level(logging.ERROR, logger="gpunuma.webhook"):
+        response = (await post_review(session, server, pods.ray_gpu_worker()))["response"]
+    assert response["allowed"] is True
+    assert "patch" not in response
+    assert "internal error" in response["warnings"][0]
+    assert "ml/raycluster-gpu-worker-a100-9xk2z" in caplog.text
+    assert "boom" in caplog.text
+    async with session.get(url(server, "/healthz")) as reply:
+        assert reply.status == 200
+
+
+# --- Bad input -----------------------------------------------------------------------------------
+
+
+def _review_without(*path: str) -> bytes:
+    review = pods.admission_review(pods.vllm_server())
+    target = review
+    for key in path[:-1]:
+        target = target[key]
+    del target[path[-1]]
+    return json.dumps(review).encode()
+
+
+def _review_with(**changes: Any) -> bytes:
+    return json.dumps({**pods.admission_review(pods.vllm_server()), **changes}).encode()
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"{not json", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b"[1, 2]", "JSON object"),
+    (_review_with(apiVersion="admission.k8s.io/v1beta1"), "admissionReviewVersions: [v1]"),
+    (_review_with(kind="ConversionReview"), "kind AdmissionReview"),
+    (_review_without("request"), "no request"),
+    (_review_without("request", "uid"), "request.uid is missing"),
+    (_review_without("request", "object"), "request.object"),
+], ids=["bad-json", "not-utf8", "not-an-object", "v1beta1", "wrong-kind", "no-request",
+        "no-uid", "no-object"])
+async def test_a_malformed_request_gets_http_400_with_a_reason(server, session, body, reason):
+    async with session.post(url(server, "/mutate"), data=body) as reply:
+        assert reply.status == 400
+        assert reason in (await reply.json())["reason"]
+
+
+async def test_a_body_over_3_mib_gets_http_400(server, session):
+    big = b" " * (MAX_BODY_BYTES + 1)
+    async with session.post(url(server, "/mutate"), data=big) as reply:
+        assert reply.status == 400
+        assert "over 3145728 bytes" in (await reply.json())["reason"]
+
+
+async def test_a_chunked_body_over_3_mib_gets_http_400(server, session):
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b" " * (1024 * 1024)
+
+    async with session.post(url(server, "/mutate"), data=chunks()) as reply:
+        assert reply.status == 400
+        assert "over" in (await reply.json())["reason"]
+
+
+# --- Health, readiness, metrics ------------------------------------------------------------------
+
+
+async def test_health_readiness_and_metrics_are_served(server, session):
+    await post_review(session, server, pods.amd_pod())
+    async with session.post(url(server, "/mutate"), data=b"nope") as reply:
+        assert reply.status == 400
+    for path in ("/healthz", "/readyz"):
+        async with session.get(url(server, path)) as reply:
+            assert reply.status == 200
+    async with session.get(url(server, "/metrics")) as reply:
+        text = await reply.text()
+    assert 'gpunuma_webhook_requests_total{outcome="patched"} 1.0' in text
+    assert 'gpunuma_webhook_requests_total{outcome="invalid"} 1.0' in text
+    assert 'gpunuma_webhook_requests_total{outcome="denied"} 0.0' in text
+    assert "gpunuma_webhook_request_duration_seconds_count 2.0" in text
+
+
+# --- Certificate rotation ------------------------------------------------------------------------
+
+
+async def _open(server: WebhookServer, context: ssl.SSLContext, server_name: str | None
+                ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.wait_for(asyncio.open_connection(
+        "127.0.0.1", server.port, ssl=context, server_hostname=server_name), 5)
+
+
+def _peer_pem(writer: asyncio.StreamWriter) -> bytes:
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+async def _raw_post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
+                    body: bytes) -> tuple[int, bytes]:
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    return await _read_response(reader)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    status = int((await asyncio.wait_for(reader.readline(), 10)).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        key, _, value = line.decode().partition(":")
+        if key.lower() == "content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+async def _wait_for_certificate(server: WebhookServer, context: ssl.SSLContext,
+                                expected: bytes) -> None:
+    for _ in range(250):
+        _, writer = await _open(server, context, "localhost")
+        served = _peer_pem(writer)
+        writer.close()
+        if served.strip() == expected.strip():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the rotated certificate was never served")
+
+
+@pytest.mark.parametrize("server_name", ["localhost", None], ids=["sni", "no-sni"])
+async def test_a_rotated_certificate_is_served_without_dropping_open_connections(
+    server, certificates, server_name
+):
+    new_ca = trustme.CA()
+    context = certificates.client_context()
+    new_ca.configure_trust(context)
+    review = json.dumps(pods.admission_review(pods.vllm_server())).encode()
+    old_reader, old_writer = await _open(server, context, server_name)
+    old_pem = _peer_pem(old_writer)
+    assert (await _raw_post(old_reader, old_writer, "/mutate", review))[0] == 200
+
+    new_pem = certificates.issue(new_ca)
+    await _wait_for_certificate(server, context, new_pem)
+
+    reader, writer = await _open(server, context, server_name)
+    assert _peer_pem(writer).strip() == new_pem.strip() != old_pem.strip()
+    assert (await _raw_post(reader, writer, "/mutate", review))[0] == 200
+    # The connection opened before the rotation still answers, on its old certificate.
+    assert (await _raw_post(old_reader, old_writer, "/mutate", review))[0] == 200
+    assert _peer_pem(old_writer) == old_pem
+    for w in (writer, old_writer):
+        w.close()
+
+
+async def test_a_half_written_rotation_keeps_the_old_certificate_until_the_key_arrives(
+    manual_server, certificates, session
+):
+    server = manual_server
+    context = certificates.client_context()
+    _, writer = await _open(server, context, "localhost")
+    old_pem = _peer_pem(writer)
+    writer.close()
+    old_key = certificates.key_file.read_bytes()
+    new_pem = certificates.issue()
+    new_key = certificates.key_file.read_bytes()
+    certificates.key_file.write_bytes(old_key)  # the new certificate with the old key
+
+    assert server.reload_certificate() is False
+    assert server.reload_certificate() is None  # the same broken pair is not retried
+    _, writer = await _open(server, context, "localhost")
+    assert _peer_pem(writer) == old_pem
+    writer.close()
+
+    certificates.key_file.write_bytes(new_key)
+    assert server.reload_certificate() is True
+    _, writer = await _open(server, context, "localhost")
+    assert _peer_pem(writer).strip() == new_pem.strip()
+    writer.close()
+    async with session.get(url(server, "/metrics")) as reply:
+        text = await reply.text()
+    assert 'gpunuma_webhook_certificate_reloads_total{result="loaded"} 1.0' in text
+    assert 'gpunuma_webhook_certificate_reloads_total{result="failed"} 1.0' in text
+
+
+def test_an_unreadable_certificate_is_refused_at_start_naming_the_files(certificates):
+    certificates.key_file.write_text("not a key")
+    settings = WebhookSettings(tls_cert_file=certificates.cert_file,
+                               tls_key_file=certificates.key_file)
+    with pytest.raises(TLSError, match=str(certificates.key_file)):
+        WebhookServer(settings)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0.0.0.0:8443", ("0.0.0.0", 8443)),
+    ("[::]:9443", ("::", 9443)),
+    (":8443", (None, 8443)),
+])
+def test_listen_addresses_are_parsed(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8443", "host:", "host:http", "host:70000"])
+def test_a_bad_listen_address_is_refused_with_an_example(text):
+    with pytest.raises(ValueError, match=r"e\.g\. 0\.0\.0\.0:8443"):
+        parse_listen(text)
+
+
+# --- The real command: start-up errors and graceful shutdown -------------------------------------
+
+
+async def _start_cli(certificates: Certificates, *extra: str, **env: str
+                     ) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gpunuma", "webhook", "--listen", "127.0.0.1:0",
+        "--tls-cert-file", str(certificates.cert_file),
+        "--tls-key-file", str(certificates.key_file), *extra,
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_sigterm_finishes_the_request_in_flight_then_exits(certificates):
+    process = await _start_cli(certificates)
+    try:
+        assert process.stderr is not None
+        port = 0
+        for _ in range(50):
+            line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
+            if "serving https://127.0.0.1:" in line:
+                port = int(line.split("https://127.0.0.1:")[1].split()[0])
+                break
+        assert port, "the webhook did not report its address"
+        body = json.dumps(pods.admission_review(pods.vllm_server(), uid="in-flight")).encode()
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", port, ssl=certificates.client_context(), server_hostname="localhost"), 5)
+        # A first request makes sure the server has taken the connection before the second one
+        # starts on it.
+        assert (await _raw_post(reader, writer, "/mutate", body))[0] == 200
+        half = len(body) // 2
+        writer.write(f"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Length: {len(body)}\r\n"
+                     f"\r\n".encode() + body[:half])
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the handler is now reading the body
+
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        with pytest.raises(ConnectionRefusedError):  # no longer listening
+            await asyncio.open_connection("127.0.0.1", port)
+        writer.write(body[half:])
+        await writer.drain()
+        status, reply = await _read_response(reader)
+        assert status == 200
+        assert json.loads(reply)["response"]["uid"] == "in-flight"
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_the_command_reports_a_missing_certificate_and_exits_1(certificates):
+    certificates.cert_file.unlink()
+    process = await _start_cli(certificates)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1
+    assert str(certificates.cert_file) in stderr.decode()
+
+
+async def test_the_command_reports_a_bad_listen_address_and_exits_2(certificates):
+    process = await _start_cli(certificates, "--listen", "everywhere")
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "--listen 'everywhere' is not HOST:PORT" in stderr.decode()
+
+
+async def test_a_bad_default_policy_from_the_environment_is_reported_and_exits_2(certificates):
+    process = await _start_cli(certificates, GPUNUMA_DEFAULT_POLICY="fastest")
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "default policy 'fastest' is not one of preferred, strict, cpu-only" in stderr.decode()
+    assert "GPUNUMA_DEFAULT_POLICY" in stderr.decode()
