@@ -51,16 +51,15 @@ class Admission:
 
 
 class Memory:
-    """The answers to the last pods admitted, keyed by everything the mutation reads from a pod.
+    """The answers to the last pods admitted, keyed by the whole pod and the mutation's settings.
 
-    The key is the JSON of the pod's annotations and labels, its container, init container,
-    ephemeral container and volume lists, its ``os`` and ``nodeSelector``, with the path's
-    namespace opt-in and the settings: the mutation is a pure function of exactly these, so an
-    answer found here is the answer ``mutate`` would give. Only the request's uid differs.
+    ``mutate`` is a pure function of the pod, the settings and the path's namespace opt-in, so an
+    answer found under exactly those inputs is the answer ``mutate`` would give; only the request's
+    uid differs, and it is not part of the key. Keying on the whole pod, rather than on the fields
+    the mutation happens to read today, keeps that true whatever the mutation reads tomorrow. Replicas
+    of one template arrive byte-identical (no name or uid is assigned before admission), which is
+    the burst this memory is for.
     """
-
-    _SPEC_FIELDS = ("initContainers", "containers", "volumes", "ephemeralContainers", "os",
-                    "nodeSelector")
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
@@ -69,16 +68,8 @@ class Memory:
 
     def key(self, pod: Mapping[str, Any], settings: MutationSettings,
             namespace_opted_in: bool) -> tuple[MutationSettings, bytes] | None:
-        metadata, spec = pod.get("metadata"), pod.get("spec")
-        inputs = [
-            namespace_opted_in,
-            {k: metadata[k] for k in ("annotations", "labels") if k in metadata}
-            if isinstance(metadata, dict) else metadata,
-            {k: spec[k] for k in self._SPEC_FIELDS if k in spec}
-            if isinstance(spec, dict) else spec,
-        ]
         try:
-            return settings, orjson.dumps(inputs)
+            return settings, orjson.dumps([namespace_opted_in, pod])
         except orjson.JSONEncodeError:  # a value orjson cannot write: just not remembered
             return None
 
