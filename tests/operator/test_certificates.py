@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import importlib.util
 import socket
 import ssl
 import sys
@@ -207,14 +206,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def webhook_available() -> bool:
-    try:
-        return importlib.util.find_spec("gpunuma.webhook.server") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not webhook_available(), reason="gpunuma webhook is not in this tree yet")
 async def test_gpunuma_webhook_serving_the_issued_certificate_passes_the_handshake(
     tmp_path: Path,
 ) -> None:
