@@ -261,8 +261,8 @@ def _run_agent(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from gpunuma.agent.kube import ApiError
     from gpunuma.agent.service import run_agent
+    from gpunuma.kubeapi import ApiError
     from gpunuma.settings import AgentSettings, DiscoverySettings
 
     logging.basicConfig(level=logging.INFO,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from gpunuma import names
-from gpunuma.agent.kube import JSON_PATCH, MERGE_PATCH, ApiError, KubeClient
+from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.topology import Layout
 
 __all__ = [
@@ -154,15 +154,11 @@ class LayoutPublisher:
         now = self._wall()
         if spec != self._published:
             value = {**spec, "heartbeatTime": rfc3339(now)}
-            await self._client.patch(
-                path, [{"op": "add", "path": "/spec", "value": value}], content_type=JSON_PATCH
-            )
+            await self._client.json_patch(path, [{"op": "add", "path": "/spec", "value": value}])
             self._remember(spec)
             return "updated"
         if self.heartbeat_due_in(heartbeat) <= 0:
-            await self._client.patch(
-                path, {"spec": {"heartbeatTime": rfc3339(now)}}, content_type=MERGE_PATCH
-            )
+            await self._client.merge_patch(path, {"spec": {"heartbeatTime": rfc3339(now)}})
             self._heartbeat_at = self._monotonic()
             return "heartbeat"
         return "unchanged"
@@ -170,11 +166,11 @@ class LayoutPublisher:
     async def _create(self, spec: dict[str, Any]) -> PublishResult:
         node = await self._client.get(f"/api/v1/nodes/{self._node_name}")
         if node is None:
-            raise ApiError(404, "NotFound", f"Node {self._node_name!r} does not exist: set "
-                           "--node-name (env NODE_NAME, from the downward API spec.nodeName)")
+            raise ApiError(404, f"Node {self._node_name!r} does not exist: set --node-name (env "
+                           "NODE_NAME, from the downward API spec.nodeName)", reason="NotFound")
         uid = node.get("metadata", {}).get("uid")
         if not isinstance(uid, str) or not uid:
-            raise ApiError(0, "", f"Node {self._node_name!r} has no metadata.uid to own the layout")
+            raise ApiError(0, f"Node {self._node_name!r} has no metadata.uid to own the layout")
         body = layout_object(self._node_name, uid, {**spec, "heartbeatTime": rfc3339(self._wall())})
         await self._client.create(layout_path(), body)
         self._remember(spec)

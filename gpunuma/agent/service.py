@@ -26,9 +26,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gpunuma.agent.allocations import PodResources, allocations
-from gpunuma.agent.kube import ApiError, KubeClient, load_connection
 from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
 from gpunuma.agent.publisher import LayoutPublisher, layout_spec
+from gpunuma.kubeapi import ApiError, Connection, KubeClient
 from gpunuma.settings import AgentSettings, DiscoverySettings
 from gpunuma.topology import Layout
 
@@ -283,7 +283,11 @@ async def run_agent(settings: AgentSettings, *, discover: Discover | None = None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    kube = KubeClient(await asyncio.to_thread(load_connection, settings.kubeconfig))
+    if settings.kubeconfig is None:
+        connection = await asyncio.to_thread(Connection.in_cluster)
+    else:
+        connection = await asyncio.to_thread(Connection.from_kubeconfig, settings.kubeconfig)
+    kube = KubeClient(connection, user_agent="gpunuma-agent")
     kubelet = PodResourcesClient(settings.kubelet_socket, timeout=settings.kubelet_timeout)
     agent = Agent(settings, kube=kube, kubelet=kubelet, discover=discover)
     # The loop wakes at least every interval; three missed wake-ups mean it is stuck.

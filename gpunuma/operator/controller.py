@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gpunuma import names
+from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.operator.certificates import (
     CertificatePolicy,
     Pki,
@@ -33,7 +34,6 @@ from gpunuma.operator.certificates import (
     plan,
     service_dns_names,
 )
-from gpunuma.operator.kube import ApiError, KubeClient
 from gpunuma.operator.labels import label_patch
 from gpunuma.operator.peering import is_active_peer
 from gpunuma.operator.placement import (
@@ -259,12 +259,9 @@ class Controller:
     async def _fetch_node(self, name: str) -> NodeView | None:
         """A Node not (yet) in the cache: at start-up the Node watch may not have delivered it
         when its layout's event is handled. Read it once rather than report it missing."""
-        try:
-            body = await self.client.get(f"/api/v1/nodes/{name}")
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        body = await self.client.get(f"/api/v1/nodes/{name}")
+        if body is None:
+            return None
         self.observe_node(body)
         return self.nodes.get(name)
 
@@ -360,8 +357,9 @@ class Controller:
                 try:
                     # Read fresh rather than trust the cache: this is the last chance to clean up,
                     # and no later event would correct a patch computed from an outdated view.
-                    node = NodeView.from_body(await self.client.get(f"/api/v1/nodes/{view.name}"))
-                    await self._patch_node(node, {})
+                    fresh = await self.client.get(f"/api/v1/nodes/{view.name}")
+                    if fresh is not None:
+                        await self._patch_node(NodeView.from_body(fresh), {})
                 except ApiError as exc:
                     if exc.status != 404:
                         logger.warning("node %s: could not remove labels: %s", view.name, exc)
@@ -427,10 +425,10 @@ class Controller:
         try:
             peering = await self.client.get(f"{PEERING_PATH}/{self.settings.peering_name}")
         except ApiError as exc:
-            if exc.status == 404:
-                return True  # no peering object yet: kopf itself then runs unpaused
             logger.warning("peering: %s; skipping this round", exc)
             return False
+        if peering is None:
+            return True  # no peering object yet: kopf itself then runs unpaused
         return is_active_peer(peering.get("status"), self.identity, self.priority, self.clock())
 
     async def check_once(self) -> None:
@@ -474,8 +472,8 @@ class Controller:
     async def _reconcile_certificates(self) -> Literal["unchanged", "written"]:
         certs = self.settings.certificates
         base = f"/api/v1/namespaces/{certs.namespace}/secrets"
-        serving = await self._get_or_none(f"{base}/{certs.secret_name}")
-        authority = await self._get_or_none(f"{base}/{certs.secret_name}-ca")
+        serving = await self.client.get(f"{base}/{certs.secret_name}")
+        authority = await self.client.get(f"{base}/{certs.secret_name}-ca")
         try:
             current: Pki | None = pki_from_secrets(
                 (serving or {}).get("data"), (authority or {}).get("data")
@@ -509,14 +507,6 @@ class Controller:
                     format_rfc3339(pki.leaf_cert.not_valid_after_utc))
         return "written"
 
-    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
-        try:
-            return await self.client.get(path)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
     async def _write_secret(
         self, base: str, name: str, existing: Mapping[str, Any] | None, data: dict[str, str],
         kind: str,
@@ -543,7 +533,7 @@ class Controller:
     async def _patch_ca_bundle(self, bundle: bytes) -> None:
         name = self.settings.certificates.webhook_configuration
         path = f"{WEBHOOKS_PATH}/{name}"
-        configuration = await self._get_or_none(path)
+        configuration = await self.client.get(path)
         if configuration is None:
             logger.warning("MutatingWebhookConfiguration %s does not exist; its caBundle will be "
                            "set once it does", name)

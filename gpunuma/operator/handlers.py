@@ -22,8 +22,8 @@ from typing import Any
 import kopf
 
 from gpunuma import names
+from gpunuma.kubeapi import Connection
 from gpunuma.operator.controller import Controller
-from gpunuma.operator.kube import Endpoint
 
 __all__ = ["LAYOUT_RESOURCE", "register"]
 
@@ -47,7 +47,7 @@ def register(
     def gpunuma_login(**_: Any) -> Any:
         info = login()
         if info is not None:
-            controller.client.use(Endpoint(info))
+            controller.client.use(Connection.from_kopf(info))
         return info
 
     @kopf.on.startup(registry=registry)

@@ -19,9 +19,9 @@ from typing import Any
 import kopf
 
 from gpunuma import names
+from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.controller import Controller
 from gpunuma.operator.handlers import register
-from gpunuma.operator.kube import Endpoint, KubeClient
 from gpunuma.settings import CertificateSettings, OperatorSettings
 
 __all__ = ["build", "default_login", "kopf_settings", "main", "serve", "settings_from_args"]
@@ -62,11 +62,12 @@ def build(
     # two processes on one host (a developer's laptop) apart.
     identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}"
 
-    def client_login() -> Endpoint | None:
+    def client_login() -> Connection | None:
         info = login()
-        return Endpoint(info) if info is not None else None
+        return Connection.from_kopf(info) if info is not None else None
 
-    controller = Controller(settings=settings, client=KubeClient(client_login),
+    client = KubeClient(login=client_login, user_agent="gpunuma-operator")
+    controller = Controller(settings=settings, client=client,
                             identity=identity, priority=priority)
     registry = kopf.OperatorRegistry()
     register(registry, controller, login)

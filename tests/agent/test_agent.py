@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gpunuma.agent.kube import Connection, KubeClient
 from gpunuma.agent.podresources import PodResourcesClient
 from gpunuma.agent.publisher import layout_spec
 from gpunuma.agent.service import Agent
+from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.settings import AgentSettings, DiscoverySettings
 from gpunuma.topology import Layout
 from tests.agent.conftest import (

@@ -12,11 +12,10 @@ import datetime as dt
 from typing import Any
 
 import kmock
-import kopf
 from cryptography import x509
 
+from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.controller import Controller
-from gpunuma.operator.kube import Endpoint, KubeClient
 from gpunuma.settings import CertificateSettings
 from tests.operator.conftest import Runner, eventually, fast_settings
 
@@ -35,9 +34,8 @@ def webhook_configuration() -> dict[str, Any]:
 
 
 def controller_for(cluster: kmock.KubernetesEmulator, **certs: Any) -> Controller:
-    endpoint = Endpoint(kopf.ConnectionInfo(server=str(cluster.url)))
     settings = fast_settings(certificates=CertificateSettings(namespace=NAMESPACE, **certs))
-    return Controller(settings=settings, client=KubeClient(lambda: endpoint))
+    return Controller(settings=settings, client=KubeClient(Connection(server=str(cluster.url))))
 
 
 def secret_data(cluster: kmock.KubernetesEmulator, name: str) -> dict[str, bytes]:

@@ -12,11 +12,10 @@ from typing import Any
 
 import aiohttp
 import kmock
-import kopf
 
 from gpunuma import names
+from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.controller import Controller
-from gpunuma.operator.kube import Endpoint, KubeClient
 from tests.operator.conftest import (
     LAYOUTS,
     LAYOUTS_URL,
@@ -324,8 +323,7 @@ async def test_a_layout_seen_before_its_node_reads_the_node_once_instead_of_call
 ) -> None:
     # The Node and layout watches run side by side; at start-up a layout can come first.
     await create(cluster)
-    endpoint = Endpoint(kopf.ConnectionInfo(server=str(cluster.url)))
-    controller = Controller(settings=fast_settings(), client=KubeClient(lambda: endpoint))
+    controller = Controller(settings=fast_settings(), client=KubeClient(Connection(server=str(cluster.url))))
     try:
         controller.observe_layout(cluster.objects[LAYOUTS, None, "gpu-1"].raw)
         await controller.reconcile_layout("gpu-1")

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import kopf
 import pytest
 from aiohttp import web
 
 from gpunuma import names
+from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.controller import Controller
-from gpunuma.operator.kube import Endpoint, KubeClient
 from tests.operator.conftest import fast_settings, layout_body, two_socket_spec
 from tests.operator.test_operator import ALLOCATION, running_pod
 
@@ -47,8 +46,7 @@ async def test_a_failed_pod_patch_is_retried_and_a_successful_one_is_not_repeate
     flaky_api: tuple[str, list[int]],
 ) -> None:
     url, answered = flaky_api
-    endpoint = Endpoint(kopf.ConnectionInfo(server=url))
-    controller = Controller(settings=fast_settings(), client=KubeClient(lambda: endpoint))
+    controller = Controller(settings=fast_settings(), client=KubeClient(Connection(server=url)))
     controller.observe_layout(layout_body("gpu-1", two_socket_spec(allocations=[ALLOCATION])))
     controller.observe_pod(running_pod("train-0", "gpu-1"))
     try:
