@@ -317,9 +317,29 @@ def _run_inject(args: argparse.Namespace) -> int:
     return inject_main(args)
 
 
+def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Hold ``GPUNUMA_*`` values to the same choices as their flags.
+
+    argparse checks ``choices`` only for values given on the command line, never for defaults, and
+    every environment variable arrives as a default: without this, ``GPUNUMA_BACKEND=NVML`` would
+    reach discovery and ``GPUNUMA_CERTIFICATES=cert_manager`` would quietly mean something else.
+    """
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = commands.choices[args.command]
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        if action.choices is None or value is None or value in action.choices:
+            continue
+        flag = action.option_strings[-1] if action.option_strings else action.dest
+        variable = "GPUNUMA_" + flag.lstrip("-").replace("-", "_").upper()
+        command.error(f"{variable}={value!r} is not a valid {flag}; choose from "
+                      f"{', '.join(map(str, action.choices))}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_choices(parser, args)
     code: int = args.handler(args)
     return code
 

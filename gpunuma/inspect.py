@@ -43,7 +43,7 @@ def _table(layout: Layout, labels: dict[str, str]) -> str:
     )
     lines.append("")
     if layout.gpus:
-        lines.append(f"GPUS (source: {layout.source})")
+        lines.append(f"GPUS (NUMA nodes decided by: {layout.source})")
         lines += _columns(
             ("INDEX", "VENDOR", "MODEL", "UUID", "BUS ID", "NUMA"),
             [

@@ -49,9 +49,10 @@ def discover(
 ) -> Layout:
     """Read the host through ``settings``' roots and return its layout. Blocking: file reads."""
     host = HostRoots.checked(settings.sysfs_root, settings.procfs_root)
-    nodes, node_problems = read_numa_nodes(host)
+    node_report = read_numa_nodes(host)
+    nodes = node_report.nodes
     sysfs_report = read_gpus(host)
-    problems: list[Problem] = [*node_problems, *sysfs_report.problems]
+    problems: list[Problem] = [*node_report.problems, *sysfs_report.problems]
     backends = default_vendor_backends() if vendor_backends is None else vendor_backends
     if settings.backend not in ("auto", "sysfs") and settings.backend not in backends:
         raise DiscoveryUnavailable(f"unknown backend {settings.backend!r}")
@@ -73,4 +74,5 @@ def discover(
             continue
         reports.append(report)
         problems.extend(report.problems)
-    return merge_reports(nodes, sysfs_report, reports, problems)
+    return merge_reports(nodes, sysfs_report, reports, problems,
+                         unreadable_nodes=node_report.unreadable)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from gpunuma.discovery.backend import BackendReport, GpuFacts
@@ -29,7 +30,7 @@ from gpunuma.topology import (
     parse_cpulist,
 )
 
-__all__ = ["read_gpus", "read_numa_nodes"]
+__all__ = ["NodeReport", "read_gpus", "read_numa_nodes"]
 
 SOURCE = "sysfs"
 GPU_VENDORS: dict[int, Vendor] = {0x10DE: "nvidia", 0x1002: "amd"}
@@ -41,20 +42,35 @@ _RENDER_NODE = re.compile(r"^renderD(\d+)$")
 # NUMA nodes ------------------------------------------------------------------------------------------
 
 
-def read_numa_nodes(host: HostRoots) -> tuple[tuple[NumaNode, ...], tuple[Problem, ...]]:
-    """Every online NUMA node, ascending id. A kernel without NUMA yields one node 0 with all CPUs."""
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """The online NUMA nodes, ascending id, and the ids of those whose CPUs could not be read.
+
+    A node whose ``cpulist`` is unreadable is listed without CPUs, but it is not a memory-only node:
+    GPUs on it must not be moved to a neighbour by the distance rule, so its id is kept apart.
+    """
+
+    nodes: tuple[NumaNode, ...]
+    problems: tuple[Problem, ...] = ()
+    unreadable: frozenset[int] = frozenset()
+
+
+def read_numa_nodes(host: HostRoots) -> NodeReport:
+    """Every online NUMA node. A kernel without NUMA yields one node 0 with all CPUs."""
     base = host.sys("devices/system/node")
     problems: list[Problem] = []
     node_ids = _online_node_ids(base)
     if not node_ids:
-        return (_single_node(host, problems),), tuple(problems)
+        return NodeReport((_single_node(host, problems),), tuple(problems))
     raw: list[tuple[int, frozenset[int], int | None, tuple[int, ...]]] = []
+    unreadable: set[int] = set()
     for node_id in node_ids:
         node_dir = base / f"node{node_id}"
         cpus: frozenset[int] = frozenset()
         try:
             cpus = parse_cpulist(read_text(node_dir / "cpulist"))
         except (OSError, CpuListError) as exc:
+            unreadable.add(node_id)
             problems.append(Problem(f"node{node_id}", SOURCE, f"cannot read cpulist: {exc}"))
         raw.append((node_id, cpus, _node_memory_mib(node_dir, problems, node_id),
                     _node_distances(node_dir, problems, node_id)))
@@ -68,7 +84,7 @@ def read_numa_nodes(host: HostRoots) -> tuple[tuple[NumaNode, ...], tuple[Proble
             ))
             distances = ()
         nodes.append(NumaNode(id=node_id, cpus=cpus, memory_mib=memory, distances=distances))
-    return tuple(nodes), tuple(problems)
+    return NodeReport(tuple(nodes), tuple(problems), frozenset(unreadable))
 
 
 def _online_node_ids(base: Path) -> list[int]:

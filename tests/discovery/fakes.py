@@ -207,6 +207,12 @@ class FakeAmdSmi:
         return module
 
 
+def _amdsmi_uuid(rocm_uuid: str) -> str:
+    """amdsmi renders a GPU's unique id as a dashed 36-character UUID, not ROCm's "GPU-<hex>"."""
+    digits = rocm_uuid.removeprefix("GPU-").rjust(32, "0")
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:32]}"
+
+
 def amdsmi_for(machine: machines.Machine) -> FakeAmdSmi:
     """amdsmi's view: a handle per GPU, or per partition in CPX mode, in render-node order."""
     handles = []
@@ -217,7 +223,7 @@ def amdsmi_for(machine: machines.Machine) -> FakeAmdSmi:
         for minor in minors:
             handles.append({
                 "bdf": function.bdf,
-                "uuid": f"{function.uuid}",
+                "uuid": _amdsmi_uuid(function.uuid or ""),
                 "asic": {"market_name": function.model, "vendor_id": 0x1002},
                 "numa": function.numa_node,
                 "enumeration": {"drm_render": minor, "drm_card": minor - 128, "hip_id": len(handles)},

@@ -9,7 +9,7 @@ import pytest
 
 from gpunuma.discovery import HostRoots, discover
 from gpunuma.settings import DiscoverySettings
-from gpunuma.topology import parse_cpulist
+from gpunuma.topology import node_labels, parse_cpulist
 from tests.conftest import BuildMachineFixture
 from tests.fixtures import machines
 
@@ -39,6 +39,17 @@ def test_a_distance_row_of_the_wrong_length_is_dropped_and_reported(
     assert layout.numa_nodes[1].distances == ()
     assert layout.numa_nodes[0].distances == (10, 21)
     assert any(p.device == "node1" and "3 entries for 2" in p.message for p in layout.errors)
+
+
+def test_gpus_on_a_node_whose_cpus_cannot_be_read_are_unknown_not_moved_to_a_neighbour(
+    build_machine: BuildMachineFixture,
+) -> None:
+    tree = build_machine(machines.two_socket_8gpu())
+    (tree.sysfs / "devices/system/node/node1/cpulist").unlink()
+    layout = discover(sysfs_only(tree))
+    assert [gpu.numa_node for gpu in layout.gpus] == [0, 0, 0, 0, None, None, None, None]
+    assert any(p.device == "node1" and "cpulist" in p.message for p in layout.errors)
+    assert node_labels(layout)["gpunuma.io/layout"] == "unknown"
 
 
 def test_a_kernel_without_numa_is_one_node_with_every_online_cpu(

@@ -43,12 +43,12 @@ def test_nvml_describes_every_gpu_and_sysfs_decides_the_numa_node(
 ) -> None:
     machine = machines.two_socket_8gpu()
     layout = run(build_machine(machine), nvml=nvml(fakes.nvml_for(machine)))
-    assert layout.source == "nvml"
     assert layout.errors == ()
     assert [gpu.pci_bus_id for gpu in layout.gpus] == [f.bdf for f in machine.gpus]
     assert [gpu.uuid for gpu in layout.gpus] == [f.uuid for f in machine.gpus]
     assert [gpu.numa_node for gpu in layout.gpus] == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert node_labels(layout)["gpunuma.io/source"] == "nvml"
+    # The firmware's numa_node decided every node: the source label says so (DESIGN §3).
+    assert node_labels(layout)["gpunuma.io/source"] == "sysfs"
 
 
 def test_nvmls_own_numa_node_id_is_never_asked_for(build_machine: BuildMachineFixture) -> None:
@@ -70,6 +70,7 @@ def test_nvml_cpu_affinity_places_gpus_that_sysfs_leaves_at_minus_one(
     assert [gpu.reported_numa_node for gpu in layout.gpus] == [-1, -1]
     assert [gpu.numa_node for gpu in layout.gpus] == [0, 1]
     assert node_labels(layout)["gpunuma.io/layout"] == "1-1"
+    assert node_labels(layout)["gpunuma.io/source"] == "nvml"
 
 
 def test_an_affinity_spanning_both_sockets_leaves_the_node_unknown(
@@ -202,8 +203,9 @@ def test_amdsmi_partitions_are_grouped_under_their_physical_gpu(
     fake = fakes.amdsmi_for(machine)
     assert len(fake.handles) == 64
     layout = run(build_machine(machine), amdsmi=amdsmi(fake))
-    assert layout.source == "amdsmi"
+    assert layout.source == "sysfs"
     assert layout.errors == ()
+    assert [gpu.uuid for gpu in layout.gpus] == [f.uuid for f in machine.gpus]
     assert len(layout.gpus) == 8
     assert [gpu.index for gpu in layout.gpus] == list(range(8))
     assert [gpu.render_node for gpu in layout.gpus] == [f"renderD{f.render_minor}" for f in machine.gpus]
@@ -237,12 +239,25 @@ def test_an_amdsmi_numa_node_that_contradicts_sysfs_is_reported_and_sysfs_wins(
     assert any("NUMA node: sysfs says 0, amdsmi says 1" in p.message for p in layout.errors)
 
 
-def test_a_nvidia_and_amd_node_with_both_libraries_is_mixed(build_machine: BuildMachineFixture) -> None:
+def test_a_nvidia_and_amd_node_is_a_mixed_vendor(build_machine: BuildMachineFixture) -> None:
     nvidia, amd = machines.vm_single_node(), machines.amd_two_gpu()
     both = machines.Machine(nodes=amd.nodes, functions=nvidia.functions + amd.functions)
     layout = run(build_machine(both), nvml=nvml(fakes.nvml_for(both)), amdsmi=amdsmi(fakes.amdsmi_for(both)))
-    assert layout.source == "mixed"
     assert node_labels(layout)["gpunuma.io/vendor"] == "mixed"
+    # The NVIDIA GPU's numa_node is -1 and its affinity spans both sockets: nothing placed it.
+    assert layout.gpus[0].numa_node is None
+    assert layout.source == "sysfs"
+
+
+def test_amdsmis_uuid_format_is_not_a_disagreement_and_sysfs_form_is_published(
+    build_machine: BuildMachineFixture,
+) -> None:
+    machine = machines.amd_two_gpu()
+    fake = fakes.amdsmi_for(machine)
+    assert fake.handles[0]["uuid"].count("-") == 4  # amdsmi's own rendering
+    layout = run(build_machine(machine), amdsmi=amdsmi(fake))
+    assert [gpu.uuid for gpu in layout.gpus] == [f.uuid for f in machine.gpus]
+    assert layout.errors == ()
 
 
 def test_amdsmi_raising_keyerror_on_import_makes_the_backend_unavailable(
