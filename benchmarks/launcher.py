@@ -1,11 +1,13 @@
 """Start-up overhead of numa-exec: the launcher in front of a trivial command vs the command alone.
 
-Run: ``python3 benchmarks/launcher.py [--rounds N]``. On the two-socket 8-GPU fixture (every GPU
-visible, ``LOCAL_RANK=0``: one GPU, so the preferred policy probes a memory policy before it
-execs), numa-exec under dash runs ``true`` through this machine's real numactl. The fixture's
-Cpus_allowed_list is this process's own CPUs, so the binding is one the kernel accepts. Prints the
-median wall time per start, the overhead over ``true`` alone and the ratio, next to numactl typed
-by hand (what numa-exec adds on top of numactl itself). Target: under 15 ms of overhead.
+Run: ``python3 benchmarks/launcher.py [--rounds N]``. On the two-socket 8-GPU fixture, numa-exec
+under dash runs ``true`` through this machine's real numactl, probing each binding before its exec:
+with ``LOCAL_RANK=0`` (one GPU, one node) the preferred policy probes its memory policy and
+cpu-only the CPU binding alone; without a rank (every GPU, two nodes) preferred probes the CPU
+binding. The fixture's Cpus_allowed_list is this process's own CPUs, so the binding is one the
+kernel accepts. Prints the median wall time per start, the overhead over ``true`` alone and the
+ratio, next to numactl typed by hand (what numa-exec adds on top of numactl itself). Target: under
+15 ms of overhead.
 """
 
 from __future__ import annotations
@@ -71,12 +73,14 @@ def main() -> int:
             sys.exit(f"the fixture plan binds no CPU on this machine:\n{plan}")
 
         launcher = [str(script_path()), "--", true]
+        every_gpu = {k: v for k, v in env.items() if k != "GPUNUMA_RANK_ENV"}
         cases = [
             ("true alone (baseline)", [true], env),
             ("numactl by hand, --preferred", [numactl, f"--physcpubind={cpus}", "--preferred=0",
                                               "--", true], env),
             ("numa-exec (dash), preferred", [dash, *launcher], env),
             ("numa-exec (dash), cpu-only", [dash, *launcher], env | {"GPUNUMA_POLICY": "cpu-only"}),
+            ("numa-exec (dash), preferred, 2 nodes", [dash, *launcher], every_gpu),
         ]
         if busybox:
             cases.append(("numa-exec (busybox sh), preferred", [busybox, "sh", *launcher], env))

@@ -4,7 +4,9 @@ Each run gets a PATH made of one directory of symlinks: awk, cat and readlink (b
 ``busybox sh``, so busybox awk is exercised too), plus numactl and taskset only when the test says
 so. A script that used any other tool would fail here, which is how the tests hold numa-exec to
 its promise of needing nothing else. numactl in dry-run tests is a stand-in that records the probe
-and can refuse memory policies the way containerd's default seccomp profile does.
+and can fail the ways a real one does: refuse memory policies (containerd's default seccomp profile
+without SYS_NICE), refuse CPUs (a CPU list the kernel does not have) or not run at all (a slim image
+whose numactl lacks libnuma).
 """
 
 from __future__ import annotations
@@ -62,16 +64,31 @@ def shell(request: pytest.FixtureRequest) -> Shell:
 
 
 FAKE_NUMACTL = """#!/bin/sh
-# Stand-in numactl: records each call; refuses memory policies when NUMACTL_REFUSE_MEMORY=1.
+# Stand-in numactl: records each call; with NUMACTL_UNLOADABLE=1 it cannot start, the way a numactl
+# without its libnuma fails; NUMACTL_REFUSE_CPUS=1 refuses --physcpubind as libnuma does a CPU the
+# kernel lacks; NUMACTL_REFUSE_MEMORY=1 refuses memory policies as seccomp does without SYS_NICE.
 [ -n "$NUMACTL_LOG" ] && printf '%s\\n' "$*" >>"$NUMACTL_LOG"
-if [ "$NUMACTL_REFUSE_MEMORY" = 1 ]; then
-    for arg; do
-        case $arg in
-        --preferred=* | --membind=*) echo "set_mempolicy: Operation not permitted" >&2; exit 1 ;;
-        --) break ;;
-        esac
-    done
+if [ "$NUMACTL_UNLOADABLE" = 1 ]; then
+    echo "numactl: error while loading shared libraries: libnuma.so.1: cannot open shared \\
+object file: No such file or directory" >&2
+    exit 127
 fi
+for arg; do
+    case $arg in
+    --physcpubind=*)
+        if [ "$NUMACTL_REFUSE_CPUS" = 1 ]; then
+            printf '%s\\n' "libnuma: Warning: cpu argument 223 out of range" "" \\
+                "<${arg#*=}> is invalid" >&2
+            exit 1
+        fi ;;
+    --preferred=* | --membind=*)
+        if [ "$NUMACTL_REFUSE_MEMORY" = 1 ]; then
+            echo "set_mempolicy: Operation not permitted" >&2
+            exit 1
+        fi ;;
+    --) break ;;
+    esac
+done
 if [ -n "$NUMACTL_REAL" ]; then exec "$NUMACTL_REAL" "$@"; fi
 exit 0
 """
@@ -127,6 +144,8 @@ class Launcher:
         tools: Sequence[str] = ("numactl", "taskset"),
         extra: Sequence[str] = (),
         refuse_memory_policy: bool = False,
+        refuse_cpus: bool = False,
+        numactl_unloadable: bool = False,
         real_numactl: bool = False,
         dry_run: bool = True,
     ) -> tuple[list[str], dict[str, str], Path]:
@@ -144,6 +163,10 @@ class Launcher:
             environment["GPUNUMA_DRY_RUN"] = "1"
         if refuse_memory_policy:
             environment["NUMACTL_REFUSE_MEMORY"] = "1"
+        if refuse_cpus:
+            environment["NUMACTL_REFUSE_CPUS"] = "1"
+        if numactl_unloadable:
+            environment["NUMACTL_UNLOADABLE"] = "1"
         if real_numactl:
             environment["NUMACTL_REAL"] = require_tool("numactl")
         environment |= dict(env or {})

@@ -65,7 +65,7 @@ def test_gpus_across_two_nodes_bind_the_union_of_cpus_without_a_memory_policy(
 
     assert result.plan == planned([BUS0[0], BUS1[3]], "0,1", BOTH, "local",
            f"numactl --physcpubind={BOTH} -- " + " ".join(CMD))
-    assert result.probes == ()
+    assert result.probes == (f"--physcpubind={BOTH} -- /bin/sh -c :",)
 
 
 def test_a_container_that_sees_every_gpu_is_bound_to_every_gpu_node(
@@ -101,14 +101,14 @@ def test_strict_binds_memory_to_every_gpu_node_when_they_span_two(
            f"numactl --physcpubind={BOTH} --membind=0,1 -- true")
 
 
-def test_cpu_only_binds_cpus_and_leaves_memory_alone_without_a_probe(
+def test_cpu_only_binds_cpus_and_leaves_memory_alone_after_probing_the_cpus(
     launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, env={"GPUNUMA_POLICY": "cpu-only"})
 
     assert result.plan == planned([BUS0[0]], "0", NODE0, "local",
            f"numactl --physcpubind={NODE0} -- " + " ".join(CMD))
-    assert result.probes == ()
+    assert result.probes == (f"--physcpubind={NODE0} -- /bin/sh -c :",)
 
 
 def test_an_empty_policy_means_preferred(
@@ -191,10 +191,92 @@ def test_a_refused_memory_policy_probe_fails_strict_with_exit_125(
                           env={"GPUNUMA_POLICY": "strict"})
 
     assert result.returncode == EXIT_REFUSED
-    assert result.stderr.startswith("gpunuma: strict policy: numactl refused to bind")
-    assert "SYS_NICE" in result.stderr
+    assert result.stderr.startswith(
+        "gpunuma: strict policy: numactl refused to bind memory to NUMA node 0 "
+        "(set_mempolicy: Operation not permitted); memory binding needs the SYS_NICE capability"
+    )
     assert result.stderr.count("\n") == 1
     assert result.plan == {"gpus": BUS0[2], "numa": "0", "cpus": "", "mem": "bind", "exec": ""}
+    # The CPUs alone were probed too, to tell a refused memory policy from refused CPUs.
+    assert result.probes == (
+        f"--physcpubind={NODE0} --membind=0 -- /bin/sh -c :",
+        f"--physcpubind={NODE0} -- /bin/sh -c :",
+    )
+
+
+NUMACTL_FAILURES = {
+    "refuses the cpus": ({"refuse_cpus": True}, "libnuma: Warning: cpu argument 223 out of range"),
+    "cannot run": (
+        {"numactl_unloadable": True},
+        "numactl: error while loading shared libraries: libnuma.so.1",
+    ),
+}
+
+
+@pytest.mark.parametrize("failure", sorted(NUMACTL_FAILURES))
+def test_strict_blames_the_cpus_not_memory_when_numactl_cannot_bind_them(
+    launcher: Launcher, build_machine: BuildMachineFixture, failure: str
+) -> None:
+    options, why = NUMACTL_FAILURES[failure]
+
+    result = launcher.run(build_machine(dgx(BUS0[2])), *CMD, env={"GPUNUMA_POLICY": "strict"},
+                          **options)
+
+    assert result.returncode == EXIT_REFUSED
+    assert result.stderr.startswith(
+        f"gpunuma: strict policy: numactl could not bind CPUs {NODE0} ({why}"
+    )
+    assert result.stderr.endswith("); not starting python3\n")
+    assert "SYS_NICE" not in result.stderr
+    assert "memory" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.probes == (
+        f"--physcpubind={NODE0} --membind=0 -- /bin/sh -c :",
+        f"--physcpubind={NODE0} -- /bin/sh -c :",
+    )
+
+
+# Every non-strict plan that execs numactl probed it first; on failure taskset, then unpinned.
+NON_STRICT_PLANS = {
+    "preferred, one node": ((BUS0[0],), "0", NODE0, {}),
+    "preferred, two nodes": ((BUS0[0], BUS1[3]), "0,1", BOTH, {}),
+    "cpu-only": ((BUS0[0],), "0", NODE0, {"GPUNUMA_POLICY": "cpu-only"}),
+}
+
+
+@pytest.mark.parametrize("failure", sorted(NUMACTL_FAILURES))
+@pytest.mark.parametrize("case", sorted(NON_STRICT_PLANS))
+def test_a_numactl_that_cannot_bind_the_cpus_falls_back_to_taskset(
+    launcher: Launcher, build_machine: BuildMachineFixture, case: str, failure: str
+) -> None:
+    gpus, numa, cpus, env = NON_STRICT_PLANS[case]
+    options, why = NUMACTL_FAILURES[failure]
+
+    result = launcher.run(build_machine(dgx(*gpus)), *CMD, env=env, **options)
+
+    assert result.returncode == 0, result.stderr
+    assert result.plan == planned(list(gpus), numa, cpus, "local",
+                                  f"taskset -c {cpus} " + " ".join(CMD))
+    assert f"via=taskset: numactl cannot bind CPUs {cpus} ({why}" in result.stderr
+    assert "SYS_NICE" not in result.stderr
+    assert result.probes[-1] == f"--physcpubind={cpus} -- /bin/sh -c :"
+
+
+@pytest.mark.parametrize("failure", sorted(NUMACTL_FAILURES))
+@pytest.mark.parametrize("case", sorted(NON_STRICT_PLANS))
+def test_a_numactl_that_cannot_bind_the_cpus_and_no_taskset_runs_the_command_unpinned(
+    launcher: Launcher, build_machine: BuildMachineFixture, case: str, failure: str
+) -> None:
+    gpus, numa, _, env = NON_STRICT_PLANS[case]
+    options, why = NUMACTL_FAILURES[failure]
+
+    result = launcher.run(build_machine(dgx(*gpus)), *CMD, env=env, tools=("numactl",), **options)
+
+    assert result.returncode == 0, result.stderr
+    assert result.plan == planned(list(gpus), numa, "", "local", " ".join(CMD))
+    assert "via=none: numactl cannot bind CPUs" in result.stderr
+    assert why in result.stderr
+    assert result.stderr.endswith("; running unpinned\n")
 
 
 # Cpus_allowed_list --------------------------------------------------------------------------------

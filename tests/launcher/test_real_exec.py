@@ -23,6 +23,7 @@ from tests.fixtures import machines
 from tests.launcher.conftest import EXIT_REFUSED, Launcher
 
 REAL_NODE0 = Path("/sys/devices/system/node/node0/cpulist")
+POSSIBLE_CPUS = Path("/sys/devices/system/cpu/possible")
 
 
 def real_node0_cpus() -> frozenset[int]:
@@ -41,6 +42,25 @@ def this_host(cpus_allowed: str | None = None) -> machines.Machine:
     )
     node = machines.Node(0, format_cpulist(real_node0_cpus()), 16000000, (10,))
     return machines.Machine(nodes=(node,), functions=(gpu,), cpus_allowed=cpus_allowed)
+
+
+def phantom_host(nodes: int) -> machines.Machine:
+    """A GPU on each of ``nodes`` NUMA nodes whose CPUs this kernel does not have, so numactl and
+    taskset refuse the binding for real (libnuma: "cpu argument N out of range")."""
+    if not POSSIBLE_CPUS.exists():
+        pytest.skip("this kernel shows no /sys/devices/system/cpu/possible")
+    beyond = max(parse_cpulist(POSSIBLE_CPUS.read_text())) + 1
+    distances = [tuple(10 if i == j else 21 for j in range(nodes)) for i in range(nodes)]
+    gpus = tuple(
+        machines.Function(
+            bdf=f"0000:{i + 1:02x}:00.0", vendor=machines.NVIDIA, pci_class=machines.CLASS_3D,
+            numa_node=i, model="NVIDIA H100 80GB HBM3",
+            uuid=f"GPU-8e3a1c55-0000-1111-2222-33334444555{i}", minor=i,
+        )
+        for i in range(nodes)
+    )
+    numa = tuple(machines.Node(i, str(beyond + i), 16000000, distances[i]) for i in range(nodes))
+    return machines.Machine(nodes=numa, functions=gpus)
 
 
 def status_field(status: str, name: str) -> str:
@@ -128,6 +148,55 @@ def test_a_refused_memory_policy_still_binds_the_cpus_for_real(
     assert result.returncode == 0, result.stderr
     assert status_field(result.stdout, "Cpus_allowed_list") == str(last)
     assert "SYS_NICE" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("policy", "nodes"), [("preferred", 1), ("preferred", 2), ("cpu-only", 1)]
+)
+def test_cpus_the_kernel_refuses_leave_the_command_running_unpinned(
+    real: Launcher, build_machine: BuildMachineFixture, policy: str, nodes: int
+) -> None:
+    require_tool("taskset")
+    tree = build_machine(phantom_host(nodes))
+
+    result = real.run(tree, sys.executable, "-c", "print('ran')", dry_run=False,
+                      real_numactl=True, env={"GPUNUMA_POLICY": policy})
+
+    # numactl and taskset were both probed and refused; neither policy may fail the container.
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ran\n"
+    assert "via=none: " in result.stderr
+    assert "numactl cannot bind CPUs" in result.stderr
+    assert "taskset cannot bind CPUs" in result.stderr
+    assert result.stderr.endswith("; running unpinned\n")
+
+
+def test_strict_names_the_cpus_when_the_kernel_refuses_them(
+    real: Launcher, build_machine: BuildMachineFixture
+) -> None:
+    tree = build_machine(phantom_host(1))
+
+    result = real.run(tree, "true", dry_run=False, real_numactl=True,
+                      env={"GPUNUMA_POLICY": "strict"})
+
+    assert result.returncode == EXIT_REFUSED
+    assert result.stderr.startswith("gpunuma: strict policy: numactl could not bind CPUs ")
+    assert "SYS_NICE" not in result.stderr
+
+
+def test_taskset_really_binds_when_numactl_cannot_run(
+    real: Launcher, build_machine: BuildMachineFixture
+) -> None:
+    require_tool("taskset")
+    last = max(real_node0_cpus())
+    tree = build_machine(this_host(cpus_allowed=str(last)))
+
+    result = real.run(tree, "cat", "/proc/self/status", dry_run=False, numactl_unloadable=True,
+                      env={"GPUNUMA_POLICY": "cpu-only"})
+
+    assert result.returncode == 0, result.stderr
+    assert status_field(result.stdout, "Cpus_allowed_list") == str(last)
+    assert "via=taskset: numactl cannot bind CPUs" in result.stderr
 
 
 @pytest.mark.parametrize(
