@@ -55,8 +55,6 @@ _LAUNCHER_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "100m", "memory": "64Mi"},
     "limits": {"cpu": "100m", "memory": "64Mi"},
 }
-# The image's non-root user; explicit so that runAsNonRoot holds whatever the image declares.
-_LAUNCHER_UID = 65532
 _QUANTITY_NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+))")
 
 
@@ -472,10 +470,11 @@ def _launcher_container(settings: MutationSettings, *, best_effort: bool) -> dic
         "imagePullPolicy": "IfNotPresent",
         "command": list(INSTALL_COMMAND),
         "volumeMounts": [{"name": names.LAUNCHER_VOLUME, "mountPath": names.LAUNCHER_MOUNT_PATH}],
+        # No runAsUser/runAsGroup: OpenShift's restricted SCC assigns a UID from the namespace's
+        # range and rejects any other. runAsNonRoot makes the kubelet check the image's USER,
+        # which therefore must be numeric and non-root (the Dockerfile's 65532:65532).
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": _LAUNCHER_UID,
-            "runAsGroup": _LAUNCHER_UID,
             "allowPrivilegeEscalation": False,
             "privileged": False,
             "readOnlyRootFilesystem": True,
