@@ -216,7 +216,7 @@ def main() -> int:
         ports = {name: _free_port() for name in SERVERS}
         commands = {
             "gpunuma": [sys.executable, "-m", "gpunuma", "webhook",
-                        "--listen", f"127.0.0.1:{ports['gpunuma']}",
+                        "--listen", f"127.0.0.1:{ports['gpunuma']}", "--shutdown-delay", "0",
                         "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)],
             "bare": [sys.executable, __file__, "--bare-server", str(ports["bare"]),
                      str(cert_file), str(key_file)],

@@ -77,8 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     install.set_defaults(handler=_run_install_launcher)
 
     webhook = commands.add_parser("webhook", help="serve the mutating admission webhook over TLS")
-    webhook.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:8443"),
-                         help="HOST:PORT to listen on (default 0.0.0.0:8443; env GPUNUMA_LISTEN)")
+    webhook.add_argument("--listen", default=_env("LISTEN", ":8443"),
+                         help="HOST:PORT to listen on; no HOST: every IPv4 and IPv6 address "
+                         "(default :8443; env GPUNUMA_LISTEN)")
+    webhook.add_argument("--shutdown-delay", type=_non_negative_seconds, metavar="SECONDS",
+                         default=_env("SHUTDOWN_DELAY", "5"),
+                         help="after SIGTERM, report not-ready on /readyz but keep answering this "
+                         "long, while endpoints still route here (default 5; "
+                         "env GPUNUMA_SHUTDOWN_DELAY)")
     webhook.add_argument("--tls-cert-file", type=Path, default=_env("TLS_CERT_FILE"),
                          required=_env("TLS_CERT_FILE") is None,
                          help="PEM certificate chain, reloaded when it changes "
@@ -195,6 +201,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 seconds or more")
+    return value
+
+
 def _add_agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     agent = commands.add_parser(
         "agent", help="publish this node's GPU↔NUMA layout and GPU allocations (the DaemonSet)",
@@ -218,8 +234,9 @@ def _add_agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
                        default=Path(_env("KUBELET_SOCKET", str(DEFAULT_KUBELET_SOCKET)) or ""),
                        help=f"the kubelet's PodResources socket (default {DEFAULT_KUBELET_SOCKET}; "
                        "env GPUNUMA_KUBELET_SOCKET)")
-    agent.add_argument("--listen", default=_env("LISTEN", "0.0.0.0:8081"),
-                       help="HOST:PORT for /healthz and /metrics (default 0.0.0.0:8081; "
+    agent.add_argument("--listen", default=_env("LISTEN", ":8081"),
+                       help="HOST:PORT for /healthz and /metrics; no HOST: every IPv4 and IPv6 "
+                       "address (default :8081; "
                        "env GPUNUMA_LISTEN)")
     agent.add_argument("--kubeconfig", type=Path, default=_env("KUBECONFIG"),
                        help="kubeconfig to use instead of the in-cluster service account "

@@ -9,6 +9,10 @@
 The tables and the explanation are pure functions of the API objects (tested without a cluster);
 :class:`KubeApi` is the only part that talks to the API server, through the current kubeconfig
 context as kubectl does. The Kubernetes client is imported only when a command runs.
+
+What counts as opted in, as a GPU request and as a selected container is the webhook's own
+decision: ``explain`` calls the webhook's pure functions (``gpunuma.webhook.mutation``, which reads
+nothing but its arguments) rather than restating them, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -18,14 +22,20 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 from gpunuma import names
 from gpunuma.settings import DEFAULT_GPU_RESOURCES
 from gpunuma.topology.cpulist import format_cpulist
+from gpunuma.webhook.mutation import (
+    MIRROR_POD_ANNOTATION,
+    POLICY_ENV,
+    gpu_requests,
+    listed_containers,
+    selected_containers,
+)
 
 __all__ = [
     "ClusterError",
@@ -43,10 +53,12 @@ NONE = "-"
 NUMA_EXEC_PREFIX = "gpunuma:"
 # Bytes read from the start of a container's log: numa-exec writes its line before the workload.
 LOG_HEAD_BYTES = 64 * 1024
-MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
-# The variable the webhook sets on each wrapped container (DESIGN §6): the policy numa-exec applies.
-POLICY_ENV = "GPUNUMA_POLICY"
+# Namespaces the chart always excludes from the webhook besides its own release namespace
+# (DESIGN §9). Used only when the webhook configuration cannot be read: it has the full list.
 SYSTEM_NAMESPACES = ("kube-system", "kube-node-lease")
+# Labels the chart puts on its MutatingWebhookConfiguration.
+WEBHOOK_CONFIGURATION_LABELS = {"app.kubernetes.io/part-of": "gpunuma",
+                                "app.kubernetes.io/component": "webhook"}
 
 Obj = Mapping[str, Any]
 
@@ -206,16 +218,6 @@ def pod_headers(*, all_namespaces: bool) -> list[str]:
     return ["NAMESPACE", *headers] if all_namespaces else headers
 
 
-def _gpu_requests(container: Obj, gpu_resources: Sequence[str]) -> dict[str, str]:
-    resources: Obj = container.get("resources") or {}
-    found: dict[str, str] = {}
-    for section in ("requests", "limits"):
-        for resource, quantity in (resources.get(section) or {}).items():
-            if any(fnmatchcase(resource, pattern) for pattern in gpu_resources):
-                found.setdefault(resource, str(quantity))
-    return found
-
-
 def _opt_in(pod: Obj, namespace: Obj | None) -> tuple[bool, str]:
     """(opted in?, how or why not) as the webhook decides it (DESIGN §3)."""
     value = _annotations(pod).get(names.ANNOTATION_INJECT)
@@ -260,22 +262,22 @@ class _Container:
 
 def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -> list[_Container]:
     annotations = _annotations(pod)
-    chosen_text = annotations.get(names.ANNOTATION_CONTAINERS)
-    chosen = {name.strip() for name in chosen_text.split(",") if name.strip()} if chosen_text else None
+    listed = bool(listed_containers(annotations))
+    chosen = selected_containers(pod, gpu_resources)
     wrapped = set(_wrapped(pod))
     skipped = {name for name in annotations.get(names.ANNOTATION_SKIPPED, "").split(",") if name}
     injected = names.ANNOTATION_INJECTED in annotations
     report = []
     for container in _all_containers(pod):
         name = container.get("name", "")
-        gpus = _gpu_requests(container, gpu_resources)
-        selected = name in chosen if chosen is not None else bool(gpus)
+        gpus = gpu_requests(container, gpu_resources)
+        selected = name in chosen
         if name in wrapped:
             status = "wrapped: numa-exec runs in front of its command"
         elif name in skipped or (injected and selected and not container.get("command")):
             status = ("skipped: no command (the webhook cannot see the image's ENTRYPOINT); "
                       "set command: in the pod spec")
-        elif chosen is not None and not selected:
+        elif listed and not selected:
             status = f"not selected: not listed in {names.ANNOTATION_CONTAINERS}"
         elif not selected:
             status = "not selected: requests no GPU"
@@ -290,8 +292,13 @@ def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -
 
 
 def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = DEFAULT_GPU_RESOURCES,
-            logs: Mapping[str, str | None] | None = None) -> str:
-    """Why this pod was or was not bound, from its spec, annotations, namespace and logs."""
+            logs: Mapping[str, str | None] | None = None,
+            excluded_namespaces: Collection[str] | None = None) -> str:
+    """Why this pod was or was not bound, from its spec, annotations, namespace and logs.
+
+    ``excluded_namespaces``: the namespaces the webhook configuration never sends (see
+    :func:`excluded_namespaces`); None when unknown, then only kube-system and kube-node-lease.
+    """
     meta = _meta(pod)
     ns_name = meta.get("namespace", "")
     annotations = _annotations(pod)
@@ -301,6 +308,7 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
     injected_by = annotations.get(names.ANNOTATION_INJECTED)
     containers = _containers_report(pod, gpu_resources, opted_in or injected_by is not None)
     wrapped = [c.name for c in containers if c.status.startswith("wrapped")]
+    selected = [c.name for c in containers if not c.status.startswith("not selected")]
     placement = _placement(pod)
     logs = logs or {}
 
@@ -309,10 +317,12 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
     elif injected_by is None and not opted_in:
         verdict = "not bound: " + ("the pod did not opt in" if opt_in_text.startswith("no") else opt_in_text)
     elif injected_by is None:
-        if not any(c.gpus for c in containers) and names.ANNOTATION_CONTAINERS not in annotations:
+        if not selected:
+            listed = ("names none of its containers" if listed_containers(annotations)
+                      else "is not set")
             verdict = (f"not bound: no container requests a GPU ({', '.join(gpu_resources)}) and "
-                       f"{names.ANNOTATION_CONTAINERS} is not set")
-        elif ns_name in SYSTEM_NAMESPACES:
+                       f"{names.ANNOTATION_CONTAINERS} {listed}")
+        elif ns_name in (SYSTEM_NAMESPACES if excluded_namespaces is None else excluded_namespaces):
             verdict = f"not bound: the webhook is never called for pods in {ns_name}"
         else:
             verdict = ("not bound: the webhook did not mutate this pod. It was created before gpunuma was "
@@ -449,6 +459,19 @@ class KubeApi:
             return None
         return found
 
+    def list_webhook_configurations(self) -> list[dict[str, Any]]:
+        """gpunuma's MutatingWebhookConfigurations; empty when they cannot be read (RBAC)."""
+        from kubernetes import client
+
+        selector = ",".join(f"{key}={value}" for key, value in WEBHOOK_CONFIGURATION_LABELS.items())
+        api = client.AdmissionregistrationV1Api(self._core.api_client)
+        try:
+            found = self._json("list MutatingWebhookConfigurations",
+                               api.list_mutating_webhook_configuration, label_selector=selector)
+        except ClusterError:
+            return []
+        return list((found or {}).get("items") or [])
+
     def read_log_head(self, namespace: str, pod: str, container: str) -> str | None:
         """The first bytes of a container's log (numa-exec writes first); None when there is none."""
         try:
@@ -458,6 +481,23 @@ class KubeApi:
         except ClusterError:
             return None  # e.g. 400 while the container is still waiting to start
         return None if data is None else bytes(data).decode("utf-8", "replace")
+
+
+def excluded_namespaces(configurations: Iterable[Obj]) -> tuple[str, ...] | None:
+    """The namespaces gpunuma's MutatingWebhookConfiguration never sends to the webhook (system
+    namespaces, the release namespace, webhook.additionalExcludedNamespaces); None without one."""
+    found: set[str] = set()
+    seen = False
+    for configuration in configurations:
+        if not WEBHOOK_CONFIGURATION_LABELS.items() <= _labels(configuration).items():
+            continue
+        seen = True
+        for hook in configuration.get("webhooks") or []:
+            for expression in (hook.get("namespaceSelector") or {}).get("matchExpressions") or []:
+                if expression.get("key") == "kubernetes.io/metadata.name" and (
+                        expression.get("operator") == "NotIn"):
+                    found.update(expression.get("values") or [])
+    return tuple(sorted(found)) if seen else None
 
 
 def _api_message(exc: Any) -> str:
@@ -520,7 +560,8 @@ def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
         raise ClusterError(f'pod "{args.pod}" not found in namespace {namespace}')
     logs = {name: api.read_log_head(namespace, args.pod, name) for name in _wrapped(pod)}
     gpu_resources = [item.strip() for item in args.gpu_resources.split(",") if item.strip()]
-    return explain(pod, api.read_namespace(namespace), gpu_resources=gpu_resources, logs=logs)
+    return explain(pod, api.read_namespace(namespace), gpu_resources=gpu_resources, logs=logs,
+                   excluded_namespaces=excluded_namespaces(api.list_webhook_configurations()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

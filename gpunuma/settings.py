@@ -69,9 +69,11 @@ class MutationSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebhookSettings:
-    listen: str = "0.0.0.0:8443"
+    listen: str = ":8443"  # no host: every address of both families
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Seconds between SIGTERM and closing the listener, answering meanwhile but not ready.
+    shutdown_delay: float = 5.0
     mutation: MutationSettings = field(default_factory=MutationSettings)
 
 
@@ -89,7 +91,7 @@ class AgentSettings:
     allocations_interval: float = 10.0
     kubelet_socket: Path = DEFAULT_KUBELET_SOCKET
     kubelet_timeout: float = 5.0
-    listen: str = "0.0.0.0:8081"  # probes and Prometheus reach the pod's address
+    listen: str = ":8081"  # every address of both families: probes and Prometheus reach the pod's
     kubeconfig: Path | None = None
     gpu_resources: tuple[str, ...] = DEFAULT_GPU_RESOURCES
 

@@ -245,12 +245,15 @@ class Agent:
         return None
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::]:8081`` for IPv6) → (host, port), with a message that says the form."""
+def parse_listen(listen: str) -> tuple[str | None, int]:
+    """``HOST:PORT`` (``[::]:8081`` for IPv6) → (host, port), with a message that says the form.
+
+    An empty host (``:8081``) is None: aiohttp then listens on every address of both families.
+    """
     host, separator, port = listen.rpartition(":")
     if not separator or not port.isdecimal() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address {listen!r} is not HOST:PORT, e.g. 0.0.0.0:8081")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - empty host: all addresses
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT, e.g. :8081 or 0.0.0.0:8081")
+    return host.strip("[]") or None, int(port)
 
 
 def health_app(agent: Agent, *, stale_after: float) -> web.Application:

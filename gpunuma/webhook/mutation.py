@@ -16,7 +16,7 @@ import argparse
 import fnmatch
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -31,9 +31,12 @@ __all__ = [
     "WARNING_LIMIT",
     "InvalidPod",
     "Mutation",
+    "gpu_requests",
     "json_patch",
+    "listed_containers",
     "mutate",
     "mutation_settings",
+    "selected_containers",
     "warning_line",
 ]
 
@@ -55,8 +58,6 @@ _LAUNCHER_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "100m", "memory": "64Mi"},
     "limits": {"cpu": "100m", "memory": "64Mi"},
 }
-# The image's non-root user; explicit so that runAsNonRoot holds whatever the image declares.
-_LAUNCHER_UID = 65532
 _QUANTITY_NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+))")
 
 
@@ -334,6 +335,29 @@ def _policy(annotations: Mapping[str, str], default: str, warnings: list[str]) -
     return default
 
 
+def selected_containers(pod: Mapping[str, Any], gpu_resources: Sequence[str]) -> set[str]:
+    """Names of the containers ``mutate`` would wrap in this pod (for ``kubectl gpunuma explain``),
+    whether or not the pod opted in. Raises ``InvalidPod``."""
+    spec = _mapping(pod, "spec", "spec") or {}
+    annotations = _string_map(_mapping(pod, "metadata", "metadata"), "annotations")
+    return _select(annotations, _named_list(spec, "initContainers"), _named_list(spec, "containers"),
+                   gpu_resources, [])
+
+
+def listed_containers(annotations: Mapping[str, str]) -> list[str]:
+    """The names in ``gpunuma.io/containers``; empty when it is absent or lists none (then the
+    containers requesting GPUs are selected)."""
+    listed = annotations.get(names.ANNOTATION_CONTAINERS) or ""
+    return [name.strip() for name in listed.split(",") if name.strip()]
+
+
+def gpu_requests(container: Mapping[str, Any], gpu_resources: Sequence[str]) -> dict[str, str]:
+    """The GPU resources the container asks for, with their quantities; a zero quantity is no
+    request. Raises ``InvalidPod``."""
+    return {resource: str(quantity)
+            for resource, quantity in _gpu_amounts(container, _pattern(tuple(gpu_resources)))}
+
+
 def _select(
     annotations: Mapping[str, str],
     init_containers: Sequence[Mapping[str, Any]],
@@ -343,8 +367,7 @@ def _select(
 ) -> set[str]:
     """Names of the containers to wrap: the annotation's list, else those that request GPUs."""
     candidates = [c for c in (*init_containers, *containers) if not _is_launcher(c)]
-    listed = annotations.get(names.ANNOTATION_CONTAINERS)
-    requested = [name.strip() for name in (listed or "").split(",") if name.strip()]
+    requested = listed_containers(annotations)
     if requested:
         known = {c["name"] for c in candidates}
         for name in requested:
@@ -358,19 +381,27 @@ def _select(
 
 
 def _requests_gpu(container: Mapping[str, Any], gpu_resources: re.Pattern[str]) -> bool:
+    return next(_gpu_amounts(container, gpu_resources), None) is not None
+
+
+def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str]
+                 ) -> Iterator[tuple[str, object]]:
+    """(resource, quantity) of each non-zero GPU limit, then each GPU request not limited."""
     resources = container.get("resources")
     if not resources:
-        return False
+        return
     if not isinstance(resources, dict):
         raise InvalidPod(f"container {container['name']!r}: resources must be a map")
+    seen: set[str] = set()
     for field in ("limits", "requests"):
         amounts = resources.get(field) or {}
         if not isinstance(amounts, dict):
             raise InvalidPod(f"container {container['name']!r}: resources.{field} must be a map")
         for resource, quantity in amounts.items():
-            if gpu_resources.match(str(resource)) and not _is_zero(quantity):
-                return True
-    return False
+            if (resource not in seen and gpu_resources.match(str(resource))
+                    and not _is_zero(quantity)):
+                seen.add(resource)
+                yield str(resource), quantity
 
 
 @functools.lru_cache(maxsize=8)
@@ -472,10 +503,11 @@ def _launcher_container(settings: MutationSettings, *, best_effort: bool) -> dic
         "imagePullPolicy": "IfNotPresent",
         "command": list(INSTALL_COMMAND),
         "volumeMounts": [{"name": names.LAUNCHER_VOLUME, "mountPath": names.LAUNCHER_MOUNT_PATH}],
+        # No runAsUser/runAsGroup: OpenShift's restricted SCC assigns a UID from the namespace's
+        # range and rejects any other. runAsNonRoot makes the kubelet check the image's USER,
+        # which therefore must be numeric and non-root (the Dockerfile's 65532:65532).
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": _LAUNCHER_UID,
-            "runAsGroup": _LAUNCHER_UID,
             "allowPrivilegeEscalation": False,
             "privileged": False,
             "readOnlyRootFilesystem": True,

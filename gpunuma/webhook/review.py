@@ -59,12 +59,22 @@ class Memory:
     the mutation happens to read today, keeps that true whatever the mutation reads tomorrow. Replicas
     of one template arrive byte-identical (no name or uid is assigned before admission), which is
     the burst this memory is for.
+
+    Only answers that patched or denied a pod are remembered (pods that opted in: the others are
+    answered in microseconds, and without matchConditions they are nearly every pod of the
+    cluster), and only for request bodies of at most ``max_body_bytes``. Each key holds about one
+    body, so the memory stays under ``size × max_body_bytes`` (16 MiB by default) however large the
+    pods the API server may send (up to 3 MiB each).
     """
 
-    def __init__(self, size: int = 256) -> None:
+    def __init__(self, size: int = 256, max_body_bytes: int = 64 * 1024) -> None:
         self.size = size
+        self.max_body_bytes = max_body_bytes
         self.hits = 0
         self._answers: dict[tuple[MutationSettings, bytes], _Answer] = {}
+
+    def __len__(self) -> int:
+        return len(self._answers)
 
     def key(self, pod: Mapping[str, Any], settings: MutationSettings,
             namespace_opted_in: bool) -> tuple[MutationSettings, bytes] | None:
@@ -115,6 +125,8 @@ def admit(
     if not isinstance(pod, dict):
         raise BadRequest("request.object must be the pod being created")
     where = _pod_name(request, pod)
+    if memory is not None and len(body) > memory.max_body_bytes:
+        memory = None  # too large to keep: neither looked up nor remembered
     key = memory.key(pod, settings, namespace_opted_in) if memory is not None else None
     if memory is not None and key is not None and (known := memory.recall(key)) is not None:
         return Admission(_review({"uid": uid, **known.response}), known.outcome, where,
@@ -134,7 +146,7 @@ def admit(
         log.exception("pod %s not mutated: internal error", where)
         warning = warning_line("pod not mutated: internal error in the webhook (see its log)")
         return Admission(_response(uid, warnings=[warning]), "error", where, "internal error")
-    if memory is not None and key is not None:
+    if memory is not None and key is not None and answer.outcome in ("patched", "denied"):
         memory.remember(key, answer)
     return Admission(_review({"uid": uid, **answer.response}), answer.outcome, where,
                      answer.reason)

@@ -7,6 +7,11 @@ Paths:
   webhook entry that selects those namespaces, and the path is how the mutation learns it;
 - ``GET /healthz``, ``/readyz`` (503 while shutting down), ``/metrics`` (Prometheus).
 
+On SIGTERM (a rollout, a node drain) the pod's endpoint is removed only after a while, and the API
+server keeps sending admissions to it meanwhile. So the server first reports not-ready and goes on
+answering for ``--shutdown-delay`` seconds, then closes its listener and finishes the requests in
+flight; the chart's terminationGracePeriodSeconds covers both.
+
 The certificate and key are re-read when they change on disk (a rotated Secret): new connections
 get the new pair, open ones keep theirs, and a pair that fails to load leaves the old one serving.
 """
@@ -44,8 +49,9 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
-# In-flight requests get this long to finish after SIGTERM; the API server gives up after the
-# webhook's timeoutSeconds (5 in the chart) anyway.
+# In-flight requests get this long to finish once the listener is closed; the API server gives up
+# after the webhook's timeoutSeconds (5 in the chart) anyway. The chart's webhook.yaml spells it
+# again in terminationGracePeriodSeconds (tests/chart checks the two agree).
 SHUTDOWN_TIMEOUT_S = 10.0
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -61,7 +67,8 @@ def parse_listen(text: str) -> tuple[str | None, int]:
     """``HOST:PORT`` (``[::]:8443``, ``:8443`` for every address) as aiohttp's host and port."""
     host, separator, port = text.rpartition(":")
     if not separator or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--listen {text!r} is not HOST:PORT (e.g. 0.0.0.0:8443 or [::]:8443)")
+        raise ValueError(f"--listen {text!r} is not HOST:PORT (e.g. :8443 for every address, "
+                         "0.0.0.0:8443 or [::]:8443)")
     host = host.removeprefix("[").removesuffix("]")
     return host or None, int(port)
 
@@ -192,8 +199,16 @@ class WebhookServer:
                  __version__, host or "*", self.port)
 
     async def stop(self) -> None:
-        """Stop listening, finish the requests in flight, then close."""
+        """Report not-ready, keep answering for the shutdown delay, stop listening, finish the
+        requests in flight, then close."""
         self._ready = False
+        if self._runner is not None and self.settings.shutdown_delay > 0:
+            # Endpoints still route here until the kubelet's readiness probe (or the endpoint
+            # controller, for a pod being deleted) catches up: closing now would refuse those
+            # admissions (failurePolicy Ignore admits the pods unbound, Fail refuses them).
+            log.info("not ready; answering for %g s more before closing the listener",
+                     self.settings.shutdown_delay)
+            await asyncio.sleep(self.settings.shutdown_delay)
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -295,7 +310,7 @@ async def serve(settings: WebhookSettings) -> None:
     await server.start()
     try:
         await stop.wait()
-        log.info("signal received: finishing the requests in flight")
+        log.info("signal received: shutting down")
     finally:
         await server.stop()
 
@@ -308,7 +323,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = WebhookSettings(
             listen=args.listen, tls_cert_file=Path(args.tls_cert_file),
-            tls_key_file=Path(args.tls_key_file), mutation=mutation_settings(args),
+            tls_key_file=Path(args.tls_key_file), shutdown_delay=args.shutdown_delay,
+            mutation=mutation_settings(args),
         )
         parse_listen(settings.listen)
     except ValueError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gpunuma.agent.service import parse_listen
 from gpunuma.cli import build_parser
 from tests.agent.conftest import NODE, NODE_UID, cr, published, until
 from tests.fixtures import machines
@@ -28,7 +29,7 @@ def test_the_agent_flags_default_to_the_documented_values(monkeypatch: pytest.Mo
     assert args.node_name == "gpu-node-3"
     assert (args.interval, args.heartbeat, args.allocations_interval) == (60, 600, 10)
     assert args.kubelet_socket == Path("/var/lib/kubelet/pod-resources/kubelet.sock")
-    assert args.listen == "0.0.0.0:8081"
+    assert args.listen == ":8081"  # every address, IPv4 and IPv6
     assert args.kubeconfig is None
     assert args.gpu_resources == ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")
 
@@ -118,3 +119,12 @@ async def test_an_unreadable_kubeconfig_is_a_clear_error(tmp_path: Path) -> None
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
     assert process.returncode == 2
     assert stderr.decode().startswith("gpunuma agent: cannot load kubeconfig")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (":8081", (None, 8081)),  # no host: aiohttp listens on every address of both families
+    ("0.0.0.0:8081", ("0.0.0.0", 8081)),
+    ("[::]:8081", ("::", 8081)),
+])
+def test_agent_listen_addresses_are_parsed(text: str, expected: tuple[str | None, int]) -> None:
+    assert parse_listen(text) == expected

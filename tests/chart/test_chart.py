@@ -167,6 +167,7 @@ def test_the_webhook_timeout_is_the_value_set_and_at_most_30_seconds(chart: Any,
 def test_the_failure_policy_is_the_value_set(chart: Any, policy: str) -> None:
     hooks = webhooks(render(chart, {"webhook": {"failurePolicy": policy}}))
     assert {hook["failurePolicy"] for hook in hooks.values()} == {policy}
+    assert all("matchConditions" in hook for hook in hooks.values())
 
 
 @pytest.mark.parametrize("namespace", [NAMESPACE, "gpunuma", "platform-gpu"])
@@ -179,10 +180,45 @@ def test_system_namespaces_and_the_release_namespace_are_never_sent(chart: Any, 
         assert set(excluded[0]["values"]) >= {"kube-system", "kube-node-lease", namespace}
 
 
+def excluded_namespaces(hook: dict[str, Any]) -> list[str]:
+    expressions = hook["namespaceSelector"]["matchExpressions"]
+    [excluded] = [e for e in expressions if e["key"] == "kubernetes.io/metadata.name"]
+    assert excluded["operator"] == "NotIn"
+    values: list[str] = excluded["values"]
+    return values
+
+
+def test_additional_excluded_namespaces_add_to_the_system_ones_never_replace_them(chart: Any) -> None:
+    rendered = render(chart, {"webhook": {"additionalExcludedNamespaces": ["monitoring", "kube-system"]}})
+    for hook in webhooks(rendered).values():
+        values = excluded_namespaces(hook)
+        assert set(values) == {"kube-system", "kube-node-lease", NAMESPACE, "monitoring"}
+        assert len(values) == len(set(values))
+
+
+def test_the_old_excluded_namespaces_value_is_refused_rather_than_ignored(chart: Any) -> None:
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError, match="excludedNamespaces"):
+        render(chart, {"webhook": {"excludedNamespaces": ["monitoring"]}})
+
+
 def test_the_namespace_entry_selects_only_labelled_namespaces(default: Rendered) -> None:
     expressions = webhooks(default)["namespace.gpunuma.io"]["namespaceSelector"]["matchExpressions"]
     assert {"key": names.LABEL_NAMESPACE_INJECT, "operator": "In",
             "values": [names.NAMESPACE_INJECT_ENABLED]} in expressions
+
+
+def test_the_pod_entry_leaves_labelled_namespaces_to_the_namespace_entry(default: Rendered) -> None:
+    # An annotated pod in a labelled namespace must not go through both entries (two calls, and
+    # two chances to be refused under failurePolicy Fail).
+    hooks = webhooks(default)
+    pod_selector = hooks["pod.gpunuma.io"]["namespaceSelector"]["matchExpressions"]
+    assert {"key": names.LABEL_NAMESPACE_INJECT, "operator": "NotIn",
+            "values": [names.NAMESPACE_INJECT_ENABLED]} in pod_selector
+    namespace_selector = hooks["namespace.gpunuma.io"]["namespaceSelector"]["matchExpressions"]
+    assert [e for e in namespace_selector if e["key"] == names.LABEL_NAMESPACE_INJECT] == [
+        {"key": names.LABEL_NAMESPACE_INJECT, "operator": "In", "values": [names.NAMESPACE_INJECT_ENABLED]}]
 
 
 def test_match_conditions_keep_pods_that_did_not_opt_in_away(chart: Any) -> None:
@@ -361,6 +397,35 @@ def test_the_agent_runs_with_the_least_it_needs(default: Rendered) -> None:
     assert env["GPUNUMA_KUBELET_SOCKET"] == mounts["pod-resources"]["mountPath"] + "/kubelet.sock"
 
 
+def readme_section(heading: str) -> str:
+    text = (CHART.parents[1] / "README.md").read_text()
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
+
+
+def test_the_notes_and_the_readme_install_the_kubectl_plugin_the_same_way(default: Rendered) -> None:
+    install = readme_section("Install with Helm")
+    assert "pip install ." in default.notes
+    assert "pip install ." in install
+    assert "pip install gpunuma" not in default.notes + install
+
+
+def test_the_readme_builds_and_pushes_the_image_before_helm_install() -> None:
+    install = readme_section("Install with Helm")
+    build, push, helm = (install.index(command) for command in ("docker build", "docker push",
+                                                                 "helm install"))
+    assert build < push < helm
+    assert "--set image.repository=" in install[helm:]
+
+
+def test_the_launcher_image_must_be_pullable_from_opted_in_namespaces_is_documented() -> None:
+    values = (CHART / "values.yaml").read_text()
+    image_block = values[values.index("image:"):values.index("imagePullSecrets:")]
+    assert "pullable from every opted-in namespace" in image_block
+    assert "pullable from every opted-in namespace" in readme_section("Limits")
+
+
 def test_the_privileged_namespace_label_is_asked_for_only_when_the_agent_runs(
     chart: Any, default: Rendered,
 ) -> None:
@@ -468,7 +533,8 @@ def test_the_webhook_container_starts_with_the_settings_the_chart_means(
     rendered = render(chart, {"defaultPolicy": "cpu-only", "gpuResources": ["amd.com/gpu"],
                               "webhook": {"port": 9443}})
     parsed = parse_as_the_container_would(monkeypatch, rendered, "webhook")
-    assert parsed.listen == "0.0.0.0:9443"
+    assert parsed.listen == ":9443"  # every address, IPv4 and IPv6
+    assert parsed.shutdown_delay == 5
     assert str(parsed.tls_cert_file) == "/etc/gpunuma/tls/tls.crt"
     assert str(parsed.tls_key_file) == "/etc/gpunuma/tls/tls.key"
     assert tuple(parsed.gpu_resources) == ("amd.com/gpu",)
@@ -476,6 +542,18 @@ def test_the_webhook_container_starts_with_the_settings_the_chart_means(
     assert parsed.launcher_image == "ghcr.io/gpunuma/gpunuma:0.1.0"
     container = rendered.pod_spec("webhook")["containers"][0]
     assert container["ports"][0]["containerPort"] == 9443
+
+
+@pytest.mark.parametrize("delay", [0, 5, 30])
+def test_the_webhook_pod_may_drain_for_the_shutdown_delay_and_the_in_flight_grace(
+    monkeypatch: pytest.MonkeyPatch, chart: Any, delay: int,
+) -> None:
+    from gpunuma.webhook.server import SHUTDOWN_TIMEOUT_S
+
+    rendered = render(chart, {"webhook": {"shutdownDelaySeconds": delay}})
+    assert parse_as_the_container_would(monkeypatch, rendered, "webhook").shutdown_delay == delay
+    grace = rendered.pod_spec("webhook")["terminationGracePeriodSeconds"]
+    assert grace > delay + SHUTDOWN_TIMEOUT_S
 
 
 def test_the_agent_container_starts_with_the_settings_the_chart_means(
@@ -488,7 +566,7 @@ def test_the_agent_container_starts_with_the_settings_the_chart_means(
     assert parsed.backend == "auto"
     assert (parsed.interval, parsed.heartbeat, parsed.allocations_interval) == (60, 600, 10)
     assert str(parsed.kubelet_socket) == "/var/lib/kubelet/pod-resources/kubelet.sock"
-    assert parsed.listen == "0.0.0.0:8081"
+    assert parsed.listen == ":8081"
     assert tuple(parsed.gpu_resources) == ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")
 
 

@@ -87,3 +87,14 @@ def test_the_operator_alone_without_the_webhook_renders(chart: Any) -> None:
     assert rendered.of_kind("MutatingWebhookConfiguration") == []
     assert rendered.of_kind("Role") == []
     assert "GPUNUMA_WEBHOOK_SECRET" not in rendered.env("operator")
+
+
+def test_fail_closed_without_match_conditions_is_refused_with_the_fix(chart: Any) -> None:
+    # Without matchConditions every pod CREATE outside the excluded namespaces would depend on the
+    # webhook being up.
+    message = failure(chart, {"webhook": {"failurePolicy": "Fail", "matchConditions": False}})
+    assert "webhook.failurePolicy=Fail needs matchConditions" in message
+    assert "Use webhook.failurePolicy=Ignore" in message
+    for match_conditions in ("auto", True):
+        render(chart, {"webhook": {"failurePolicy": "Fail", "matchConditions": match_conditions}})
+    render(chart, {"webhook": {"failurePolicy": "Ignore", "matchConditions": False}})

@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from gpunuma import names
-from gpunuma.kubectl import explain, format_table
+from gpunuma.kubectl import excluded_namespaces, explain, format_table
+from gpunuma.settings import MutationSettings
+from gpunuma.webhook.mutation import mutate
 from tests.kubectl.conftest import (
     TRAINER_GPUS,
     TRAINER_LINE,
@@ -37,6 +39,9 @@ notebook-0   gpu-b   -           -         <pending>    <pending>
 trainer-0    gpu-a   strict      trainer   1            56-111,168-223
 vllm-0       gpu-a   preferred   server    <pending>    <pending>
 """
+
+
+WEBHOOK_CONFIGURATIONS = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 async def kubectl(
@@ -203,6 +208,36 @@ async def test_explain_says_why_a_pod_was_not_bound(
     assert "Injected:    no\n" in out
 
 
+@pytest.mark.parametrize("namespace", ["gpunuma-system", "monitoring"])
+async def test_explain_reads_the_excluded_namespaces_from_the_webhook_configuration(
+    cluster: Any, kubeconfig: Path, capsys: pytest.CaptureFixture[str], namespace: str,
+) -> None:
+    # The configuration the chart renders for release namespace gpunuma-system, one more excluded.
+    from tests.chart.render import load_chart, render
+
+    rendered = render(load_chart(), {"webhook": {"additionalExcludedNamespaces": ["monitoring"]}},
+                      namespace="gpunuma-system")
+    configuration = rendered.one("MutatingWebhookConfiguration")
+    cluster.objects[WEBHOOK_CONFIGURATIONS, None, configuration["metadata"]["name"]] = configuration
+    # kmock ignores label selectors: another project's configuration must not count.
+    other = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+             "metadata": {"name": "other", "labels": {"app.kubernetes.io/part-of": "other"}},
+             "webhooks": [{**configuration["webhooks"][0], "name": "other.example.com"}]}
+    other["webhooks"][0]["namespaceSelector"] = {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["research"]}]}
+    cluster.objects[WEBHOOK_CONFIGURATIONS, None, "other"] = other
+    for pod in (pod_object(namespace, "late-1", [gpu_container("app", ["python", "app.py"])],
+                           annotations={names.ANNOTATION_INJECT: "true"}),
+                pod_object("research", "late-1", [gpu_container("app", ["python", "app.py"])],
+                           annotations={names.ANNOTATION_INJECT: "true"})):
+        cluster.objects["v1/pods", pod["metadata"]["namespace"], "late-1"] = pod
+    code, out, _ = await kubectl(capsys, kubeconfig, "explain", "late-1", "-n", namespace)
+    assert code == 0
+    assert f"Verdict:     not bound: the webhook is never called for pods in {namespace}\n" in out
+    code, out, _ = await kubectl(capsys, kubeconfig, "explain", "late-1", "-n", "research")
+    assert "Verdict:     not bound: the webhook did not mutate this pod." in out
+
+
 async def test_explain_a_pod_that_does_not_exist(
     cluster: Any, kubeconfig: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -257,6 +292,21 @@ def test_containers_named_by_annotation_are_selected_without_gpu_requests() -> N
     assert "  dra    -             would be wrapped, had the webhook mutated the pod\n" in text
     assert f"  side   -             not selected: not listed in {names.ANNOTATION_CONTAINERS}\n" in text
     assert "the webhook did not mutate this pod" in text
+
+
+def test_a_zero_gpu_quantity_is_no_gpu_request_as_for_the_webhook() -> None:
+    pod = pod_object("ml", "zero-0", [gpu_container("app", ["run"], 0)],
+                     annotations={names.ANNOTATION_INJECT: "true"})
+    assert mutate(pod, MutationSettings()).reason == "no GPU containers"
+    text = explain(pod, {"metadata": {"name": "ml"}})
+    assert ("Verdict:     not bound: no container requests a GPU (nvidia.com/gpu, nvidia.com/mig-*, "
+            "amd.com/gpu) and gpunuma.io/containers is not set\n") in text
+    assert "  app    -             not selected: requests no GPU\n" in text
+
+
+def test_the_excluded_namespaces_of_unknown_configurations_are_ignored() -> None:
+    assert excluded_namespaces([]) is None
+    assert excluded_namespaces([{"metadata": {"name": "x"}, "webhooks": []}]) is None
 
 
 def test_custom_gpu_resources_decide_what_counts_as_a_gpu_request() -> None:

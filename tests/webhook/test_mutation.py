@@ -18,6 +18,7 @@ from gpunuma.webhook.mutation import (
     json_patch,
     mutate,
 )
+from tests.chart.podsecurity import restricted_violations
 from tests.webhook import pods
 
 SETTINGS = MutationSettings(launcher_image="registry.example/gpunuma:1.2.3")
@@ -95,9 +96,21 @@ def test_the_init_container_is_restricted_and_installs_numa_exec():
     assert security["readOnlyRootFilesystem"] is True
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The init container alone meets Pod Security "restricted".
+    assert restricted_violations({"initContainers": [launcher], "containers": []}) == []
     assert launcher["volumeMounts"] == [{"name": "gpunuma-launcher", "mountPath": "/opt/gpunuma"}]
     assert {"name": "gpunuma-launcher", "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}} in (
         out["spec"]["volumes"])
+
+
+def test_the_init_container_leaves_the_uid_to_the_platform():
+    # OpenShift's restricted-v2 SCC assigns a UID from the namespace's range and rejects a fixed
+    # one; runAsNonRoot alone makes the kubelet check the image's numeric USER.
+    out = applied(pods.vllm_server(), mutate(pods.vllm_server(), SETTINGS))
+    security = out["spec"]["initContainers"][0]["securityContext"]
+    assert "runAsUser" not in security
+    assert "runAsGroup" not in security
+    assert security["runAsNonRoot"] is True
 
 
 def test_a_guaranteed_pod_stays_guaranteed():

@@ -66,7 +66,7 @@ async def test_the_operators_certificate_is_served_and_its_ca_rotation_followed(
     pki, _ = created
     first_client = _mount(pki, tmp_path)
     server = WebhookServer(WebhookSettings(listen="127.0.0.1:0", tls_cert_file=tmp_path / "tls.crt",
-                                           tls_key_file=tmp_path / "tls.key"),
+                                           tls_key_file=tmp_path / "tls.key", shutdown_delay=0),
                            reload_interval=3600)
     await server.start()
     try:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -58,7 +59,7 @@ async def _serving(certificates: Certificates, reload_interval: float
                    ) -> AsyncIterator[WebhookServer]:
     settings = WebhookSettings(
         listen="127.0.0.1:0", tls_cert_file=certificates.cert_file,
-        tls_key_file=certificates.key_file,
+        tls_key_file=certificates.key_file, shutdown_delay=0,
         mutation=MutationSettings(launcher_image="registry.example/gpunuma:1.2.3"),
     )
     webhook = WebhookServer(settings, reload_interval=reload_interval)
@@ -397,8 +398,48 @@ def test_listen_addresses_are_parsed(text, expected):
 
 @pytest.mark.parametrize("text", ["8443", "host:", "host:http", "host:70000"])
 def test_a_bad_listen_address_is_refused_with_an_example(text):
-    with pytest.raises(ValueError, match=r"e\.g\. 0\.0\.0\.0:8443"):
+    with pytest.raises(ValueError, match=r"e\.g\. :8443 for every address, 0\.0\.0\.0:8443"):
         parse_listen(text)
+
+
+def _port_free_on_both_families() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind(("::", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _ipv6_loopback_available() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback_available(), reason="no IPv6 loopback on this machine")
+async def test_a_listen_address_without_host_answers_on_ipv4_and_ipv6(certificates):
+    # The chart's default (":8443"): an IPv6-only or dual-stack pod network reaches it too.
+    port = _port_free_on_both_families()
+    webhook = WebhookServer(WebhookSettings(listen=f":{port}", tls_cert_file=certificates.cert_file,
+                                            tls_key_file=certificates.key_file, shutdown_delay=0))
+    await webhook.start()
+    try:
+        connector = aiohttp.TCPConnector(ssl=certificates.client_context())
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=10)) as client:
+            for host in ("[::1]", "127.0.0.1"):
+                review = pods.admission_review(pods.vllm_server(), uid=f"via-{host}")
+                async with client.post(f"https://{host}:{port}/mutate", json=review,
+                                       server_hostname="localhost") as reply:
+                    assert reply.status == 200
+                    assert (await reply.json())["response"]["uid"] == f"via-{host}"
+    finally:
+        await webhook.stop()
 
 
 # --- The real command: start-up errors and graceful shutdown -------------------------------------
@@ -415,8 +456,12 @@ async def _start_cli(certificates: Certificates, *extra: str, **env: str
     )
 
 
-async def test_sigterm_finishes_the_request_in_flight_then_exits(certificates):
-    process = await _start_cli(certificates)
+async def test_after_sigterm_new_requests_are_answered_until_the_delay_then_in_flight_ones_finish(
+    certificates,
+):
+    # Endpoints keep routing admissions to a terminating pod for a while: it must answer them.
+    delay = 1.5
+    process = await _start_cli(certificates, GPUNUMA_SHUTDOWN_DELAY=str(delay))
     try:
         assert process.stderr is not None
         port = 0
@@ -439,9 +484,31 @@ async def test_sigterm_finishes_the_request_in_flight_then_exits(certificates):
         await asyncio.sleep(0.3)  # the handler is now reading the body
 
         process.send_signal(signal.SIGTERM)
+        signalled = asyncio.get_running_loop().time()
         await asyncio.sleep(0.3)
-        with pytest.raises(ConnectionRefusedError):  # no longer listening
-            await asyncio.open_connection("127.0.0.1", port)
+        # During the delay: not ready, yet a new connection still gets its admission answered.
+        late_reader, late_writer = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", port, ssl=certificates.client_context(), server_hostname="localhost"), 5)
+        late_writer.write(b"GET /readyz HTTP/1.1\r\nHost: webhook\r\n\r\n")
+        await late_writer.drain()
+        assert (await _read_response(late_reader))[0] == 503
+        late = json.dumps(pods.admission_review(pods.vllm_server(), uid="during-delay")).encode()
+        status, reply = await _raw_post(late_reader, late_writer, "/mutate", late)
+        assert status == 200
+        assert json.loads(reply)["response"]["uid"] == "during-delay"
+        assert asyncio.get_running_loop().time() - signalled < delay
+        late_writer.close()
+        # After it: no longer listening.
+        for _ in range(100):
+            try:
+                _, probe = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:
+                break
+            probe.close()
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("still listening long after the shutdown delay")
+        assert asyncio.get_running_loop().time() - signalled >= delay
         writer.write(body[half:])
         await writer.drain()
         status, reply = await _read_response(reader)

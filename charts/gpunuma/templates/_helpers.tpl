@@ -75,9 +75,13 @@ annotations:
 {{- end -}}
 {{- end -}}
 
-{{/* Namespaces the webhook is never called for: kube-system, kube-node-lease, and our own. */}}
+{{/*
+Namespaces the webhook is never called for: kube-system, kube-node-lease and our own always
+(DESIGN §9), plus webhook.additionalExcludedNamespaces — which adds to these, never replaces them.
+*/}}
 {{- define "gpunuma.webhook.excludedNamespaces" -}}
-{{- $excluded := concat .Values.webhook.excludedNamespaces (list .Release.Namespace) | uniq -}}
+{{- $always := list "kube-system" "kube-node-lease" .Release.Namespace -}}
+{{- $excluded := concat $always .Values.webhook.additionalExcludedNamespaces | uniq -}}
 {{- toJson $excluded -}}
 {{- end -}}
 
@@ -125,6 +129,7 @@ env:
   podNamespaces: GPUNUMA_POD_NAMESPACES
   logFormat: GPUNUMA_LOG_FORMAT
   liveness: GPUNUMA_LIVENESS
+  shutdownDelay: GPUNUMA_SHUTDOWN_DELAY
 paths:
   hostSys: /host/sys
   hostProc: /host/proc
