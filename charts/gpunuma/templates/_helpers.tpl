@@ -148,12 +148,11 @@ certificateModes:
   cert-manager: cert-manager
 {{- end -}}
 
-{{/* Restricted Pod Security profile: shared by the operator and the webhook. */}}
+{{/* Restricted Pod Security profile: shared by the operator and the webhook. No UID is pinned: the
+image's numeric USER satisfies runAsNonRoot, and platforms that assign UIDs per namespace
+(OpenShift's restricted-v2) can do so. */}}
 {{- define "gpunuma.restrictedPodSecurityContext" -}}
 runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
