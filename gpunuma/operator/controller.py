@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gpunuma import names
-from gpunuma.kubeapi import ApiError, KubeClient
+from gpunuma.kubeapi import ApiError, KubeClient, format_rfc3339
 from gpunuma.operator.certificates import (
     CertificatePolicy,
     Pki,
@@ -42,7 +42,7 @@ from gpunuma.operator.placement import (
     pod_annotations,
     pods_with_allocations,
 )
-from gpunuma.operator.staleness import format_rfc3339, judge_heartbeat
+from gpunuma.operator.staleness import judge_heartbeat
 from gpunuma.operator.status import (
     CONDITION_LABELED,
     CONDITION_STALE,

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from gpunuma.operator.staleness import parse_rfc3339
+from gpunuma.kubeapi import parse_rfc3339
 
 __all__ = ["is_active_peer"]
 
