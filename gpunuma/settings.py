@@ -119,7 +119,7 @@ class OperatorSettings:
     """The operator: staleness rule, pod scope, peering, probes, certificates.
 
     ``pod_namespaces`` empty means every namespace. ``priority`` None picks a random one at start,
-    so that two replicas never tie (kopf runs tied peers side by side).
+    so that two replicas never tie (kopf pauses every peer, itself included, on a tie).
     """
 
     heartbeat_interval_s: float = 600.0

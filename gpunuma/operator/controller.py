@@ -428,7 +428,11 @@ class Controller:
             logger.warning("peering: %s; skipping this round", exc)
             return False
         if peering is None:
-            return True  # no peering object yet: kopf itself then runs unpaused
+            # Peering is mandatory when not standalone: kopf keeps its handlers paused until the
+            # ClusterKopfPeering exists, and so does the loop (no two replicas acting at once).
+            logger.warning("peering: ClusterKopfPeering %r not found; waiting for it",
+                           self.settings.peering_name)
+            return False
         return is_active_peer(peering.get("status"), self.identity, self.priority, self.clock())
 
     async def check_once(self) -> None:
