@@ -15,6 +15,7 @@ degrades to sysfs alone, with an ``errors`` entry naming it, rather than publish
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -250,28 +251,16 @@ class Agent:
     def _start_discovery(self) -> asyncio.Future[Layout]:
         """Discover in a daemon thread of its own, not the default executor: a thread stuck in
         NVML must not hold up the process's exit (``asyncio.run`` joins the executor's threads)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Layout] = loop.create_future()
-
-        def settle(layout: Layout | None, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(layout)  # type: ignore[arg-type]  # None only with an error
+        result: concurrent.futures.Future[Layout] = concurrent.futures.Future()
 
         def work() -> None:
-            layout, error = None, None
             try:
-                layout = self._discover_or_degrade(self.settings.discovery)
-            except Exception as exc:  # delivered to the loop, which logs and retries
-                error = exc
-            with contextlib.suppress(RuntimeError):  # the loop closed while we were stuck
-                loop.call_soon_threadsafe(settle, layout, error)
+                result.set_result(self._discover_or_degrade(self.settings.discovery))
+            except Exception as error:  # delivered to the loop, which logs it and retries
+                result.set_exception(error)
 
         threading.Thread(target=work, name="gpunuma-discovery", daemon=True).start()
-        return future
+        return asyncio.wrap_future(result)
 
     def _discover_or_degrade(self, settings: DiscoverySettings) -> Layout:
         """Discover; when the backend named with ``--backend`` cannot run here, publish what sysfs
@@ -362,8 +351,10 @@ async def run_agent(settings: AgentSettings, *, discover: Discover | None = None
     kube = KubeClient(connection, user_agent="gpunuma-agent")
     kubelet = PodResourcesClient(settings.kubelet_socket, timeout=settings.kubelet_timeout)
     agent = Agent(settings, kube=kube, kubelet=kubelet, discover=discover)
-    # The loop wakes at least every interval; three missed wake-ups mean it is stuck.
-    stale_after = 3 * max(settings.interval, settings.allocations_interval) + 30
+    # The loop wakes at least every interval (a pass may wait out one discovery timeout); three
+    # missed wake-ups mean it is stuck.
+    stale_after = (3 * max(settings.interval, settings.allocations_interval)
+                   + settings.discovery_timeout + 30)
     runner = web.AppRunner(health_app(agent, stale_after=stale_after), access_log=None)
     await runner.setup()
     try:
