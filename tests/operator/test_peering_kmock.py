@@ -7,6 +7,8 @@ import asyncio
 import kmock
 
 from gpunuma import names
+from gpunuma.kubeapi import Connection, KubeClient
+from gpunuma.operator.controller import Controller
 from tests.operator.conftest import (
     LAYOUTS_URL,
     Runner,
@@ -93,3 +95,22 @@ async def test_without_its_peering_object_a_replica_does_nothing_as_kopf_waits(
         assert not await controller.is_active()
     assert names.LABEL_LAYOUT not in labels_of(cluster, "gpu-1")
     assert not [key for key in cluster.objects if key[0] == kmock.resource("v1/secrets")]
+
+
+async def test_a_replica_that_kopf_has_not_announced_yet_does_not_act(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    # Two replicas started together both find the peering object empty: neither may lead yet.
+    declare_peering(cluster, {})
+    client = KubeClient(Connection(server=str(cluster.url)))
+    controller = Controller(fast_settings(standalone=False), client, identity="me", priority=5)
+    try:
+        assert not await controller.is_active()
+        assert not controller.peering_joined
+        await cluster.patch(f"/apis/{PEERINGS}/gpunuma",
+                            json={"status": {"me": {"priority": 5, "lifetime": 60,
+                                                    "lastseen": now_rfc3339()}}})
+        assert await controller.is_active()
+        assert controller.peering_joined
+    finally:
+        await client.close()
