@@ -34,10 +34,12 @@ import kmock
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpunuma import names
+from gpunuma.settings import AgentSettings
 from gpunuma.topology import Layout, node_labels
 from tests.operator.conftest import LAYOUTS, LAYOUTS_URL, layout_body, now_rfc3339, two_socket_spec
 
 ROOT = Path(__file__).resolve().parents[1]
+HEARTBEAT_S = AgentSettings(node_name="").heartbeat
 
 
 def declare(cluster: kmock.KubernetesEmulator) -> None:
@@ -248,6 +250,11 @@ async def run(count: int, changed: int, limit_s: float) -> None:
     print(f"heartbeats: {count} sent and observed in {beats:.2f} s; node patches: "
           f"{beat_counts['node patch']} (target 0); status patches per heartbeat: "
           f"{beat_counts['status patch'] / count:.2f}")
+    # A heartbeat is a spec change (metadata.generation moves), so the status' observedGeneration
+    # follows it: the operator's cost of the agents' heartbeats, on a quiet cluster.
+    per_hour = beat_counts["status patch"] / count * 3600 / HEARTBEAT_S
+    print(f"  status writes per node-hour from heartbeats alone (agent --heartbeat "
+          f"{HEARTBEAT_S:g} s): {per_hour:.1f}, {per_hour * count:.0f}/h for {count} nodes")
     print(f"changes: {changed} sent and relabelled in {changes:.2f} s; node patches per changed "
           "layout: "
           f"{change_counts['node patch'] / changed:.2f} (target 1.00)")

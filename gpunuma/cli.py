@@ -223,6 +223,10 @@ def _add_agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
                        help="this node's name (env NODE_NAME, from the downward API spec.nodeName)")
     agent.add_argument("--interval", type=_seconds, default=_env("INTERVAL", "60"),
                        help="seconds between discoveries (default 60; env GPUNUMA_INTERVAL)")
+    agent.add_argument("--discovery-timeout", type=_seconds,
+                       default=_env("DISCOVERY_TIMEOUT", "30"),
+                       help="seconds a discovery may run before it counts as hung; no other "
+                       "starts until it returns (default 30; env GPUNUMA_DISCOVERY_TIMEOUT)")
     agent.add_argument("--heartbeat", type=_seconds, default=_env("HEARTBEAT", "600"),
                        help="seconds between heartbeatTime updates (default 600; "
                        "env GPUNUMA_HEARTBEAT)")
@@ -290,6 +294,7 @@ def _run_agent(args: argparse.Namespace) -> int:
             sysfs_root=args.sysfs_root, procfs_root=args.procfs_root, backend=args.backend
         ),
         interval=args.interval,
+        discovery_timeout=args.discovery_timeout,
         heartbeat=args.heartbeat,
         allocations_interval=args.allocations_interval,
         kubelet_socket=args.kubelet_socket,

@@ -87,6 +87,9 @@ class AgentSettings:
     node_name: str
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
     interval: float = 60.0
+    # A discovery still running after this long is given up on (NVML can hang on a GPU that fell
+    # off the bus); the thread cannot be killed, so no other starts until it returns.
+    discovery_timeout: float = 30.0
     heartbeat: float = 600.0
     allocations_interval: float = 10.0
     kubelet_socket: Path = DEFAULT_KUBELET_SOCKET
@@ -121,7 +124,7 @@ class OperatorSettings:
     """The operator: staleness rule, pod scope, peering, probes, certificates.
 
     ``pod_namespaces`` empty means every namespace. ``priority`` None picks a random one at start,
-    so that two replicas never tie (kopf runs tied peers side by side).
+    so that two replicas never tie (kopf pauses every peer, itself included, on a tie).
     """
 
     heartbeat_interval_s: float = 600.0

@@ -13,7 +13,8 @@ layout is known by:
 - PCI bus ids in any spelling (the AMD device plugin's ids for whole GPUs);
 - AMD compute partitions ``amdgpu_xcp_N`` (CPX/DPX/QPX modes) → the GPU they are carved from;
 - plain indices (the NVIDIA plugin's ``deviceIDStrategy=index``), ``N:M`` for MIG by index, among
-  the GPUs of the resource's vendor.
+  the GPUs of the resource's vendor; only for a ``--gpu-resources`` resource or one of a known
+  vendor's domain, since other plugins (RDMA, FPGA) number their own devices the same way.
 
 An id that matches none of them is kept in ``deviceIds`` and also listed in ``unknownDeviceIds``,
 so a reader sees that the mapping is incomplete instead of a silently shorter list.
@@ -93,8 +94,14 @@ class GpuIndex:
             for partition in gpu.partitions:
                 self._by_partition[partition.id] = gpu
 
-    def resolve(self, device_id: str, vendor: Vendor | None = None) -> Gpu | None:
-        """The GPU ``device_id`` names, or None; ``vendor`` narrows index lookups."""
+    def resolve(
+        self, device_id: str, vendor: Vendor | None = None, *, indices: bool = True
+    ) -> Gpu | None:
+        """The GPU ``device_id`` names, or None; ``vendor`` narrows index lookups.
+
+        ``indices`` False: a bare number is no GPU. Only a GPU resource's plugin numbers GPUs;
+        an RDMA or FPGA plugin's ``"3"`` is its own device 3.
+        """
         text = _strip_replica(device_id.strip())
         key = text.lower()
         if key in self._by_uuid:
@@ -110,7 +117,7 @@ class GpuIndex:
         except ValueError:
             pass
         index_text = text.partition(":")[0] if _is_mig_index(text) else text
-        if index_text.isdecimal() and index_text.isascii():
+        if indices and index_text.isdecimal() and index_text.isascii():
             return self._by_index(int(index_text), vendor)
         return None
 
@@ -190,9 +197,12 @@ def _entry(
     gpu_resources: Sequence[str],
 ) -> dict[str, Any] | None:
     vendor = resource_vendor(resource)
-    resolved = {device_id: index.resolve(device_id, vendor) for device_id in device_ids}
+    configured = is_gpu_resource(resource, gpu_resources)
+    indices = configured or vendor is not None
+    resolved = {device_id: index.resolve(device_id, vendor, indices=indices)
+                for device_id in device_ids}
     gpus = [gpu for gpu in resolved.values() if gpu is not None]
-    if not gpus and not is_gpu_resource(resource, gpu_resources):
+    if not gpus and not configured:
         return None  # NICs, FPGAs, hugepages-like plugins: not ours to report
     numa_nodes = sorted({gpu.numa_node for gpu in gpus if gpu.numa_node is not None})
     cpus: set[int] = set()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from gpunuma import names
-from gpunuma.kubeapi import ApiError, KubeClient
+from gpunuma.kubeapi import ApiError, KubeClient, format_rfc3339, parse_rfc3339
 from gpunuma.topology import Layout
 
 __all__ = [
@@ -46,12 +46,10 @@ def layout_summary(layout: Layout) -> dict[str, Any]:
     ``layout`` follows the ``gpunuma.io/layout`` label's rule (``4-4``; ``unknown`` when a GPU's
     node is unknown) but is never left out for length, as the label is.
     """
-    per_node = layout.gpus_per_cpu_node()
-    unknown = any(gpu.numa_node is None for gpu in layout.gpus)
     return {
         "gpus": len(layout.gpus),
         "numaNodes": len(layout.cpu_nodes),
-        "layout": "unknown" if unknown else "-".join(map(str, per_node.values())),
+        "layout": layout.gpus_per_node_text(),
     }
 
 
@@ -79,18 +77,12 @@ def layout_object(node_name: str, node_uid: str, spec: dict[str, Any]) -> dict[s
     }
 
 
-def rfc3339(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_rfc3339(text: Any) -> datetime.datetime | None:
-    if not isinstance(text, str):
-        return None
+def _heartbeat_time(text: Any) -> datetime.datetime | None:
+    """The spec's ``heartbeatTime``, or None when absent or unreadable (then a heartbeat is due)."""
     try:
-        moment = datetime.datetime.fromisoformat(text)
+        return parse_rfc3339(text) if isinstance(text, str) else None
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
 class LayoutPublisher:
@@ -146,19 +138,19 @@ class LayoutPublisher:
             if existing is None:
                 return await self._create(spec)
             current = dict(existing.get("spec") or {})
-            written = _parse_rfc3339(current.pop("heartbeatTime", None))
+            written = _heartbeat_time(current.pop("heartbeatTime", None))
             self._published = current
             if written is not None:
                 age = (self._wall() - written).total_seconds()
                 self._heartbeat_at = self._monotonic() - max(0.0, age)
         now = self._wall()
         if spec != self._published:
-            value = {**spec, "heartbeatTime": rfc3339(now)}
+            value = {**spec, "heartbeatTime": format_rfc3339(now)}
             await self._client.json_patch(path, [{"op": "add", "path": "/spec", "value": value}])
             self._remember(spec)
             return "updated"
         if self.heartbeat_due_in(heartbeat) <= 0:
-            await self._client.merge_patch(path, {"spec": {"heartbeatTime": rfc3339(now)}})
+            await self._client.merge_patch(path, {"spec": {"heartbeatTime": format_rfc3339(now)}})
             self._heartbeat_at = self._monotonic()
             return "heartbeat"
         return "unchanged"
@@ -171,7 +163,7 @@ class LayoutPublisher:
         uid = node.get("metadata", {}).get("uid")
         if not isinstance(uid, str) or not uid:
             raise ApiError(0, f"Node {self._node_name!r} has no metadata.uid to own the layout")
-        body = layout_object(self._node_name, uid, {**spec, "heartbeatTime": rfc3339(self._wall())})
+        body = layout_object(self._node_name, uid, {**spec, "heartbeatTime": format_rfc3339(self._wall())})
         await self._client.create(layout_path(), body)
         self._remember(spec)
         return "created"

@@ -1,24 +1,28 @@
 """The node agent's loop (DESIGN §7): discovery → allocations → GPUNumaLayout, plus probes and metrics.
 
 One coroutine schedules everything, so API writes never race each other and SIGTERM has exactly
-one place to land: discovery every ``interval`` (in a thread: it reads files and may call NVML),
+one place to land: discovery every ``interval`` (in a daemon thread: it reads files and may call
+NVML, which can hang on a GPU fallen off the bus; the loop waits ``discovery_timeout`` at most and
+starts no second discovery while one is still running, so heartbeats and kubelet polls go on),
 the kubelet every ``allocations_interval`` (skipped on a node without GPUs), and a publish pass
 after each, which writes only when the spec changed or the heartbeat is due. Failures of any of
 the three are logged once per new message, counted in ``/metrics`` and retried with exponential
 backoff; none of them ends the process. What was known last (layout, allocations) stays
-published while a source is failing.
+published while a source is failing. A backend named with ``--backend`` that cannot run here
+degrades to sysfs alone, with an ``errors`` entry naming it, rather than publishing nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
 import signal
-import time
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -28,9 +32,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from gpunuma.agent.allocations import PodResources, allocations
 from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
 from gpunuma.agent.publisher import LayoutPublisher, layout_spec
+from gpunuma.discovery import DiscoveryUnavailable
 from gpunuma.kubeapi import ApiError, Connection, KubeClient
 from gpunuma.settings import AgentSettings, DiscoverySettings
-from gpunuma.topology import Layout
+from gpunuma.topology import Layout, Problem
 
 __all__ = ["Agent", "AgentMetrics", "Backoff", "Discover", "parse_listen", "run_agent"]
 
@@ -52,6 +57,11 @@ class AgentMetrics:
         self.gpus = Gauge(
             "gpunuma_agent_gpus", "GPUs of the node by the NUMA node they are local to "
             "(numa_node=\"unknown\" when it cannot be known)", ["numa_node"],
+            registry=self.registry,
+        )
+        self.discovery_timeouts = Counter(
+            "gpunuma_agent_discovery_timeouts", "Discoveries still running after "
+            "--discovery-timeout (each counted once; no other starts until it returns)",
             registry=self.registry,
         )
         self.api_writes = Counter(
@@ -154,16 +164,23 @@ class Agent:
         }
         self.layout: Layout | None = None
         self.pods: list[PodResources] = []
+        self._discovery: asyncio.Future[Layout] | None = None  # the discovery thread's result
+        self._discovery_started = 0.0  # loop time
+        self._discovery_timed_out = False
         self.last_tick: float | None = None  # loop time of the last completed pass
         self.passes = 0
 
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` reports: the last error of each stage, and whether a layout exists."""
-        return {
+        health: dict[str, Any] = {
             "layout": self.layout is not None,
             "passes": self.passes,
             "errors": {name: stage.error for name, stage in self._stages.items() if stage.error},
         }
+        if self._discovery is not None and self._discovery_timed_out:
+            running = asyncio.get_running_loop().time() - self._discovery_started
+            health["discoveryRunningSeconds"] = round(running, 1)
+        return health
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -198,13 +215,31 @@ class Agent:
 
     async def _discover_once(self) -> float | None:
         stage = self._stages["discovery"]
-        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        if self._discovery is None:
+            self._discovery = self._start_discovery()
+            self._discovery_started = loop.time()
+            self._discovery_timed_out = False
+        running = self._discovery
+        remaining = self._discovery_started + self.settings.discovery_timeout - loop.time()
+        if not running.done() and remaining > 0:
+            await asyncio.wait({running}, timeout=remaining)
+        if not running.done():
+            if not self._discovery_timed_out:
+                self._discovery_timed_out = True
+                self.metrics.discovery_timeouts.inc()
+            return stage.failed(
+                f"discovery did not finish within {self.settings.discovery_timeout:g} s "
+                "(--discovery-timeout; a GPU that stopped answering can hang NVML); keeping the "
+                "last layout and starting no other discovery until it returns"
+            )
+        # Finished, even if late: a slow discovery's layout is as good as a fast one's.
+        self._discovery = None
+        self.metrics.discovery_seconds.observe(loop.time() - self._discovery_started)
         try:
-            layout = await asyncio.to_thread(self._discover, self.settings.discovery)
+            layout = running.result()
         except Exception as error:  # whatever broke in discovery, the agent carries on
             return stage.failed(f"{type(error).__name__}: {error}")
-        finally:
-            self.metrics.discovery_seconds.observe(time.perf_counter() - started)
         stage.succeeded()
         if layout != self.layout:
             logger.info("layout: %d GPUs on %d NUMA nodes (source %s)", len(layout.gpus),
@@ -212,6 +247,32 @@ class Agent:
             self.metrics.observe_layout(layout)
         self.layout = layout
         return None
+
+    def _start_discovery(self) -> asyncio.Future[Layout]:
+        """Discover in a daemon thread of its own, not the default executor: a thread stuck in
+        NVML must not hold up the process's exit (``asyncio.run`` joins the executor's threads)."""
+        result: concurrent.futures.Future[Layout] = concurrent.futures.Future()
+
+        def work() -> None:
+            try:
+                result.set_result(self._discover_or_degrade(self.settings.discovery))
+            except Exception as error:  # delivered to the loop, which logs it and retries
+                result.set_exception(error)
+
+        threading.Thread(target=work, name="gpunuma-discovery", daemon=True).start()
+        return asyncio.wrap_future(result)
+
+    def _discover_or_degrade(self, settings: DiscoverySettings) -> Layout:
+        """Discover; when the backend named with ``--backend`` cannot run here, publish what sysfs
+        alone finds, with an ``errors`` entry that names the backend. Runs in the thread."""
+        try:
+            return self._discover(settings)
+        except DiscoveryUnavailable as error:
+            layout = self._discover(replace(settings, backend="sysfs"))
+            problem = Problem(None, settings.backend,
+                              f"--backend {settings.backend} is unavailable, publishing sysfs "
+                              f"alone: {error}")
+            return layout.with_errors([problem])
 
     async def _poll_kubelet(self) -> float | None:
         assert self._kubelet is not None
@@ -293,8 +354,10 @@ async def run_agent(settings: AgentSettings, *, discover: Discover | None = None
     kube = KubeClient(connection, user_agent="gpunuma-agent")
     kubelet = PodResourcesClient(settings.kubelet_socket, timeout=settings.kubelet_timeout)
     agent = Agent(settings, kube=kube, kubelet=kubelet, discover=discover)
-    # The loop wakes at least every interval; three missed wake-ups mean it is stuck.
-    stale_after = 3 * max(settings.interval, settings.allocations_interval) + 30
+    # The loop wakes at least every interval (a pass may wait out one discovery timeout); three
+    # missed wake-ups mean it is stuck.
+    stale_after = (3 * max(settings.interval, settings.allocations_interval)
+                   + settings.discovery_timeout + 30)
     runner = web.AppRunner(health_app(agent, stale_after=stale_after), access_log=None)
     await runner.setup()
     try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gpunuma import names
-from gpunuma.kubeapi import ApiError, KubeClient
+from gpunuma.kubeapi import ApiError, KubeClient, format_rfc3339
 from gpunuma.operator.certificates import (
     CertificatePolicy,
     Pki,
@@ -42,7 +42,7 @@ from gpunuma.operator.placement import (
     pod_annotations,
     pods_with_allocations,
 )
-from gpunuma.operator.staleness import format_rfc3339, judge_heartbeat
+from gpunuma.operator.staleness import judge_heartbeat
 from gpunuma.operator.status import (
     CONDITION_LABELED,
     CONDITION_STALE,
@@ -62,6 +62,7 @@ LAYOUTS_PATH = f"/apis/{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
 PEERING_PATH = "/apis/kopf.dev/v1/clusterkopfpeerings"
 WEBHOOKS_PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 EVENT_SOURCE = "gpunuma-operator"
+PEERING_RETRY_S = 2.0  # how soon the loop looks again while kopf has not joined the peering
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,8 @@ class Controller:
     _sent: dict[tuple[str, str], _Sent] = field(default_factory=dict)
     _allocations_seen: dict[str, object] = field(default_factory=dict)
     _stale_reported: dict[str, bool] = field(default_factory=dict)
+    # Whether kopf's keep-alive has put this replica in the peering object (always, standalone).
+    peering_joined: bool = False
 
     # Cache upkeep (called by the kopf handlers) ------------------------------------------------
 
@@ -421,6 +424,7 @@ class Controller:
     async def is_active(self) -> bool:
         """Only the replica kopf's peering lets run acts in the periodic loop."""
         if self.settings.standalone:
+            self.peering_joined = True
             return True
         try:
             peering = await self.client.get(f"{PEERING_PATH}/{self.settings.peering_name}")
@@ -428,8 +432,18 @@ class Controller:
             logger.warning("peering: %s; skipping this round", exc)
             return False
         if peering is None:
-            return True  # no peering object yet: kopf itself then runs unpaused
-        return is_active_peer(peering.get("status"), self.identity, self.priority, self.clock())
+            # Peering is mandatory when not standalone: kopf keeps its handlers paused until the
+            # ClusterKopfPeering exists, and so does the loop (no two replicas acting at once).
+            logger.warning("peering: ClusterKopfPeering %r not found; waiting for it",
+                           self.settings.peering_name)
+            return False
+        status = peering.get("status")
+        self.peering_joined = isinstance(status, Mapping) and self.identity in status
+        if not self.peering_joined:
+            # kopf has not announced this replica yet; until it has, a replica started at the
+            # same moment may not have been announced either, and both would think they lead.
+            return False
+        return is_active_peer(status, self.identity, self.priority, self.clock())
 
     async def check_once(self) -> None:
         """One round: re-judge every layout's heartbeat, retry pod placements whose write failed
@@ -443,7 +457,7 @@ class Controller:
 
     async def run_periodically(self) -> None:
         """Forever: a round at once (a fresh install gets its certificates now), then every
-        ``check_interval_s``."""
+        ``check_interval_s``; every ``PEERING_RETRY_S`` until kopf has announced this replica."""
         while True:
             try:
                 if await self.is_active():
@@ -451,7 +465,8 @@ class Controller:
             except Exception:  # the loop must outlive any one bad round; kopf keeps running too
                 logger.exception("periodic check failed; retrying in %s s",
                                  self.settings.check_interval_s)
-            await asyncio.sleep(self.settings.check_interval_s)
+            interval = self.settings.check_interval_s
+            await asyncio.sleep(interval if self.peering_joined else min(interval, PEERING_RETRY_S))
 
     # Certificates -----------------------------------------------------------------------------
 

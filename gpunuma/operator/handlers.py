@@ -91,10 +91,16 @@ def register(
         await controller.reconcile_layout(name)
         await controller.reconcile_pods_of(name)
 
-    # Pods: the server-side label selector is set in run.py; this filter is for API servers and
-    # mocks that ignore it --------------------------------------------------------------------
+    # Pods: the server-side label selector is set in run.py; ``labels=`` is for API servers and
+    # mocks that ignore it. kopf watches pods cluster-wide (see run.py): ``when=`` keeps the pods
+    # of ``--pod-namespaces`` only, before anything is cached -----------------------------------
 
-    @kopf.on.event("", "v1", "pods", labels=MANAGED, registry=registry)
+    scope = frozenset(controller.settings.pod_namespaces)
+
+    def in_scope(namespace: str | None, **_: Any) -> bool:
+        return not scope or namespace in scope
+
+    @kopf.on.event("", "v1", "pods", labels=MANAGED, when=in_scope, registry=registry)
     async def gpunuma_pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
         pod = controller.observe_pod(body, deleted=type == "DELETED")
         if type != "DELETED" and pod.node:

@@ -41,7 +41,7 @@ def default_login() -> Any:
 def kopf_settings(settings: OperatorSettings, priority: int) -> kopf.OperatorSettings:
     tuned = kopf.OperatorSettings()
     tuned.peering.name = settings.peering_name
-    tuned.peering.clusterwide = True  # one election for the cluster, whatever the pod scope
+    tuned.peering.clusterwide = True  # one election for the cluster (kopf.operator sets it too)
     tuned.peering.priority = priority
     tuned.peering.standalone = settings.standalone
     tuned.peering.mandatory = not settings.standalone
@@ -94,8 +94,11 @@ async def serve(
         settings=tuned,
         identity=controller.identity,  # type: ignore[arg-type]  # kopf's NewType over str
         liveness_endpoint=settings.liveness_endpoint,
-        clusterwide=not settings.pod_namespaces,
-        namespaces=settings.pod_namespaces,
+        # Always cluster-wide, whatever the pod scope: kopf derives the peering object's scope
+        # from this flag, and the chart creates (and grants) only the ClusterKopfPeering. A
+        # namespaced kopf would wait, paused, for a namespaced KopfPeering that never comes. Pods
+        # outside ``pod_namespaces`` are filtered out in the handler (handlers.py).
+        clusterwide=True,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )

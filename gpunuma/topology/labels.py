@@ -34,7 +34,7 @@ def node_labels(layout: Layout) -> dict[str, str]:
         names.LABEL_NUMA_COUNT: str(len(layout.cpu_nodes)),
         names.LABEL_GPU_NUMA_COUNT: str(sum(1 for count in per_node.values() if count)),
         names.LABEL_MAX_GPUS_PER_NUMA: str(max(per_node.values(), default=0)),
-        names.LABEL_LAYOUT: "unknown" if unknown else "-".join(map(str, per_node.values())),
+        names.LABEL_LAYOUT: layout.gpus_per_node_text(),
         names.LABEL_SOURCE: layout.source,
     }
     if layout.gpus and not unknown:

@@ -133,6 +133,13 @@ class Layout:
         counts = Counter(gpu.numa_node for gpu in self.gpus if gpu.numa_node is not None)
         return {node.id: counts.get(node.id, 0) for node in self.cpu_nodes}
 
+    def gpus_per_node_text(self) -> str:
+        """GPUs per CPU-bearing node, ``-``-joined in node order (``4-4``, ``8-0``); ``unknown``
+        when any GPU's node is unknown (a count per node would then be a guess)."""
+        if any(gpu.numa_node is None for gpu in self.gpus):
+            return "unknown"
+        return "-".join(map(str, self.gpus_per_cpu_node().values()))
+
     def vendors(self) -> frozenset[str]:
         return frozenset(gpu.vendor for gpu in self.gpus)
 

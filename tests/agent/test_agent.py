@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from gpunuma.agent.podresources import PodResourcesClient
 from gpunuma.agent.publisher import layout_spec
 from gpunuma.agent.service import Agent
+from gpunuma.discovery import BackendReport, BackendUnavailable, discover
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.settings import AgentSettings, DiscoverySettings
 from gpunuma.topology import Layout
@@ -39,8 +41,13 @@ class Machine:
     tree: machines.Tree
     mig: dict[str, tuple[str, ...]] | None = None
     fault: Exception | None = None  # set: discovery raises it
+    hang: threading.Event | None = None  # set: discovery blocks until the event is set
+    calls: int = 0
 
     def discover(self, _: DiscoverySettings) -> Layout:
+        self.calls += 1
+        if self.hang is not None:
+            self.hang.wait(timeout=30)
         if self.fault is not None:
             raise self.fault
         return layout_of(self.tree, mig=self.mig)
@@ -372,3 +379,77 @@ async def test_a_discovery_failing_from_the_start_publishes_nothing_and_backs_of
     assert run.agent.passes <= attempts + 1
     assert "permission denied" in run.agent.health()["errors"]["discovery"]
     assert writes(api) == []
+
+
+async def test_a_hanging_discovery_times_out_and_heartbeats_and_kubelet_polls_go_on(
+    api: Any, start: Callable[..., Running], hgx: Machine, kubelet: KubeletServer,
+) -> None:
+    run = start(hgx, socket=kubelet.socket, heartbeat=0.1, discovery_timeout=0.1)
+    await until(lambda: published(api))
+    hung = threading.Event()
+    hgx.hang = hung  # NVML on a GPU fallen off the bus: the call never returns
+    try:
+        calls_before_hang = hgx.calls
+        await until(lambda: "discovery" in run.agent.health()["errors"])
+        heartbeats, polls = len(writes(api)), kubelet.servicer.calls
+        await asyncio.sleep(0.6)
+        assert len(writes(api)) >= heartbeats + 2  # heartbeats go on
+        assert kubelet.servicer.calls >= polls + 2  # and so do the kubelet polls
+        assert hgx.calls == calls_before_hang + 1  # one stuck thread, never a second
+        health = run.agent.health()
+        assert "did not finish within 0.1 s" in health["errors"]["discovery"]
+        assert health["discoveryRunningSeconds"] >= 0.5
+        assert run.agent.metrics.discovery_timeouts._value.get() == 1
+    finally:
+        hgx.hang = None
+        hung.set()
+    await until(lambda: run.agent.health()["errors"] == {})
+    assert "discoveryRunningSeconds" not in run.agent.health()
+    await until(lambda: hgx.calls >= calls_before_hang + 2)  # new discoveries start again
+    await run.halt()
+
+
+async def test_a_discovery_slower_than_the_timeout_still_publishes_its_layout(
+    api: Any, start: Callable[..., Running], hgx: Machine,
+) -> None:
+    released = threading.Event()
+    hgx.hang = released
+    run = start(hgx, discovery_timeout=0.05)
+    await until(lambda: "discovery" in run.agent.health()["errors"])
+    hgx.hang = None
+    released.set()
+    await until(lambda: published(api))
+    await run.halt()
+    assert hgx.calls >= 1
+
+
+class MissingNvml:
+    """NVML that cannot load (no driver in the container, or libnvidia-ml.so not mounted)."""
+
+    name = "nvml"
+    vendor: Any = "nvidia"
+
+    def collect(self, *, cpu_count: int) -> BackendReport:
+        raise BackendUnavailable("libnvidia-ml.so.1: cannot open shared object file")
+
+
+class NvmlNamedButMissing:
+    def discover(self, settings: DiscoverySettings) -> Layout:
+        return discover(settings, vendor_backends={"nvml": MissingNvml()})
+
+
+async def test_an_explicit_backend_that_is_unavailable_publishes_sysfs_with_an_error(
+    api: Any, start: Callable[..., Running], hgx: Machine,
+) -> None:
+    roots = DiscoverySettings(sysfs_root=hgx.tree.sysfs, procfs_root=hgx.tree.procfs,
+                              backend="nvml")
+    run = start(NvmlNamedButMissing(), discovery=roots)
+    await until(lambda: published(api))
+    await run.halt()
+    spec = cr(api)["spec"]
+    assert spec["source"] == "sysfs"
+    assert len(spec["gpus"]) == 8
+    [error] = spec["errors"]
+    assert error["source"] == "nvml"
+    assert "--backend nvml is unavailable" in error["message"]
+    assert "libnvidia-ml.so.1" in error["message"]

@@ -112,6 +112,17 @@ def test_other_devices_and_pods_without_devices_are_left_out(hgx: Layout) -> Non
     assert allocations(pods, hgx, DEFAULT_GPU_RESOURCES) == []
 
 
+def test_bare_integer_ids_of_a_non_gpu_resource_are_not_taken_for_gpu_indices(hgx: Layout) -> None:
+    # RDMA shared-device and FPGA plugins number their devices 0, 1, 2… too.
+    pods = one_pod(("rdma/hca_shared_devices_a", ("3",)), ("example.org/fpga", ("0", "1:2")))
+    assert allocations(pods, hgx, DEFAULT_GPU_RESOURCES) == []
+
+
+def test_an_index_id_counts_for_a_configured_gpu_resource_of_unknown_vendor(hgx: Layout) -> None:
+    [entry] = allocations(one_pod(("example.org/gpu", ("5",))), hgx, ("example.org/gpu",))
+    assert entry["numaNodes"] == [1]
+
+
 def test_a_renamed_gpu_resource_counts_because_its_ids_are_gpus(hgx: Layout) -> None:
     uuid = str(hgx.gpus[4].uuid)
     [entry] = allocations(one_pod(("nvidia.com/gpu.shared", (f"{uuid}::1",))), hgx,

@@ -28,10 +28,22 @@ def test_the_agent_flags_default_to_the_documented_values(monkeypatch: pytest.Mo
     args = build_parser().parse_args(["agent"])
     assert args.node_name == "gpu-node-3"
     assert (args.interval, args.heartbeat, args.allocations_interval) == (60, 600, 10)
+    assert args.discovery_timeout == 30
     assert args.kubelet_socket == Path("/var/lib/kubelet/pod-resources/kubelet.sock")
     assert args.listen == ":8081"  # every address, IPv4 and IPv6
     assert args.kubeconfig is None
     assert args.gpu_resources == ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")
+
+
+def test_the_discovery_timeout_reads_its_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GPUNUMA_DISCOVERY_TIMEOUT", "7.5")
+    assert build_parser().parse_args(["agent", "--node-name", "n"]).discovery_timeout == 7.5
+    monkeypatch.setenv("GPUNUMA_DISCOVERY_TIMEOUT", "never")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["agent", "--node-name", "n"])
+    assert "'never'" in capsys.readouterr().err
 
 
 def test_the_agent_needs_a_node_name(

@@ -348,14 +348,19 @@ async def test_the_liveness_endpoint_reports_layouts_and_api_requests(
     assert probes["api_requests"]["PATCH nodes"] == 1
 
 
-async def test_pods_are_watched_only_in_the_configured_namespaces(
+async def test_pods_outside_the_configured_namespaces_are_left_alone(
     cluster: kmock.KubernetesEmulator, operator: Runner,
 ) -> None:
-    await create(cluster, spec=two_socket_spec(allocations=[ALLOCATION]))
+    elsewhere = {**ALLOCATION, "namespace": "other"}
+    await create(cluster, spec=two_socket_spec(allocations=[ALLOCATION, elsewhere]))
     await cluster.post("/api/v1/namespaces/ml/pods", json=running_pod("train-0", "gpu-1"))
-    async with operator(fast_settings(pod_namespaces=("ml",))):
+    await cluster.post("/api/v1/namespaces/other/pods",
+                       json=running_pod("train-0", "gpu-1", namespace="other"))
+    async with operator(fast_settings(pod_namespaces=("ml",), check_interval_s=0.05)) as controller:
         await eventually(lambda: pod_annotations(cluster, "train-0").get(names.ANNOTATION_CPUSET))
         # Nodes and layouts are cluster-scoped: still labelled, whatever the pod scope.
         await eventually(lambda: labels_of(cluster, "gpu-1").get(names.LABEL_LAYOUT) == "4-4")
-    pod_paths = {r.url.path for r in list(cluster) if r.url.path.endswith("/pods")}
-    assert pod_paths == {"/api/v1/namespaces/ml/pods"}
+        await asyncio.sleep(0.3)  # a few periodic rounds
+        assert ("other", "train-0") not in controller.pods.get("gpu-1", {})
+    assert pod_annotations(cluster, "train-0", namespace="other") == {}
+    assert requests_to(cluster, "PATCH", "/api/v1/namespaces/other/pods/train-0") == []

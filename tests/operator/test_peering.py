@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from gpunuma.kubeapi import format_rfc3339
 from gpunuma.operator.peering import is_active_peer
-from gpunuma.operator.staleness import format_rfc3339
 
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -31,3 +31,8 @@ def test_a_dead_or_lower_peer_does_not() -> None:
 
 def test_an_unreadable_peer_entry_is_ignored() -> None:
     assert is_active_peer({"other": {"priority": "high", "lastseen": "?"}, "x": 3}, "me", 5, NOW)
+
+
+def test_a_live_peer_of_the_same_priority_pauses_the_loop_as_kopf_pauses_both() -> None:
+    assert not is_active_peer({"me": peer(5, 0), "twin": peer(5, 10)}, "me", 5, NOW)
+    assert is_active_peer({"me": peer(5, 0), "twin": peer(5, 120)}, "me", 5, NOW)

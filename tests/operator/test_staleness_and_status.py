@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from gpunuma.operator.staleness import format_rfc3339, judge_heartbeat, parse_rfc3339
+from gpunuma.kubeapi import format_rfc3339, parse_rfc3339
+from gpunuma.operator.staleness import judge_heartbeat
 from gpunuma.operator.status import Condition, desired_status, merge_patch
 
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)

@@ -108,3 +108,15 @@ def test_every_label_value_is_a_valid_kubernetes_label_value(
     labels = node_labels(layout)
     assert all(is_valid_label_value(value) for value in labels.values())
     assert all(key.startswith(names.PREFIX) for key in labels)
+
+
+def test_the_gpus_per_node_text_counts_every_cpu_node_or_says_unknown() -> None:
+    assert Layout(nodes(8, 8, 8), gpus(0, 0, 2)).gpus_per_node_text() == "2-0-1"
+    assert Layout(nodes(8, 8), gpus(0, None)).gpus_per_node_text() == "unknown"
+    assert Layout(nodes(8), ()).gpus_per_node_text() == "0"
+
+
+def test_a_layout_label_longer_than_63_characters_is_left_out() -> None:
+    layout = Layout(nodes(*[2] * 33), gpus(*range(33)))
+    assert len(layout.gpus_per_node_text()) == 65
+    assert names.LABEL_LAYOUT not in node_labels(layout)
