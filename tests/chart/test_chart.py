@@ -565,6 +565,7 @@ def test_the_agent_container_starts_with_the_settings_the_chart_means(
     assert str(parsed.procfs_root) == "/host/proc"
     assert parsed.backend == "auto"
     assert (parsed.interval, parsed.heartbeat, parsed.allocations_interval) == (60, 600, 10)
+    assert parsed.discovery_timeout == 30
     assert str(parsed.kubelet_socket) == "/var/lib/kubelet/pod-resources/kubelet.sock"
     assert parsed.listen == ":8081"
     assert tuple(parsed.gpu_resources) == ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")

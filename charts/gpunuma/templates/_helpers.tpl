@@ -111,6 +111,7 @@ env:
   interval: GPUNUMA_INTERVAL
   heartbeat: GPUNUMA_HEARTBEAT
   allocationsInterval: GPUNUMA_ALLOCATIONS_INTERVAL
+  discoveryTimeout: GPUNUMA_DISCOVERY_TIMEOUT
   kubeletSocket: GPUNUMA_KUBELET_SOCKET
   listen: GPUNUMA_LISTEN
   gpuResources: GPUNUMA_GPU_RESOURCES
