@@ -191,24 +191,24 @@ def _add_gpu_resources_argument(parser: argparse.ArgumentParser) -> None:
                         f"{','.join(DEFAULT_GPU_RESOURCES)}; env GPUNUMA_GPU_RESOURCES)")
 
 
-def _seconds(text: str) -> float:
+def _parse_seconds(text: str, *, zero_allowed: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
+    if zero_allowed and not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 seconds or more")
+    if not zero_allowed and not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
     return value
 
 
+def _seconds(text: str) -> float:
+    return _parse_seconds(text, zero_allowed=False)
+
+
 def _non_negative_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 seconds or more")
-    return value
+    return _parse_seconds(text, zero_allowed=True)
 
 
 def _add_agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

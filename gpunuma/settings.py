@@ -6,6 +6,9 @@ the pure functions' inputs explicit and lets tests build settings without parsin
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,7 +28,33 @@ __all__ = [
     "MutationSettings",
     "OperatorSettings",
     "WebhookSettings",
+    "gpu_resource_pattern",
+    "parse_listen",
 ]
+
+def parse_listen(text: str) -> tuple[str | None, int]:
+    """A ``--listen`` value, ``HOST:PORT``, as aiohttp's host and port.
+
+    An empty host (``:8443``) is None: aiohttp then listens on every address of both families.
+    """
+    host, separator, port = text.rpartition(":")
+    if not separator or not port.isdecimal() or int(port) > 65535:
+        raise ValueError(f"--listen {text!r} is not HOST:PORT (e.g. :8443 for every address, "
+                         "0.0.0.0:8443 or [::]:8443)")
+    return host.removeprefix("[").removesuffix("]") or None, int(port)
+
+
+@functools.lru_cache(maxsize=8)
+def gpu_resource_pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
+    """One expression for the ``--gpu-resources`` globs (``nvidia.com/mig-*``), matched whole.
+
+    The webhook matches it against every resource of every pod, the agent against every resource
+    the kubelet reports: compiled once, it is one regex call per resource. No globs match nothing.
+    """
+    if not globs:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
+
 
 Backend = Literal["auto", "sysfs", "nvml", "amdsmi"]
 BACKENDS: tuple[Backend, ...] = ("auto", "sysfs", "nvml", "amdsmi")

@@ -22,11 +22,11 @@ so a reader sees that the mapping is incomplete instead of a silently shorter li
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gpunuma.settings import gpu_resource_pattern
 from gpunuma.topology import Gpu, Layout, Vendor, format_cpulist, normalize_pci_bus_id
 
 __all__ = [
@@ -74,7 +74,7 @@ def resource_vendor(resource_name: str) -> Vendor | None:
 
 def is_gpu_resource(resource_name: str, patterns: Iterable[str]) -> bool:
     """Whether a resource name matches one of the ``--gpu-resources`` patterns (``*`` globs)."""
-    return any(fnmatch.fnmatchcase(resource_name, pattern) for pattern in patterns)
+    return gpu_resource_pattern(tuple(patterns)).match(resource_name) is not None
 
 
 class GpuIndex:

@@ -34,10 +34,10 @@ from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
 from gpunuma.agent.publisher import LayoutPublisher, layout_spec
 from gpunuma.discovery import DiscoveryUnavailable
 from gpunuma.kubeapi import ApiError, Connection, KubeClient
-from gpunuma.settings import AgentSettings, DiscoverySettings
+from gpunuma.settings import AgentSettings, DiscoverySettings, parse_listen
 from gpunuma.topology import Layout, Problem
 
-__all__ = ["Agent", "AgentMetrics", "Backoff", "Discover", "parse_listen", "run_agent"]
+__all__ = ["Agent", "AgentMetrics", "Backoff", "Discover", "run_agent"]
 
 logger = logging.getLogger(__name__)
 
@@ -304,17 +304,6 @@ class Agent:
             log = logger.debug if result == "heartbeat" else logger.info
             log("GPUNumaLayout %s: %s", self.settings.node_name, result)
         return None
-
-
-def parse_listen(listen: str) -> tuple[str | None, int]:
-    """``HOST:PORT`` (``[::]:8081`` for IPv6) → (host, port), with a message that says the form.
-
-    An empty host (``:8081``) is None: aiohttp then listens on every address of both families.
-    """
-    host, separator, port = listen.rpartition(":")
-    if not separator or not port.isdecimal() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address {listen!r} is not HOST:PORT, e.g. :8081 or 0.0.0.0:8081")
-    return host.strip("[]") or None, int(port)
 
 
 def health_app(agent: Agent, *, stale_after: float) -> web.Application:

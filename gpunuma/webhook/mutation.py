@@ -13,8 +13,6 @@ into an RFC 6902 patch by diffing, never by hand-written paths.
 from __future__ import annotations
 
 import argparse
-import fnmatch
-import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from gpunuma import names
-from gpunuma.settings import MutationSettings
+from gpunuma.settings import MutationSettings, gpu_resource_pattern
 
 __all__ = [
     "INSTALL_COMMAND",
@@ -355,7 +353,7 @@ def gpu_requests(container: Mapping[str, Any], gpu_resources: Sequence[str]) -> 
     """The GPU resources the container asks for, with their quantities; a zero quantity is no
     request. Raises ``InvalidPod``."""
     return {resource: str(quantity)
-            for resource, quantity in _gpu_amounts(container, _pattern(tuple(gpu_resources)))}
+            for resource, quantity in _gpu_amounts(container, gpu_resource_pattern(tuple(gpu_resources)))}
 
 
 def _select(
@@ -376,7 +374,7 @@ def _select(
                                              f"{_quote(name)}, which is not a container of this "
                                              "pod"))
         return {name for name in requested if name in known}
-    pattern = _pattern(tuple(gpu_resources))
+    pattern = gpu_resource_pattern(tuple(gpu_resources))
     return {c["name"] for c in candidates if _requests_gpu(c, pattern)}
 
 
@@ -402,12 +400,6 @@ def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str]
                     and not _is_zero(quantity)):
                 seen.add(resource)
                 yield str(resource), quantity
-
-
-@functools.lru_cache(maxsize=8)
-def _pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
-    """One regular expression for all the resource globs: matched per resource of every pod."""
-    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs))
 
 
 def _is_zero(quantity: object) -> bool:

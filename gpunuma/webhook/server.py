@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gpunuma import __version__
-from gpunuma.settings import WebhookSettings
+from gpunuma.settings import WebhookSettings, parse_listen
 from gpunuma.webhook.mutation import mutation_settings
 from gpunuma.webhook.review import Admission, BadRequest, Memory, admit
 
@@ -45,7 +45,6 @@ __all__ = [
     "TLSError",
     "WebhookServer",
     "main",
-    "parse_listen",
 ]
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
@@ -61,16 +60,6 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 class TLSError(RuntimeError):
     """The certificate or key cannot be loaded; the message names the files."""
-
-
-def parse_listen(text: str) -> tuple[str | None, int]:
-    """``HOST:PORT`` (``[::]:8443``, ``:8443`` for every address) as aiohttp's host and port."""
-    host, separator, port = text.rpartition(":")
-    if not separator or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--listen {text!r} is not HOST:PORT (e.g. :8443 for every address, "
-                         "0.0.0.0:8443 or [::]:8443)")
-    host = host.removeprefix("[").removesuffix("]")
-    return host or None, int(port)
 
 
 def _server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:

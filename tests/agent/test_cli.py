@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gpunuma.agent.service import parse_listen
 from gpunuma.cli import build_parser
+from gpunuma.settings import parse_listen
 from tests.agent.conftest import NODE, NODE_UID, cr, published, until
 from tests.fixtures import machines
 

@@ -20,9 +20,9 @@ import pytest
 import trustme
 
 from gpunuma import names
-from gpunuma.settings import MutationSettings, WebhookSettings
+from gpunuma.settings import MutationSettings, WebhookSettings, parse_listen
 from gpunuma.webhook import review as review_module
-from gpunuma.webhook.server import MAX_BODY_BYTES, TLSError, WebhookServer, parse_listen
+from gpunuma.webhook.server import MAX_BODY_BYTES, TLSError, WebhookServer
 from tests.webhook import pods
 
 REPO = Path(__file__).resolve().parents[2]
