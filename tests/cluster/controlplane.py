@@ -463,11 +463,18 @@ class ControlPlane:
             context = ssl.create_default_context(cafile=str(self.ca_file))
         else:
             context = self._ssl_context()
-        try:
-            with urllib.request.urlopen(request, context=context, timeout=30) as response:  # noqa: S310
-                text = response.read().decode()
-        except urllib.error.HTTPError as error:
-            raise ApiError(error.code, error.read().decode(errors="replace")) from None
+        for attempt in range(30):
+            try:
+                with urllib.request.urlopen(request, context=context, timeout=30) as response:  # noqa: S310
+                    text = response.read().decode()
+                    break
+            except urllib.error.HTTPError as error:
+                # 429 while a new CRD's storage initialises ("storage is (re)initializing"), as
+                # every client retries it; anything else is the answer.
+                if error.code == 429 and attempt < 29:
+                    time.sleep(float(error.headers.get("Retry-After") or 1))
+                    continue
+                raise ApiError(error.code, error.read().decode(errors="replace")) from None
         return text if raw else json.loads(text)
 
     def _write_kubeconfig(self, path: Path, *, user: Mapping[str, str]) -> Path:
