@@ -121,3 +121,25 @@ def _check_release(cluster: ControlPlane, name: str, namespace: str,
         assert with_conditions == [combination != "match-conditions-off"] * 2
     return documents
 
+
+
+@pytest.mark.parametrize(("values", "needs"), [
+    (["--set", "webhook.certificate.mode=cert-manager"], "cert-manager.io/v1"),
+    (["--set", "serviceMonitor.enabled=true"], "monitoring.coreos.com/v1"),
+])
+def test_a_mode_whose_crds_the_cluster_lacks_is_refused_with_the_charts_message(
+    release: Release, values: list[str], needs: str,
+) -> None:
+    """Without the chart's message Helm reports `no matches for kind "Issuer" in version
+    "cert-manager.io/v1"` after creating half the release; the chart says what to do first."""
+    cluster = release.cluster
+    name = "c-missing-crds"
+    namespace = cluster.namespace("chart-missing-crds")
+    result = cluster.helm("install", name, str(CHART), "--namespace", namespace,
+                          "--set", f"operator.peering.name={name}", *values, check=False)
+    if result.returncode == 0:
+        cluster.helm("uninstall", name, "--namespace", namespace)
+    assert result.returncode != 0
+    assert needs in result.stderr, result.stderr
+    assert "no matches for kind" not in result.stderr, result.stderr
+    assert cluster.helm("list", "--all", "--namespace", namespace).stdout.count(name) == 0
