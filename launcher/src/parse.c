@@ -106,6 +106,11 @@ int ne_cpulist_format(const ne_cpuset *set, char *out, size_t cap)
 		return -1;
 	out[0] = '\0';
 	for (long cpu = 0; cpu <= NE_MAX_CPUS; cpu++) {
+		/* Whole empty words at once: the set is 65536 bits, most of them zero. */
+		if (start < 0 && cpu % 64 == 0 && cpu < NE_MAX_CPUS && !set->bits[cpu / 64]) {
+			cpu += 63;
+			continue;
+		}
 		int has = cpu < NE_MAX_CPUS && ne_cpuset_has(set, (unsigned long)cpu);
 		if (has && start < 0)
 			start = cpu;
