@@ -1,7 +1,7 @@
 """The ``gpunuma`` command: one argparse entry for every component (DESIGN §2).
 
-Each subcommand imports its component only when it runs, so that ``gpunuma install-launcher`` (run in
-every injected pod's init container) starts without loading kopf, the Kubernetes client or NVML.
+Each subcommand imports its component only when it runs, so that ``gpunuma install-launcher`` starts
+without loading kopf, the Kubernetes client or NVML.
 Every flag that a Deployment would set also reads a ``GPUNUMA_*`` environment variable.
 """
 
@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent_parser(commands)
 
     install = commands.add_parser(
-        "install-launcher", help="copy numa-exec into DIR (the webhook's init container runs this)",
+        "install-launcher", help="copy this package's numa-exec for this machine's architecture "
+        "into DIR (the launcher image's /numa-exec --install DIR does the same)",
     )
     install.add_argument("directory", type=Path, metavar="DIR")
     install.set_defaults(handler=_run_install_launcher)
@@ -251,8 +252,10 @@ def _add_agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 def _add_mutation_arguments(parser: argparse.ArgumentParser, *, policy: bool = True) -> None:
     parser.add_argument("--launcher-image", default=_env("LAUNCHER_IMAGE", DEFAULT_LAUNCHER_IMAGE),
-                        help="image of the init container that installs numa-exec "
-                        "(env GPUNUMA_LAUNCHER_IMAGE)")
+                        help="the launcher image (only the static numa-exec), which the injected "
+                        "init container runs as /numa-exec --install /opt/gpunuma (default "
+                        f"{DEFAULT_LAUNCHER_IMAGE}; a digest pins it: REPO@sha256:…; "
+                        "env GPUNUMA_LAUNCHER_IMAGE)")
     _add_gpu_resources_argument(parser)
     if policy:
         parser.add_argument("--default-policy", choices=names.POLICIES,

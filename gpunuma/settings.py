@@ -60,7 +60,8 @@ Backend = Literal["auto", "sysfs", "nvml", "amdsmi"]
 BACKENDS: tuple[Backend, ...] = ("auto", "sysfs", "nvml", "amdsmi")
 
 DEFAULT_GPU_RESOURCES: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")
-DEFAULT_LAUNCHER_IMAGE = f"ghcr.io/gpunuma/gpunuma:{__version__}"
+# The launcher image: only the static numa-exec (the Dockerfile's `launcher` target).
+DEFAULT_LAUNCHER_IMAGE = f"ghcr.io/gpunuma/numa-exec:{__version__}"
 DEFAULT_KUBELET_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 
 

@@ -4,7 +4,7 @@
  *   numa-exec -- COMMAND [ARG...]
  *   numa-exec --install DIR      copy this executable to DIR/numa-exec (the init container)
  *
- * The contract is DESIGN §6 and docs/launcher.md. It needs nothing from the image it runs in: it is
+ * The contract is DESIGN §6 and README.md, "numa-exec". It needs nothing from the image it runs in: it is
  * one static executable that reads procfs/sysfs, binds with sched_setaffinity and set_mempolicy
  * itself and ends in execvp, so COMMAND keeps this process's PID (PID 1 of the container) and gets
  * its signals directly. It never evaluates text from the environment and writes no files (except

@@ -110,7 +110,7 @@ class Result:
 
     @property
     def plan(self) -> dict[str, str]:
-        """The dry-run plan: key=value lines of stdout (docs/launcher.md)."""
+        """The dry-run plan: key=value lines of stdout (README.md, "numa-exec")."""
         return dict(line.split("=", 1) for line in self.stdout.splitlines())
 
 

@@ -1,4 +1,4 @@
-"""numa-exec's dry-run plans (docs/launcher.md) on fixture machines, for every build of it.
+"""numa-exec's dry-run plans (README.md, "numa-exec") on fixture machines, for every build of it.
 
 Every test runs the real executable with GPUNUMA_DRY_RUN=1 and an empty PATH (it needs no tool
 from the image) and asserts the key=value plan it prints. A dry run decides but makes no call: what
