@@ -19,7 +19,7 @@ import kopf
 import pytest
 
 from gpunuma import names
-from gpunuma.kubeapi import format_rfc3339
+from gpunuma.rfc3339 import format_rfc3339
 from gpunuma.operator.controller import Controller
 from gpunuma.operator.run import serve
 from gpunuma.settings import CertificateSettings, OperatorSettings
