@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from gpunuma import names
 from gpunuma.kubectl.objects import (
@@ -38,22 +38,28 @@ from gpunuma.webhook.mutation import (
 __all__ = ["excluded_namespaces", "explain"]
 
 
-def _opt_in(pod: Obj, namespace: Obj | None) -> tuple[bool, str]:
-    """(opted in?, how or why not) as the webhook decides it (DESIGN §3)."""
+# How a pod came to be opted in or not (DESIGN §3), as the webhook decides it.
+OptIn = Literal["annotation", "namespace", "opted-out", "namespace-unknown", "not-asked"]
+
+
+def _opt_in(pod: Obj, namespace: Obj | None) -> tuple[OptIn, str]:
+    """(how the pod is opted in or why not, the same in words)."""
     value = annotations_of(pod).get(names.ANNOTATION_INJECT)
     if value == "false":
-        return False, f'opted out by the annotation {names.ANNOTATION_INJECT}="false"'
+        return "opted-out", f'opted out by the annotation {names.ANNOTATION_INJECT}="false"'
     if value == "true":
-        return True, f'annotation {names.ANNOTATION_INJECT}="true"'
+        return "annotation", f'annotation {names.ANNOTATION_INJECT}="true"'
     ns_name = meta_of(pod).get("namespace", "")
     if namespace is None:
-        return False, (f"no {names.ANNOTATION_INJECT} annotation, and the label of namespace {ns_name} "
-                       "could not be read")
+        return "namespace-unknown", (f"no {names.ANNOTATION_INJECT} annotation, and the label of "
+                                     f"namespace {ns_name} could not be read")
     if labels_of(namespace).get(names.LABEL_NAMESPACE_INJECT) == names.NAMESPACE_INJECT_ENABLED:
         label = f"{names.LABEL_NAMESPACE_INJECT}={names.NAMESPACE_INJECT_ENABLED}"
-        return True, f"namespace {ns_name} is labelled {label}"
-    return False, (f'no: add the annotation {names.ANNOTATION_INJECT}: "true" to the pod, or label namespace '
-                   f"{ns_name} {names.LABEL_NAMESPACE_INJECT}={names.NAMESPACE_INJECT_ENABLED}")
+        return "namespace", f"namespace {ns_name} is labelled {label}"
+    return "not-asked", (f'no: add the annotation {names.ANNOTATION_INJECT}: "true" to the pod, or '
+                         f"label namespace {ns_name} "
+                         f"{names.LABEL_NAMESPACE_INJECT}={names.NAMESPACE_INJECT_ENABLED}")
+
 
 def _placement(pod: Obj) -> dict[str, Any]:
     text = annotations_of(pod).get(names.ANNOTATION_PLACEMENT)
@@ -70,11 +76,31 @@ def _numa_exec_lines(log: str | None) -> list[str]:
         return []
     return [line.strip() for line in log.splitlines() if line.lstrip().startswith(NUMA_EXEC_PREFIX)]
 
+# What became of one container, and what ``explain`` says about it.
+ContainerState = Literal["wrapped", "skipped", "not-listed", "no-gpu", "selected-not-wrapped",
+                         "would-be-wrapped", "gpu-not-wrapped"]
+_STATE_TEXT: dict[ContainerState, str] = {
+    "wrapped": "wrapped: numa-exec runs in front of its command",
+    "skipped": ("skipped: no command (the webhook cannot see the image's ENTRYPOINT); "
+                "set command: in the pod spec"),
+    "not-listed": f"not selected: not listed in {names.ANNOTATION_CONTAINERS}",
+    "no-gpu": "not selected: requests no GPU",
+    "selected-not-wrapped": "selected but not wrapped",
+    "would-be-wrapped": "would be wrapped, had the webhook mutated the pod",
+    "gpu-not-wrapped": "GPU container, not wrapped",
+}
+
+
 @dataclass(frozen=True)
 class _Container:
     name: str
     gpus: dict[str, str]
-    status: str
+    state: ContainerState
+
+    @property
+    def selected(self) -> bool:
+        return self.state not in ("not-listed", "no-gpu")
+
 
 def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -> list[_Container]:
     annotations = annotations_of(pod)
@@ -88,23 +114,24 @@ def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -
         name = container.get("name", "")
         gpus = gpu_requests(container, gpu_resources)
         selected = name in chosen
+        state: ContainerState
         if name in wrapped:
-            status = "wrapped: numa-exec runs in front of its command"
+            state = "wrapped"
         elif name in skipped or (injected and selected and not container.get("command")):
-            status = ("skipped: no command (the webhook cannot see the image's ENTRYPOINT); "
-                      "set command: in the pod spec")
+            state = "skipped"
         elif listed and not selected:
-            status = f"not selected: not listed in {names.ANNOTATION_CONTAINERS}"
+            state = "not-listed"
         elif not selected:
-            status = "not selected: requests no GPU"
+            state = "no-gpu"
         elif injected:
-            status = "selected but not wrapped"
+            state = "selected-not-wrapped"
         elif opted_in:
-            status = "would be wrapped, had the webhook mutated the pod"
+            state = "would-be-wrapped"
         else:
-            status = "GPU container, not wrapped"
-        report.append(_Container(name, gpus, status))
+            state = "gpu-not-wrapped"
+        report.append(_Container(name, gpus, state))
     return report
+
 
 def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = DEFAULT_GPU_RESOURCES,
             logs: Mapping[str, str | None] | None = None,
@@ -119,18 +146,19 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
     annotations = annotations_of(pod)
     phase = (pod.get("status") or {}).get("phase") or "Unknown"
     node = (pod.get("spec") or {}).get("nodeName") or "(not scheduled)"
-    opted_in, opt_in_text = _opt_in(pod, namespace)
+    opt_in, opt_in_text = _opt_in(pod, namespace)
+    opted_in = opt_in in ("annotation", "namespace")
     injected_by = annotations.get(names.ANNOTATION_INJECTED)
     containers = _containers_report(pod, gpu_resources, opted_in or injected_by is not None)
-    wrapped = [c.name for c in containers if c.status.startswith("wrapped")]
-    selected = [c.name for c in containers if not c.status.startswith("not selected")]
+    wrapped = [c.name for c in containers if c.state == "wrapped"]
+    selected = [c.name for c in containers if c.selected]
     placement = _placement(pod)
     logs = logs or {}
 
     if MIRROR_POD_ANNOTATION in annotations:
         verdict = "not bound: a static (mirror) pod; the kubelet creates it without admission webhooks"
     elif injected_by is None and not opted_in:
-        verdict = "not bound: " + ("the pod did not opt in" if opt_in_text.startswith("no") else opt_in_text)
+        verdict = "not bound: " + (opt_in_text if opt_in == "opted-out" else "the pod did not opt in")
     elif injected_by is None:
         if not selected:
             listed = ("names none of its containers" if listed_containers(annotations)
@@ -164,7 +192,7 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
         f"Injected:    {f'by gpunuma {injected_by}' if injected_by else 'no'}",
         "Containers:",
     ]
-    rows = [[c.name, ",".join(f"{r}={q}" for r, q in sorted(c.gpus.items())) or NONE, c.status]
+    rows = [[c.name, ",".join(f"{r}={q}" for r, q in sorted(c.gpus.items())) or NONE, _STATE_TEXT[c.state]]
             for c in containers]
     lines += ["  " + line for line in format_table(["NAME", "GPU REQUEST", "STATUS"], rows).splitlines()]
     if placement:
