@@ -66,25 +66,35 @@ class KubeApi:
         data = self._call(what, method, *args, **kwargs)
         return None if data is None else json.loads(data)
 
+    def _not_installed(self) -> ClusterError:
+        return ClusterError(
+            f"gpunuma is not installed in this cluster: the GPUNumaLayout CRD "
+            f"({names.CRD_PLURAL}.{names.CRD_GROUP}) was not found at {self.server}. "
+            "Install the chart (helm install gpunuma charts/gpunuma -n gpunuma-system "
+            "--create-namespace), or check --context."
+        )
+
     def list_layouts(self) -> list[dict[str, Any]]:
         found = self._json("list GPUNumaLayouts", self._custom.list_cluster_custom_object,
                            names.CRD_GROUP, names.CRD_VERSION, names.CRD_PLURAL)
         if found is None:
-            raise ClusterError(
-                f"gpunuma is not installed in this cluster: the GPUNumaLayout CRD "
-                f"({names.CRD_PLURAL}.{names.CRD_GROUP}) was not found at {self.server}. "
-                "Install the chart (helm install gpunuma charts/gpunuma -n gpunuma-system "
-                "--create-namespace), or check --context."
-            )
+            raise self._not_installed()
         items: list[dict[str, Any]] = found.get("items") or []
         return items
 
-    def list_nodes(self) -> list[dict[str, Any]]:
-        found = self._json("list nodes", self._core.list_node)
+    def require_installed(self) -> None:
+        """Raise the plain "gpunuma is not installed" error when the GPUNumaLayout API is not served."""
+        found = self._json("list GPUNumaLayouts", self._custom.list_cluster_custom_object,
+                           names.CRD_GROUP, names.CRD_VERSION, names.CRD_PLURAL, limit=1)
+        if found is None:
+            raise self._not_installed()
+
+    def list_nodes(self, selector: str | None = None) -> list[dict[str, Any]]:
+        found = self._json("list nodes", self._core.list_node, label_selector=selector or "")
         return list((found or {}).get("items") or [])
 
-    def list_managed_pods(self, namespace: str | None) -> list[dict[str, Any]]:
-        selector = f"{names.LABEL_MANAGED}=true"
+    def list_managed_pods(self, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
+        selector = ",".join(filter(None, (f"{names.LABEL_MANAGED}=true", selector)))
         if namespace is None:
             found = self._json("list pods", self._core.list_pod_for_all_namespaces, label_selector=selector)
         else:
