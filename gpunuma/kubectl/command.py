@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import sys
 from collections.abc import Sequence
@@ -46,36 +47,41 @@ def build_parser() -> argparse.ArgumentParser:
                      f"(default {','.join(DEFAULT_GPU_RESOURCES)})")
     return parser
 
-def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
+async def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
     """The command's output; raises ClusterError for what the user must fix."""
     if args.command == "nodes":
-        layouts = api.list_layouts()
-        rows = node_rows(layouts, api.list_nodes(), now)
+        layouts = await api.list_layouts()
+        rows = node_rows(layouts, await api.list_nodes(), now)
         if not rows:
             return ("No GPU nodes found: no GPUNumaLayout exists yet. Is the gpunuma agent running on your "
                     "GPU nodes? (kubectl get pods -A -l app.kubernetes.io/component=agent)\n")
         return format_table(NODE_HEADERS, rows)
     if args.command == "pods":
         namespace = None if args.all_namespaces else (args.namespace or api.namespace)
-        rows = pod_rows(api.list_managed_pods(namespace), all_namespaces=namespace is None)
+        rows = pod_rows(await api.list_managed_pods(namespace), all_namespaces=namespace is None)
         if not rows:
             where = "any namespace" if namespace is None else f"namespace {namespace}"
             return f"No gpunuma-managed pods in {where}.\n"
         return format_table(pod_headers(all_namespaces=namespace is None), rows)
     namespace = args.namespace or api.namespace
-    pod = api.read_pod(namespace, args.pod)
+    pod = await api.read_pod(namespace, args.pod)
     if pod is None:
         raise ClusterError(f'pod "{args.pod}" not found in namespace {namespace}')
-    logs = {name: api.read_log_head(namespace, args.pod, name) for name in wrapped_of(pod)}
+    logs = {name: await api.read_log_head(namespace, args.pod, name) for name in wrapped_of(pod)}
     gpu_resources = [item.strip() for item in args.gpu_resources.split(",") if item.strip()]
-    return explain(pod, api.read_namespace(namespace), gpu_resources=gpu_resources, logs=logs,
-                   excluded_namespaces=excluded_namespaces(api.list_webhook_configurations()))
+    return explain(pod, await api.read_namespace(namespace), gpu_resources=gpu_resources, logs=logs,
+                   excluded_namespaces=excluded_namespaces(await api.list_webhook_configurations()))
+
+
+async def _run(args: argparse.Namespace) -> str:
+    async with KubeApi(getattr(args, "kubeconfig", None), getattr(args, "context", None)) as api:
+        return await run(args, api, dt.datetime.now(dt.UTC))
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        api = KubeApi(getattr(args, "kubeconfig", None), getattr(args, "context", None))
-        output = run(args, api, dt.datetime.now(dt.UTC))
+        output = asyncio.run(_run(args))
     except ClusterError as exc:
         print(f"kubectl gpunuma: {exc}", file=sys.stderr)
         return EXIT_ERROR
