@@ -12,7 +12,6 @@ into an RFC 6902 patch by diffing, never by hand-written paths.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ __all__ = [
     "json_patch",
     "listed_containers",
     "mutate",
-    "mutation_settings",
     "selected_containers",
     "warning_line",
 ]
@@ -196,15 +194,6 @@ def mutate(
     return Mutation(
         new_pod if patch else pod, patch, None, tuple(warnings),
         "mutated" if patch else "already mutated", tuple(wrapped), tuple(skipped),
-    )
-
-
-def mutation_settings(args: argparse.Namespace) -> MutationSettings:
-    """The settings of ``gpunuma webhook`` and ``gpunuma inject`` flags. Raises ValueError."""
-    return MutationSettings(
-        launcher_image=args.launcher_image,
-        gpu_resources=tuple(args.gpu_resources),
-        default_policy=getattr(args, "default_policy", None) or names.DEFAULT_POLICY,
     )
 
 
