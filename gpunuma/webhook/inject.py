@@ -10,7 +10,6 @@ container list as annotations, so a pod made from it gets no further patch from 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,7 @@ import yaml
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook.mutation import InvalidPod, mutate, mutation_settings
+from gpunuma.webhook.mutation import InvalidPod, mutate
 
 __all__ = ["InjectResult", "inject_documents", "main"]
 
@@ -153,16 +152,12 @@ def dump(documents: Sequence[Any]) -> str:
                          explicit_start=len(documents) > 1, allow_unicode=True)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Entry of ``gpunuma inject`` (flags in ``gpunuma.cli``)."""
+def main(settings: MutationSettings, filename: str, *, policy: str | None = None,
+         containers: Sequence[str] | None = None) -> int:
+    """Entry of ``gpunuma inject`` (flags and their conversion in ``gpunuma.cli``)."""
+    source = "standard input" if filename == "-" else filename
     try:
-        settings = mutation_settings(args)
-    except ValueError as exc:
-        print(f"gpunuma inject: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    source = "standard input" if args.filename == "-" else args.filename
-    try:
-        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+        text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
         documents = list(yaml.safe_load_all(text))
     except OSError as exc:
         print(f"gpunuma inject: cannot read {source}: {exc.strerror or exc}", file=sys.stderr)
@@ -173,8 +168,8 @@ def main(args: argparse.Namespace) -> int:
     except yaml.YAMLError as exc:
         print(f"gpunuma inject: {source} is not valid YAML: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    result = inject_documents(documents, settings, policy=args.policy,
-                              containers=args.containers)
+    result = inject_documents(documents, settings, policy=policy,
+                              containers=containers)
     for note in result.notes:
         print(f"gpunuma inject: {note}", file=sys.stderr)
     if result.errors:
