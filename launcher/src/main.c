@@ -220,7 +220,8 @@ int main(int argc, char **argv)
 		refuse("unknown GPUNUMA_POLICY %s; use preferred, strict or cpu-only", quoted);
 	}
 	int strict = strcmp(policy, "strict") == 0;
-	dry_run = getenv("GPUNUMA_DRY_RUN") && strcmp(getenv("GPUNUMA_DRY_RUN"), "1") == 0;
+	const char *dry = getenv("GPUNUMA_DRY_RUN"), *quiet = getenv("GPUNUMA_QUIET");
+	dry_run = dry && strcmp(dry, "1") == 0;
 
 	ne_roots roots = {
 		.sysfs = env_or("GPUNUMA_SYSFS_ROOT", "/sys"),
@@ -241,14 +242,15 @@ int main(int argc, char **argv)
 	}
 
 	mem = strict ? "bind" : "local";
+	const char *memory = mem; /* the planned policy; mem follows what the kernel accepts */
 	if (plan.problem.len) {
 		if (strict)
 			refuse("strict policy: %s; not starting %s", plan.problem.text, name);
 		ne_text_add(&plan.notes, "%s", plan.problem.text);
 	} else if (strict) {
-		mem = "bind";
+		memory = mem = "bind";
 	} else if (strcmp(policy, "preferred") == 0) {
-		mem = "preferred";
+		memory = mem = "preferred";
 	}
 
 	/* The probe is the call itself: the kernel (or seccomp) answers for real, so what the
@@ -263,7 +265,7 @@ int main(int argc, char **argv)
 				    "running unpinned", plan.cpus, strerror(error));
 			plan.cpus[0] = '\0';
 			mem = "local";
-		} else if (strcmp(mem, "local") != 0) {
+		} else if (strcmp(memory, "local") != 0) {
 			int several = plan.node_count > 1;
 			int mode = strict ? NE_MPOL_BIND : several ? NE_MPOL_PREFERRED_MANY : NE_MPOL_PREFERRED;
 			if (bind_memory(mode) != 0) {
@@ -294,7 +296,7 @@ int main(int argc, char **argv)
 	if (plan.problem.len)
 		plan.cpus[0] = '\0';
 
-	if (!getenv("GPUNUMA_QUIET") || strcmp(getenv("GPUNUMA_QUIET"), "1") != 0) {
+	if (!quiet || strcmp(quiet, "1") != 0) {
 		size_t size = strlen(plan.gpus) + strlen(plan.numa) + strlen(plan.cpus) + 128;
 		char *line = malloc(size);
 		if (line) {

@@ -263,7 +263,7 @@ int ne_parse_kfd_properties(const char *text, size_t len, unsigned long *render,
 
 int ne_parse_distances(const char *text, size_t len, unsigned long *out, int max)
 {
-	char line[NE_TEXT_SIZE];
+	char line[NE_TEXT_SIZE] = "";
 	int count = 0;
 	ne_first_line(text, len, line, sizeof(line));
 	size_t at = 0, n = strlen(line);

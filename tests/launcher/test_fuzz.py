@@ -1,6 +1,7 @@
-"""A short run of numa-exec's libFuzzer harnesses (launcher/fuzz): the parsers of cpulists, bus
-ids, procfs/sysfs files and the *_VISIBLE_DEVICES/rank rule, under ASan and UBSan, from the
-committed seeds. The longer run is ``launcher/fuzz/run 20`` (20 s per harness; README, "numa-exec").
+"""clang over numa-exec: its static analyzer, and a short run of its libFuzzer harnesses
+(launcher/fuzz) over the parsers of cpulists, bus ids, procfs/sysfs files and the
+*_VISIBLE_DEVICES/rank rule, under ASan and UBSan, from the committed seeds. The longer run is
+``launcher/fuzz/run 20`` (20 s per harness; docs/numa-exec.md, "Building").
 """
 
 from __future__ import annotations
@@ -29,3 +30,13 @@ def test_the_fuzzers_find_nothing_in_a_short_run() -> None:
             if line.startswith("stat::number_of_executed_units")]
     assert len(runs) == 3
     assert min(runs) > 100  # each harness really ran, not just started
+
+
+def test_clangs_static_analyzer_finds_nothing() -> None:
+    require_tool("clang")
+    require_tool("make")
+
+    result = subprocess.run(["make", "-s", "-C", str(SOURCE), "analyze"], capture_output=True,
+                            text=True, timeout=300, check=False)
+
+    assert result.returncode == 0, result.stdout + result.stderr
