@@ -34,7 +34,9 @@ import json, os, sys
 status = open("/proc/self/status").read().splitlines()
 cpus = next(l.split(":", 1)[1].strip() for l in status if l.startswith("Cpus_allowed_list:"))
 policies = sorted({line.split()[1] for line in open("/proc/self/numa_maps") if line.split()[1:]})
-print(json.dumps({"cpus": cpus, "policies": policies, "pid": os.getpid(), "argv": sys.argv[1:]}))
+raw = [os.fsencode(argument).hex() for argument in sys.argv[1:]]
+print(json.dumps({"cpus": cpus, "policies": policies, "pid": os.getpid(), "argv": sys.argv[1:],
+                  "raw": raw}))
 """
 
 
@@ -272,6 +274,19 @@ def test_arguments_pass_through_byte_for_byte(
 
     assert code == 0, stderr
     assert seen["argv"] == ARGUMENTS
+
+
+def test_bytes_that_are_not_utf8_pass_through_too(
+    real: Launcher, build_machine: BuildMachineFixture
+) -> None:
+    tree = build_machine(this_host())
+    binary = [b"\xff\xfe", b"caf\xe9", b"\x01\x7f", b"-"]
+    argv, env = real.prepare(tree, [sys.executable, "-c", REPORT], None, dry_run=False)
+
+    result = subprocess.run([*argv, *binary], env=env, capture_output=True, check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["raw"] == [argument.hex() for argument in binary]
 
 
 def test_the_command_keeps_numa_execs_pid(
