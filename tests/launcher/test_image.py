@@ -7,9 +7,16 @@ with: the webhook's init container command, the files the build copies, the char
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
-from gpunuma import names
+import yaml
+
+from gpunuma import __version__, names
 from gpunuma.webhook.mutation import INSTALL_COMMAND
 from tests.chart.test_image import dockerfile_instructions, included_by_dockerignore
 from tests.launcher.conftest import ROOT
@@ -84,3 +91,24 @@ def test_the_main_image_carries_the_binary_as_install_launchers_package_data() -
     copy_at = next(i for i, (k, a) in enumerate(keywords) if k == "COPY" and "launcher-build" in a)
     install_at = next(i for i, (k, a) in enumerate(keywords) if k == "RUN" and "pip install" in a)
     assert copy_at < install_at
+
+
+def test_gpunuma_inject_produces_pods_that_install_from_the_launcher_image(tmp_path: Path) -> None:
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: trainer\n"
+        "  annotations: {gpunuma.io/inject: 'true'}\nspec:\n  containers:\n"
+        "  - {name: main, image: pytorch, command: [torchrun], resources: {limits: {nvidia.com/gpu: 1}}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUNUMA_")}
+
+    result = subprocess.run([sys.executable, "-m", "gpunuma", "inject", "-f", str(manifest)],
+                            capture_output=True, text=True, check=False,
+                            env=env | {"PYTHONPATH": str(ROOT)})
+
+    assert result.returncode == 0, result.stderr
+    (init,) = yaml.safe_load(result.stdout)["spec"]["initContainers"]
+    launcher = dict(stages()["launcher"])
+    assert init["image"] == f"ghcr.io/gpunuma/numa-exec:{__version__}"
+    # What the image would run by itself (ENTRYPOINT + CMD) is what the pod asks it to run.
+    assert init["command"] == [*json.loads(launcher["ENTRYPOINT"]), *json.loads(launcher["CMD"])]
