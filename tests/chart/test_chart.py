@@ -320,7 +320,9 @@ def test_the_webhook_has_no_api_access_at_all(scenario: tuple[str, Rendered]) ->
     assert spec["automountServiceAccountToken"] is False
 
 
-def test_the_agent_may_write_only_gpunumalayouts_and_read_only_its_node(default: Rendered) -> None:
+def test_the_agent_may_write_only_gpunumalayouts_read_its_node_and_list_resourceslices(
+    default: Rendered,
+) -> None:
     bindings = bindings_of(default, f"{RELEASE}-agent")
     assert [b["kind"] for b in bindings] == ["ClusterRoleBinding"]
     role = default.one("ClusterRole", bindings[0]["roleRef"]["name"])
@@ -329,7 +331,9 @@ def test_the_agent_may_write_only_gpunumalayouts_and_read_only_its_node(default:
     writes = {(g, r) for g, r, v in grants if v in WRITE_VERBS}
     assert writes == {(names.CRD_GROUP, names.CRD_PLURAL)}
     assert {(g, r, v) for g, r, v in grants if r == "nodes"} == {("", "nodes", "get")}
-    assert all(v not in ("list", "watch") for _, _, v in grants)
+    # Listing DRA ResourceSlices is the one list: which GPU a ResourceClaim's device is.
+    assert {(g, r, v) for g, r, v in grants if v in ("list", "watch")} == {
+        ("resource.k8s.io", "resourceslices", "list")}
 
 
 def test_the_operator_reads_secrets_only_in_its_namespace_and_only_its_own(default: Rendered) -> None:
