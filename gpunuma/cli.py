@@ -16,6 +16,7 @@ from pathlib import Path
 from gpunuma import __version__, names
 from gpunuma.settings import (
     BACKENDS,
+    DEFAULT_GPU_CLAIMS,
     DEFAULT_GPU_RESOURCES,
     DEFAULT_KUBELET_SOCKET,
     DEFAULT_LAUNCHER_IMAGE,
@@ -254,6 +255,12 @@ def _add_mutation_arguments(parser: argparse.ArgumentParser, *, policy: bool = T
                         help="image of the init container that installs numa-exec "
                         "(env GPUNUMA_LAUNCHER_IMAGE)")
     _add_gpu_resources_argument(parser)
+    parser.add_argument("--gpu-claims", type=_csv,
+                        default=_csv(_env("GPU_CLAIMS", ",".join(DEFAULT_GPU_CLAIMS)) or ""),
+                        metavar="NAME,…",
+                        help="DRA: a container using a ResourceClaim whose name, or whose "
+                        "template's name, matches one of these globs is a GPU container; empty "
+                        f"for none (default {','.join(DEFAULT_GPU_CLAIMS)}; env GPUNUMA_GPU_CLAIMS)")
     if policy:
         parser.add_argument("--default-policy", choices=names.POLICIES,
                             default=_env("DEFAULT_POLICY", names.DEFAULT_POLICY),

@@ -18,6 +18,7 @@ from gpunuma import __version__, names
 __all__ = [
     "BACKENDS",
     "CERTIFICATE_MODES",
+    "DEFAULT_GPU_CLAIMS",
     "DEFAULT_GPU_RESOURCES",
     "DEFAULT_KUBELET_SOCKET",
     "AgentSettings",
@@ -46,7 +47,8 @@ def parse_listen(text: str) -> tuple[str | None, int]:
 
 @functools.lru_cache(maxsize=8)
 def gpu_resource_pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
-    """One expression for the ``--gpu-resources`` globs (``nvidia.com/mig-*``), matched whole.
+    """One expression for the ``--gpu-resources`` globs (``nvidia.com/mig-*``), matched whole
+    (also for the ``--gpu-claims`` globs).
 
     The webhook matches it against every resource of every pod, the agent against every resource
     the kubelet reports: compiled once, it is one regex call per resource. No globs match nothing.
@@ -60,6 +62,9 @@ Backend = Literal["auto", "sysfs", "nvml", "amdsmi"]
 BACKENDS: tuple[Backend, ...] = ("auto", "sysfs", "nvml", "amdsmi")
 
 DEFAULT_GPU_RESOURCES: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")
+# DRA: at admission a pod names its ResourceClaims (or their templates) but not their DeviceClass,
+# so a container counts as a GPU container when a claim it uses has a name matching these globs.
+DEFAULT_GPU_CLAIMS: tuple[str, ...] = ("*gpu*",)
 DEFAULT_LAUNCHER_IMAGE = f"ghcr.io/gpunuma/gpunuma:{__version__}"
 DEFAULT_KUBELET_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 
@@ -79,6 +84,7 @@ class MutationSettings:
 
     launcher_image: str = DEFAULT_LAUNCHER_IMAGE
     gpu_resources: tuple[str, ...] = DEFAULT_GPU_RESOURCES
+    gpu_claims: tuple[str, ...] = DEFAULT_GPU_CLAIMS  # empty: DRA claims select no container
     default_policy: str = names.DEFAULT_POLICY
     version: str = __version__
 

@@ -535,13 +535,16 @@ def test_the_webhook_container_starts_with_the_settings_the_chart_means(
     monkeypatch: pytest.MonkeyPatch, chart: Any,
 ) -> None:
     rendered = render(chart, {"defaultPolicy": "cpu-only", "gpuResources": ["amd.com/gpu"],
-                              "webhook": {"port": 9443}})
+                              "gpuClaims": ["mi300x-*", "*gpu*"], "webhook": {"port": 9443}})
     parsed = parse_as_the_container_would(monkeypatch, rendered, "webhook")
     assert parsed.listen == ":9443"  # every address, IPv4 and IPv6
     assert parsed.shutdown_delay == 5
     assert str(parsed.tls_cert_file) == "/etc/gpunuma/tls/tls.crt"
     assert str(parsed.tls_key_file) == "/etc/gpunuma/tls/tls.key"
     assert tuple(parsed.gpu_resources) == ("amd.com/gpu",)
+    assert tuple(parsed.gpu_claims) == ("mi300x-*", "*gpu*")
+    assert tuple(parse_as_the_container_would(monkeypatch, render(chart, {"gpuClaims": []}),
+                                              "webhook").gpu_claims) == ()
     assert parsed.default_policy == "cpu-only"
     assert parsed.launcher_image == "ghcr.io/gpunuma/gpunuma:0.1.0"
     container = rendered.pod_spec("webhook")["containers"][0]
