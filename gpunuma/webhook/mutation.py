@@ -403,7 +403,12 @@ def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str]
 
 
 def _is_zero(quantity: object) -> bool:
-    """True for a quantity of zero (``0``, ``"0"``, ``"0k"``): such a container has no GPU."""
+    """True for a quantity of zero (``0``, ``"0"``, ``"0k"``): such a container has no GPU.
+
+    ``null`` (a Helm value left empty) is zero too: Kubernetes decodes a null quantity as 0.
+    """
+    if quantity is None:
+        return True
     if isinstance(quantity, int) or (isinstance(quantity, str) and quantity.isdigit()):
         return int(quantity) == 0
     match = _QUANTITY_NUMBER.match(str(quantity))
