@@ -1,4 +1,4 @@
-"""The ``gpunuma`` command: one argparse entry for every component (DESIGN §2).
+"""The ``gpunuma`` command: one argparse entry for every component (docs/design.md §2).
 
 Each subcommand imports its component only when it runs, so that ``gpunuma install-launcher`` (run in
 every injected pod's init container) starts without loading kopf, the Kubernetes client or NVML.
@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     operator = commands.add_parser(
         "operator", help="run the operator: node labels, pod placement, stale detection, certs",
-        description="Run the kopf operator (DESIGN §8). Every flag also reads GPUNUMA_<FLAG>.",
+        description="Run the kopf operator (docs/operator.md). Every flag also reads "
+        "GPUNUMA_<FLAG>.",
     )
     _add_operator_arguments(operator)
     operator.set_defaults(handler=_run_operator)

@@ -405,14 +405,17 @@ def readme_section(heading: str) -> str:
 
 
 def test_the_notes_and_the_readme_install_the_kubectl_plugin_the_same_way(default: Rendered) -> None:
-    install = readme_section("Install with Helm")
-    assert "pip install ." in default.notes
-    assert "pip install ." in install
-    assert "pip install gpunuma" not in default.notes + install
+    readme = (CHART.parents[1] / "README.md").read_text()
+    first = next(line for line in readme.splitlines() if line.startswith("python3 -m venv"))
+    install = first.split(" && .venv/bin/gpunuma")[0]
+    assert install == "python3 -m venv .venv && .venv/bin/pip install ."
+    assert install in default.notes
+    assert 'export PATH="$PWD/.venv/bin:$PATH"' in default.notes + readme_section("Install on a cluster")
+    assert "pip install gpunuma" not in default.notes + readme
 
 
 def test_the_readme_builds_and_pushes_the_image_before_helm_install() -> None:
-    install = readme_section("Install with Helm")
+    install = readme_section("Install on a cluster")
     build, push, helm = (install.index(command) for command in ("docker build", "docker push",
                                                                  "helm install"))
     assert build < push < helm
@@ -423,7 +426,7 @@ def test_the_launcher_image_must_be_pullable_from_opted_in_namespaces_is_documen
     values = (CHART / "values.yaml").read_text()
     image_block = values[values.index("image:"):values.index("imagePullSecrets:")]
     assert "pullable from every opted-in namespace" in image_block
-    assert "pullable from every opted-in namespace" in readme_section("Limits")
+    assert "pullable from every opted-in namespace" in (CHART.parents[1] / "docs/limits.md").read_text()
 
 
 def test_the_privileged_namespace_label_is_asked_for_only_when_the_agent_runs(
