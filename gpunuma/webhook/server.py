@@ -269,7 +269,6 @@ class WebhookServer:
         return web.Response(status=503, text="shutting down\n")
 
 
-
 def _bad_request(reason: str) -> web.Response:
     return web.json_response({"reason": reason}, status=400)
 
