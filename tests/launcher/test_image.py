@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from gpunuma import __version__, names
-from gpunuma.webhook.mutation import INSTALL_COMMAND
+from gpunuma.webhook.mutation import INSTALL_COMMAND, LAUNCHER_UID
 from tests.chart.test_image import dockerfile_instructions, included_by_dockerignore
 from tests.launcher.conftest import ROOT
 
@@ -57,6 +57,8 @@ def test_it_runs_as_a_numeric_non_root_user() -> None:
 
     assert user.isdigit()
     assert int(user) != 0
+    # The webhook names this UID for the init container of pods that run as root.
+    assert int(user) == LAUNCHER_UID
     assert group.isdigit()
     assert int(group) != 0
 
