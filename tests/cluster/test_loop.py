@@ -7,6 +7,7 @@ the operator's watches use the server-side label selector of the real API server
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,13 @@ def socket_dir() -> Iterator[Path]:
     """A short directory for the unix sockets (paths are limited to 107 bytes)."""
     with tempfile.TemporaryDirectory(prefix="gn-cp-") as directory:
         yield Path(directory)
+
+
+def table(text: str) -> list[dict[str, str]]:
+    """kubectl-style columns (three spaces apart; a header or cell may hold single spaces)."""
+    header, *lines = text.splitlines()
+    names = re.split(r"\s{2,}", header.strip())
+    return [dict(zip(names, re.split(r"\s{2,}", line.strip()), strict=True)) for line in lines]
 
 
 def _node(cluster: ControlPlane, name: str) -> dict[str, Any]:
@@ -128,18 +136,21 @@ def _loop(cluster: ControlPlane, release: Release, documents: dict[str, dict[str
     assert annotations["gpunuma.io/numa-nodes"] == "1"
     assert annotations["gpunuma.io/cpuset"] == numa1
 
-    # The kubectl plugin, run by kubectl, as the admin.
+    # The kubectl plugin, run by kubectl, as the admin; tables read by their headers.
     shims = tmp_path / "plugins"
-    nodes = agents.kubectl_gpunuma(["nodes"], cluster.admin_kubeconfig, shims)
+    nodes = agents.kubectl_gpunuma(["nodes", "-o", "wide"], cluster.admin_kubeconfig, shims)
     assert nodes.returncode == 0, nodes.stderr
-    rows = {line.split()[0]: line for line in nodes.stdout.splitlines()[1:]}
-    assert "4-4" in rows["gpu-a"]
-    assert documents["gpu-b"]["labels"]["gpunuma.io/layout"] in rows["gpu-b"]
-    assert all(" yes " in rows[name] for name in NODES)  # LABELED
+    rows = {row["NODE"]: row for row in table(nodes.stdout)}
+    for name, document in documents.items():
+        assert rows[name]["LAYOUT"] == document["labels"]["gpunuma.io/layout"], nodes.stdout
+        assert rows[name]["GPUS"] == "8", nodes.stdout
+        assert rows[name]["LABELED"] == "yes", nodes.stdout
+        assert rows[name]["STALE"] == "no", nodes.stdout
     pods = agents.kubectl_gpunuma(["pods", "-A"], cluster.admin_kubeconfig, shims)
     assert pods.returncode == 0, pods.stderr
-    row = next(line.split() for line in pods.stdout.splitlines() if "trainer-0" in line)
-    assert row == ["ml", "trainer-0", "gpu-a", "strict", "trainer", "1", numa1]
+    (row,) = [row for row in table(pods.stdout) if row["POD"] == "trainer-0"]
+    assert (row["NAMESPACE"], row["NODE"], row["POLICY"], row["NUMA NODES"], row["CPUSET"]) == (
+        "ml", "gpu-a", "strict", "1", numa1), pods.stdout
     explain = agents.kubectl_gpunuma(["explain", "trainer-0", "-n", "ml"],
                                      cluster.admin_kubeconfig, shims)
     assert explain.returncode == 0, explain.stderr
