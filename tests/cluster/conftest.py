@@ -119,12 +119,18 @@ def webhook(release: Release, operator: Process,
     configuration = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/" \
                     f"{release.name}"
 
+    secrets = f"/api/v1/namespaces/{release.namespace}/secrets"
+
     def bundle_written() -> bool:
+        # The operator patches the bundle first and writes the Secrets after: wait for both.
         webhooks = cluster.request("GET", configuration)["webhooks"]
-        return all(w["clientConfig"].get("caBundle") for w in webhooks)
+        names = {item["metadata"]["name"] for item in cluster.request("GET", secrets)["items"]}
+        return (all(w["clientConfig"].get("caBundle") for w in webhooks)
+                and f"{release.name}-webhook-tls" in names)
 
     try:
-        cluster.wait_for("the operator to write the webhook's CA bundle", bundle_written, 90)
+        cluster.wait_for("the operator to write the webhook's CA bundle and Secret",
+                         bundle_written, 120)
     except AssertionError as error:
         raise AssertionError(f"{error}\n--- operator ---\n{operator.tail()}") from None
     assert secret.endswith("/tls.crt"), env
