@@ -29,7 +29,7 @@ NODES_TABLE = (
 gpu-a                 8      2      4-4               0:0-3 1:4-7               sysfs    yes       no      4m
 gpu-b                 2      2      unknown           ?:0-1                     sysfs    yes       yes     1h
 gpu-c                 8      8      0-2-0-2-0-2-0-2   1:2-3 3:0-1 5:6-7 7:4-5   sysfs    no        no      3m
-gpu-old (node gone)   1      1      1                 0:0                       sysfs    no        no      5h
+gpu-old (node gone)   1      1      1                 0:0                       sysfs    no        yes     5h
 """)
 
 PODS_TABLE = """\
