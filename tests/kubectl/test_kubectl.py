@@ -294,6 +294,21 @@ def test_containers_named_by_annotation_are_selected_without_gpu_requests() -> N
     assert "the webhook did not mutate this pod" in text
 
 
+def test_a_container_using_a_gpu_claim_is_selected_and_shows_the_claim() -> None:
+    """DRA: selected by the claim's name, as the webhook selects it; a NIC claim's is not."""
+    server = {"name": "server", "image": "vllm/vllm-openai:v0.6.3", "command": ["serve"],
+              "resources": {"claims": [{"name": "gpu"}, {"name": "rdma"}]}}
+    router = {"name": "router", "image": "img", "command": ["route"],
+              "resources": {"claims": [{"name": "rdma"}]}}
+    pod = pod_object("ml", "vllm-dra", [server, router], annotations={names.ANNOTATION_INJECT: "true"})
+    pod["spec"]["resourceClaims"] = [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"},
+                                     {"name": "rdma", "resourceClaimName": "ib-nic"}]
+    assert mutate(pod, MutationSettings()).wrapped == ("server",)
+    text = explain(pod, {"metadata": {"name": "ml"}})
+    assert "  server   claim gpu     would be wrapped, had the webhook mutated the pod\n" in text
+    assert "  router   -             not selected: requests no GPU\n" in text
+
+
 def test_a_zero_gpu_quantity_is_no_gpu_request_as_for_the_webhook() -> None:
     pod = pod_object("ml", "zero-0", [gpu_container("app", ["run"], 0)],
                      annotations={names.ANNOTATION_INJECT: "true"})
