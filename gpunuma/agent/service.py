@@ -367,9 +367,13 @@ async def run_agent(settings: AgentSettings, *, discover: Discover | None = None
         loop.add_signal_handler(signum, stop.set)
     if settings.kubeconfig is None:
         connection = await asyncio.to_thread(Connection.in_cluster)
+        kube = KubeClient(connection, user_agent="gpunuma-agent")
     else:
-        connection = await asyncio.to_thread(Connection.from_kubeconfig, settings.kubeconfig)
-    kube = KubeClient(connection, user_agent="gpunuma-agent")
+        kubeconfig = settings.kubeconfig
+        connection = await asyncio.to_thread(Connection.from_kubeconfig, kubeconfig)
+        # After a 401 the kubeconfig is read again: a fresh exec-plugin token or token file.
+        kube = KubeClient(connection, login=lambda: Connection.from_kubeconfig(kubeconfig),
+                          user_agent="gpunuma-agent")
     kubelet = PodResourcesClient(settings.kubelet_socket, timeout=settings.kubelet_timeout)
     agent = Agent(settings, kube=kube, kubelet=kubelet, discover=discover)
     # The loop wakes at least every interval (a pass may wait out one discovery timeout); three

@@ -12,7 +12,6 @@ into an RFC 6902 patch by diffing, never by hand-written paths.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from gpunuma.webhook import patchdiff
 
 __all__ = [
     "INSTALL_COMMAND",
+    "LAUNCHER_UID",
     "MIRROR_POD_ANNOTATION",
     "POLICY_ENV",
     "WARNING_LIMIT",
@@ -34,7 +34,6 @@ __all__ = [
     "json_patch",
     "listed_containers",
     "mutate",
-    "mutation_settings",
     "selected_containers",
     "warning_line",
 ]
@@ -42,6 +41,8 @@ __all__ = [
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 POLICY_ENV = "GPUNUMA_POLICY"
 INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
+# The launcher image's USER (the Dockerfile's 65532:65532), named only for pods that run as root.
+LAUNCHER_UID = 65532
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
 WARNING_LIMIT = 120
 
@@ -185,8 +186,9 @@ def mutate(
         # Ours runs first, before any wrapped init container. One already there is kept as it is
         # (on reinvocation the API server has defaulted its fields), only moved to the front
         # should another webhook have put something before it.
-        launcher = next((c for c in init_containers if _is_launcher(c)), None) or (
-            _launcher_container(settings, best_effort=_is_best_effort(containers, init_containers)))
+        existing = next((c for c in init_containers if _is_launcher(c)), None)
+        launcher = _runs_as_pod_user(existing or _launcher_container(
+            settings, best_effort=_is_best_effort(containers, init_containers)), spec)
         new_spec["initContainers"] = [launcher, *(changed_containers.get(c["name"], c)
                                                   for c in init_containers if not _is_launcher(c))]
         if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
@@ -197,16 +199,6 @@ def mutate(
     return Mutation(
         new_pod if patch else pod, patch, None, tuple(warnings),
         "mutated" if patch else "already mutated", tuple(wrapped), tuple(skipped),
-    )
-
-
-def mutation_settings(args: argparse.Namespace) -> MutationSettings:
-    """The settings of ``gpunuma webhook`` and ``gpunuma inject`` flags. Raises ValueError."""
-    return MutationSettings(
-        launcher_image=args.launcher_image,
-        gpu_resources=tuple(args.gpu_resources),
-        gpu_claims=tuple(getattr(args, "gpu_claims", DEFAULT_GPU_CLAIMS)),
-        default_policy=getattr(args, "default_policy", None) or names.DEFAULT_POLICY,
     )
 
 
@@ -352,7 +344,12 @@ def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str]
 
 
 def _is_zero(quantity: object) -> bool:
-    """True for a quantity of zero (``0``, ``"0"``, ``"0k"``): such a container has no GPU."""
+    """True for a quantity of zero (``0``, ``"0"``, ``"0k"``): such a container has no GPU.
+
+    ``null`` (a Helm value left empty) is zero too: Kubernetes decodes a null quantity as 0.
+    """
+    if quantity is None:
+        return True
     if isinstance(quantity, int) or (isinstance(quantity, str) and quantity.isdigit()):
         return int(quantity) == 0
     match = _QUANTITY_NUMBER.match(str(quantity))
@@ -462,6 +459,25 @@ def _launcher_container(settings: MutationSettings, *, best_effort: bool) -> dic
     if not best_effort:
         container["resources"] = {key: dict(value) for key, value in _LAUNCHER_RESOURCES.items()}
     return container
+
+
+def _runs_as_pod_user(launcher: Mapping[str, Any], spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``launcher`` fitted to the UID the pod sets for every container.
+
+    A pod-level ``runAsUser: 0`` applies to our init container too, and the kubelet refuses to
+    start a container that says ``runAsNonRoot: true`` with UID 0: the whole pod would stay
+    Pending. Such a pod is one that a policy lets choose its UID (Pod Security "restricted" and
+    OpenShift's range-assigning SCCs reject UID 0 before it gets here), so ours names the launcher
+    image's own non-root UID. Any other pod gets no UID from us: it is then the pod's non-zero
+    one, the one OpenShift assigns, or the image's numeric USER.
+    """
+    pod_context = spec.get("securityContext")
+    context = launcher.get("securityContext")
+    if not (isinstance(pod_context, dict) and pod_context.get("runAsUser") == 0
+            and isinstance(context, dict) and context.get("runAsNonRoot") is True
+            and "runAsUser" not in context):
+        return launcher
+    return {**launcher, "securityContext": {**context, "runAsUser": LAUNCHER_UID}}
 
 
 def _is_best_effort(*container_lists: Sequence[Mapping[str, Any]]) -> bool:

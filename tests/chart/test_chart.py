@@ -484,11 +484,16 @@ def test_the_webhook_is_highly_available_with_https_probes(default: Rendered) ->
     assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-def test_the_operator_runs_two_peered_replicas(default: Rendered) -> None:
+def test_the_operator_runs_two_peered_replicas(
+    monkeypatch: pytest.MonkeyPatch, default: Rendered, chart: Any,
+) -> None:
     assert default.workload("operator")["spec"]["replicas"] == 2
     peering = default.one("ClusterKopfPeering")
     assert default.env("operator")["GPUNUMA_PEERING_NAME"] == peering["metadata"]["name"]
-    assert default.env("operator")["GPUNUMA_HEARTBEAT_INTERVAL"] == default.env("agent")["GPUNUMA_HEARTBEAT"]
+    # The operator judges staleness by the agent's heartbeat, by default and when it is set.
+    for rendered in (default, render(chart, {"agent": {"heartbeatSeconds": 120}})):
+        heartbeat = parse_as_the_container_would(monkeypatch, rendered, "agent").heartbeat
+        assert parse_as_the_container_would(monkeypatch, rendered, "operator").heartbeat_interval == heartbeat
 
 
 def test_every_container_requests_resources(scenario: tuple[str, Rendered]) -> None:
@@ -605,3 +610,39 @@ def test_without_a_webhook_the_operator_manages_no_certificates(
     assert rendered.of_kind("MutatingWebhookConfiguration") == []
     parsed = parse_as_the_container_would(monkeypatch, rendered, "operator")
     assert parsed.certificates == "none"
+
+
+@pytest.mark.parametrize(("component", "settings_class"), [
+    ("agent", "AgentSettings"), ("operator", "OperatorSettings"), ("webhook", "WebhookSettings"),
+])
+def test_every_variable_the_chart_sets_is_a_setting_of_its_component(
+    component: str, settings_class: str, scenario: tuple[str, Rendered],
+) -> None:
+    """A variable the process does not read would be silently ignored: each one the chart sets
+    must be defined by the component's settings (gpunuma/settings.py, where each is defined once)."""
+    from gpunuma import settings
+
+    _, rendered = scenario
+    workloads = [doc for doc in rendered.of_kind("DaemonSet") + rendered.of_kind("Deployment")
+                 if doc["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+    if not workloads:
+        return  # the component is disabled in this scenario
+    env = rendered.env(component)
+    known = {option.env for _, _, option in settings.options(getattr(settings, settings_class))}
+    unknown = {name for name in env if name.startswith("GPUNUMA_")} - known
+    assert not unknown, f"{component}: the chart sets {sorted(unknown)}, which gpunuma never reads"
+
+
+def test_a_value_that_defaults_to_null_passes_nothing_until_it_is_set(
+    monkeypatch: pytest.MonkeyPatch, default: Rendered, chart: Any,
+) -> None:
+    from gpunuma.settings import AgentSettings
+
+    assert "GPUNUMA_INTERVAL" not in default.env("agent")
+    assert parse_as_the_container_would(monkeypatch, default, "agent").interval == AgentSettings(
+        node_name="n").interval
+    monkeypatch.delenv("GPUNUMA_INTERVAL", raising=False)
+    rendered = render(chart, {"agent": {"intervalSeconds": 90, "discoveryTimeoutSeconds": 45}})
+    assert rendered.env("agent")["GPUNUMA_INTERVAL"] == "90"
+    parsed = parse_as_the_container_would(monkeypatch, rendered, "agent")
+    assert (parsed.interval, parsed.discovery_timeout) == (90, 45)

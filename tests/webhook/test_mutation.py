@@ -16,6 +16,7 @@ from gpunuma.webhook.mutation import (
     WARNING_LIMIT,
     InvalidPod,
     Mutation,
+    gpu_requests,
     json_patch,
     mutate,
 )
@@ -190,6 +191,16 @@ def test_a_pod_without_gpu_containers_gets_no_patch():
 def test_a_zero_gpu_limit_is_not_a_gpu_request():
     pod = gpu_pod(command=["run"], resources={"limits": {"nvidia.com/gpu": "0"}})
     assert not mutate(pod, SETTINGS).changed
+
+
+@pytest.mark.parametrize("policy", ["preferred", "strict"])
+def test_a_null_gpu_quantity_is_not_a_gpu_request(policy):
+    # A Helm value left empty renders `nvidia.com/gpu: null`, which Kubernetes reads as 0.
+    pod = gpu_pod(annotations={**pods.OPT_IN, names.ANNOTATION_POLICY: policy},
+                  resources={"limits": {"nvidia.com/gpu": None}, "requests": {"amd.com/gpu": None}})
+    result = mutate(pod, SETTINGS)  # no command: strict would refuse a GPU container
+    assert (result.changed, result.denial, result.reason) == (False, None, "no GPU containers")
+    assert gpu_requests(pod["spec"]["containers"][0], SETTINGS.gpu_resources) == {}
 
 
 def test_gpu_requests_count_as_well_as_limits():
