@@ -27,7 +27,7 @@ NODE                  GPUS   NUMA   LAYOUT            SOURCE   STALE   HEARTBEAT
 gpu-a                 8      2      4-4               sysfs    no      4m
 gpu-b                 2      2      unknown           sysfs    yes     1h
 gpu-c                 8      8      0-2-0-2-0-2-0-2   sysfs    no      3m
-gpu-old (node gone)   1      1      1                 sysfs    no      5h
+gpu-old (node gone)   1      1      1                 sysfs    yes     5h
 """
 
 NODES_TABLE_WIDE = (
