@@ -239,6 +239,18 @@ def selected_containers(pod: Mapping[str, Any], gpu_resources: Sequence[str],
                    gpu_resources, [], gpu_claims=_gpu_claim_names(spec, gpu_claims))
 
 
+def gpu_claims_used(pod: Mapping[str, Any], container: Mapping[str, Any],
+                    gpu_claims: Sequence[str] = DEFAULT_GPU_CLAIMS) -> list[str]:
+    """The pod's GPU claims (see ``--gpu-claims``) this container uses, by their names in the pod.
+    Raises ``InvalidPod``."""
+    spec = _mapping(pod, "spec", "spec") or {}
+    claims = _gpu_claim_names(spec, gpu_claims)
+    resources = container.get("resources")
+    used = resources.get("claims") if isinstance(resources, dict) else None
+    return [str(item["name"]) for item in used or []
+            if isinstance(item, dict) and item.get("name") in claims]
+
+
 def _gpu_claim_names(spec: Mapping[str, Any], globs: Sequence[str]) -> frozenset[str]:
     """The names of the pod's ``resourceClaims`` entries that stand for GPUs: the entry's own name,
     its ResourceClaim's or its ResourceClaimTemplate's matches a ``--gpu-claims`` glob.
@@ -305,9 +317,9 @@ def _uses_claim(container: Mapping[str, Any], claims: frozenset[str]) -> bool:
         return False
     resources = container.get("resources")
     used = resources.get("claims") if isinstance(resources, dict) else None
-    if not isinstance(used, list):
-        return False
-    return any(isinstance(item, dict) and item.get("name") in claims for item in used)
+    if used is not None and not isinstance(used, list):
+        raise InvalidPod(f"container {container['name']!r}: resources.claims must be a list")
+    return any(isinstance(item, dict) and item.get("name") in claims for item in used or [])
 
 
 def _requests_gpu(container: Mapping[str, Any], gpu_resources: re.Pattern[str]) -> bool:
