@@ -40,6 +40,7 @@ __all__ = [
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 POLICY_ENV = "GPUNUMA_POLICY"
 INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
+_INSTALL_COMMAND_LIST = list(INSTALL_COMMAND)  # compared with, never handed out
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
 WARNING_LIMIT = 120
 
@@ -422,7 +423,7 @@ def _is_windows(spec: Mapping[str, Any]) -> bool:
 def _is_launcher(container: Mapping[str, Any]) -> bool:
     """Our init container: its name and the command only gpunuma gives it."""
     return (container.get("name") == names.LAUNCHER_INIT_CONTAINER
-            and container.get("command") == list(INSTALL_COMMAND))
+            and container.get("command") == _INSTALL_COMMAND_LIST)
 
 
 def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str]) -> None:
