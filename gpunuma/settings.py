@@ -42,6 +42,7 @@ from gpunuma import __version__, names
 __all__ = [
     "BACKENDS",
     "CERTIFICATE_MODES",
+    "DEFAULT_GPU_CLAIMS",
     "DEFAULT_GPU_RESOURCES",
     "DEFAULT_KUBELET_SOCKET",
     "DEFAULT_LAUNCHER_IMAGE",
@@ -178,7 +179,8 @@ def parse_listen(text: str) -> tuple[str | None, int]:
 
 @functools.lru_cache(maxsize=8)
 def gpu_resource_pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
-    """One expression for the ``--gpu-resources`` globs (``nvidia.com/mig-*``), matched whole.
+    """One expression for the ``--gpu-resources`` globs (``nvidia.com/mig-*``), matched whole
+    (also for the ``--gpu-claims`` globs).
 
     The webhook matches it against every resource of every pod, the agent against every resource
     the kubelet reports: compiled once, it is one regex call per resource. No globs match nothing.
@@ -192,6 +194,9 @@ Backend = Literal["auto", "sysfs", "nvml", "amdsmi"]
 BACKENDS: tuple[Backend, ...] = ("auto", "sysfs", "nvml", "amdsmi")
 
 DEFAULT_GPU_RESOURCES: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")
+# DRA: at admission a pod names its ResourceClaims (or their templates) but not their DeviceClass,
+# so a container counts as a GPU container when a claim it uses has a name matching these globs.
+DEFAULT_GPU_CLAIMS: tuple[str, ...] = ("*gpu*",)
 DEFAULT_LAUNCHER_IMAGE = f"ghcr.io/gpunuma/gpunuma:{__version__}"
 DEFAULT_KUBELET_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 
@@ -226,6 +231,10 @@ class MutationSettings:
     gpu_resources: tuple[str, ...] = _gpu_resources()
     default_policy: str = setting(names.DEFAULT_POLICY, "--default-policy", choices=names.POLICIES,
                                   help="policy for pods that do not set gpunuma.io/policy")
+    gpu_claims: tuple[str, ...] = setting(
+        DEFAULT_GPU_CLAIMS, "--gpu-claims", parse=csv, metavar="NAME,…",
+        help="DRA: a container using a ResourceClaim whose name, or whose template's name, matches "
+        "one of these globs is a GPU container; empty for none")
     version: str = __version__
 
     def __post_init__(self) -> None:

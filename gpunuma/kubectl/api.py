@@ -65,24 +65,35 @@ class KubeApi:
             return ClusterError(f"cannot reach the cluster at {self.server} to {what}: {exc.message}")
         return ClusterError(f"cannot {what}: HTTP {exc.status} {exc.message}")
 
+    def _not_installed(self) -> ClusterError:
+        return ClusterError(
+            f"gpunuma is not installed in this cluster: the GPUNumaLayout CRD "
+            f"({names.CRD_PLURAL}.{names.CRD_GROUP}) was not found at {self.server}. "
+            "Install the chart (helm install gpunuma charts/gpunuma -n gpunuma-system "
+            "--create-namespace), or check --context."
+        )
+
     async def list_layouts(self) -> list[dict[str, Any]]:
         found = await self._get("list GPUNumaLayouts", LAYOUTS)
         if found is None:
-            raise ClusterError(
-                f"gpunuma is not installed in this cluster: the GPUNumaLayout CRD "
-                f"({names.CRD_PLURAL}.{names.CRD_GROUP}) was not found at {self.server}. "
-                "Install the chart (helm install gpunuma charts/gpunuma -n gpunuma-system "
-                "--create-namespace), or check --context."
-            )
+            raise self._not_installed()
         items: list[dict[str, Any]] = found.get("items") or []
         return items
 
-    async def list_nodes(self) -> list[dict[str, Any]]:
-        found = await self._get("list nodes", "/api/v1/nodes")
+    async def require_installed(self) -> None:
+        """Raise the plain "gpunuma is not installed" error when the GPUNumaLayout API is not served."""
+        if await self._get("list GPUNumaLayouts", LAYOUTS, limit=1) is None:
+            raise self._not_installed()
+
+    async def list_nodes(self, selector: str | None = None) -> list[dict[str, Any]]:
+        query: dict[str, str | int] = {"labelSelector": selector} if selector else {}
+        found = await self._get("list nodes", "/api/v1/nodes", **query)
         return list((found or {}).get("items") or [])
 
-    async def list_managed_pods(self, namespace: str | None) -> list[dict[str, Any]]:
-        selector = f"{names.LABEL_MANAGED}=true"
+    async def list_managed_pods(
+        self, namespace: str | None, selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        selector = ",".join(filter(None, (f"{names.LABEL_MANAGED}=true", selector)))
         if namespace is None:
             found = await self._get("list pods", "/api/v1/pods", labelSelector=selector)
         else:

@@ -320,7 +320,9 @@ def test_the_webhook_has_no_api_access_at_all(scenario: tuple[str, Rendered]) ->
     assert spec["automountServiceAccountToken"] is False
 
 
-def test_the_agent_may_write_only_gpunumalayouts_and_read_only_its_node(default: Rendered) -> None:
+def test_the_agent_may_write_only_gpunumalayouts_read_its_node_and_list_resourceslices(
+    default: Rendered,
+) -> None:
     bindings = bindings_of(default, f"{RELEASE}-agent")
     assert [b["kind"] for b in bindings] == ["ClusterRoleBinding"]
     role = default.one("ClusterRole", bindings[0]["roleRef"]["name"])
@@ -329,7 +331,9 @@ def test_the_agent_may_write_only_gpunumalayouts_and_read_only_its_node(default:
     writes = {(g, r) for g, r, v in grants if v in WRITE_VERBS}
     assert writes == {(names.CRD_GROUP, names.CRD_PLURAL)}
     assert {(g, r, v) for g, r, v in grants if r == "nodes"} == {("", "nodes", "get")}
-    assert all(v not in ("list", "watch") for _, _, v in grants)
+    # Listing DRA ResourceSlices is the one list: which GPU a ResourceClaim's device is.
+    assert {(g, r, v) for g, r, v in grants if v in ("list", "watch")} == {
+        ("resource.k8s.io", "resourceslices", "list")}
 
 
 def test_the_operator_reads_secrets_only_in_its_namespace_and_only_its_own(default: Rendered) -> None:
@@ -539,13 +543,16 @@ def test_the_webhook_container_starts_with_the_settings_the_chart_means(
     monkeypatch: pytest.MonkeyPatch, chart: Any,
 ) -> None:
     rendered = render(chart, {"defaultPolicy": "cpu-only", "gpuResources": ["amd.com/gpu"],
-                              "webhook": {"port": 9443}})
+                              "gpuClaims": ["mi300x-*", "*gpu*"], "webhook": {"port": 9443}})
     parsed = parse_as_the_container_would(monkeypatch, rendered, "webhook")
     assert parsed.listen == ":9443"  # every address, IPv4 and IPv6
     assert parsed.shutdown_delay == 5
     assert str(parsed.tls_cert_file) == "/etc/gpunuma/tls/tls.crt"
     assert str(parsed.tls_key_file) == "/etc/gpunuma/tls/tls.key"
     assert tuple(parsed.gpu_resources) == ("amd.com/gpu",)
+    assert tuple(parsed.gpu_claims) == ("mi300x-*", "*gpu*")
+    assert tuple(parse_as_the_container_would(monkeypatch, render(chart, {"gpuClaims": []}),
+                                              "webhook").gpu_claims) == ()
     assert parsed.default_policy == "cpu-only"
     assert parsed.launcher_image == "ghcr.io/gpunuma/gpunuma:0.1.0"
     container = rendered.pod_spec("webhook")["containers"][0]

@@ -128,6 +128,7 @@ env:
   kubeletSocket: GPUNUMA_KUBELET_SOCKET
   listen: GPUNUMA_LISTEN
   gpuResources: GPUNUMA_GPU_RESOURCES
+  gpuClaims: GPUNUMA_GPU_CLAIMS
   defaultPolicy: GPUNUMA_DEFAULT_POLICY
   launcherImage: GPUNUMA_LAUNCHER_IMAGE
   tlsCertFile: GPUNUMA_TLS_CERT_FILE
