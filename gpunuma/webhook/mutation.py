@@ -44,6 +44,8 @@ POLICY_ENV = "GPUNUMA_POLICY"
 INSTALL_COMMAND: tuple[str, ...] = ("/numa-exec", "--install", names.LAUNCHER_MOUNT_PATH)
 # What releases before the launcher image injected: still ours when a pod comes back through.
 _LEGACY_INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
+# The two as lists, to compare with a container's command (never handed out).
+_INSTALL_COMMANDS = (list(INSTALL_COMMAND), list(_LEGACY_INSTALL_COMMAND))
 # The launcher image's USER (the Dockerfile's 65532:65532), named only for pods that run as root.
 LAUNCHER_UID = 65532
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
@@ -502,7 +504,7 @@ def _is_windows(spec: Mapping[str, Any]) -> bool:
 def _is_launcher(container: Mapping[str, Any]) -> bool:
     """Our init container: its name and the command only gpunuma gives it."""
     return (container.get("name") == names.LAUNCHER_INIT_CONTAINER
-            and container.get("command") in (list(INSTALL_COMMAND), list(_LEGACY_INSTALL_COMMAND)))
+            and container.get("command") in _INSTALL_COMMANDS)
 
 
 def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str]) -> None:
