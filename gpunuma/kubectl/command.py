@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import sys
 from collections.abc import Sequence
@@ -99,15 +100,11 @@ def pod_name(argument: str) -> str:
     return name
 
 
-def _selector(*parts: str | None) -> str | None:
-    return ",".join(part for part in parts if part) or None
-
-
-def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
+async def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
     """The command's output; raises ClusterError for what the user must fix."""
     if args.command == "nodes":
-        layouts = api.list_layouts()  # also says plainly when gpunuma is not installed
-        nodes = api.list_nodes(args.selector)
+        layouts = await api.list_layouts()  # also says plainly when gpunuma is not installed
+        nodes = await api.list_nodes(args.selector)
         if args.selector:
             chosen = {(node.get("metadata") or {}).get("name") for node in nodes}
             layouts = [layout for layout in layouts if (layout.get("metadata") or {}).get("name") in chosen]
@@ -120,29 +117,34 @@ def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
         return render(NODE_COLUMNS, rows, args.output)
     namespace = None if args.all_namespaces else (args.namespace or api.namespace)
     if args.command == "pods":
-        rows = pod_rows(api.list_managed_pods(namespace, args.selector), all_namespaces=namespace is None)
+        pods = await api.list_managed_pods(namespace, args.selector)
+        rows = pod_rows(pods, all_namespaces=namespace is None)
         if not rows and args.output in ("table", "wide"):
-            api.require_installed()
+            await api.require_installed()
             where = "any namespace" if namespace is None else f"namespace {namespace}"
             matching = f" matching {args.selector}" if args.selector else ""
             return f"No gpunuma-managed pods{matching} in {where}.\n"
         return render(pod_columns(all_namespaces=namespace is None), rows, args.output)
     assert namespace is not None  # parse() refuses -A for explain
-    api.require_installed()
-    pod = api.read_pod(namespace, args.pod)
+    await api.require_installed()
+    pod = await api.read_pod(namespace, args.pod)
     if pod is None:
         raise ClusterError(f'pod "{args.pod}" not found in namespace {namespace}')
-    logs = {name: api.read_log_head(namespace, args.pod, name) for name in wrapped_of(pod)}
+    logs = {name: await api.read_log_head(namespace, args.pod, name) for name in wrapped_of(pod)}
     gpu_resources = [item.strip() for item in args.gpu_resources.split(",") if item.strip()]
-    return explain(pod, api.read_namespace(namespace), gpu_resources=gpu_resources, logs=logs,
-                   excluded_namespaces=excluded_namespaces(api.list_webhook_configurations()))
+    return explain(pod, await api.read_namespace(namespace), gpu_resources=gpu_resources, logs=logs,
+                   excluded_namespaces=excluded_namespaces(await api.list_webhook_configurations()))
+
+
+async def _run(args: argparse.Namespace) -> str:
+    async with KubeApi(args.kubeconfig, args.context) as api:
+        return await run(args, api, dt.datetime.now(dt.UTC))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     try:
-        api = KubeApi(args.kubeconfig, args.context)
-        output = run(args, api, dt.datetime.now(dt.UTC))
+        output = asyncio.run(_run(args))
     except ClusterError as exc:
         print(f"kubectl gpunuma: {exc}", file=sys.stderr)
         return EXIT_ERROR

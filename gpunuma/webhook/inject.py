@@ -13,7 +13,6 @@ made from it gets no further patch from the webhook.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from collections.abc import Iterable, Sequence
@@ -24,7 +23,7 @@ from typing import Any
 from gpunuma import names
 from gpunuma.settings import MutationSettings
 from gpunuma.webhook.kubeyaml import KubeYAMLError, read
-from gpunuma.webhook.mutation import InvalidPod, mutate, mutation_settings
+from gpunuma.webhook.mutation import InvalidPod, mutate
 
 __all__ = ["InjectResult", "inject_documents", "inject_text", "main"]
 
@@ -160,18 +159,13 @@ def inject_text(
                             in zip(documents, result.documents, strict=True)), result
 
 
-def main(args: argparse.Namespace) -> int:
-    """Entry of ``gpunuma inject`` (flags in ``gpunuma.cli``)."""
+def main(settings: MutationSettings, filename: str, *, policy: str | None = None,
+         containers: Sequence[str] | None = None) -> int:
+    """Entry of ``gpunuma inject`` (flags and their conversion in ``gpunuma.cli``)."""
+    source = "standard input" if filename == "-" else filename
     try:
-        settings = mutation_settings(args)
-    except ValueError as exc:
-        print(f"gpunuma inject: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    source = "standard input" if args.filename == "-" else args.filename
-    try:
-        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
-        output, result = inject_text(text, settings, policy=args.policy,
-                                     containers=args.containers)
+        text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
+        output, result = inject_text(text, settings, policy=policy, containers=containers)
     except OSError as exc:
         print(f"gpunuma inject: cannot read {source}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,7 +12,6 @@ into an RFC 6902 patch by diffing, never by hand-written paths.
 
 from __future__ import annotations
 
-import argparse
 import posixpath
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from gpunuma import names
-from gpunuma.settings import MutationSettings, gpu_resource_pattern
+from gpunuma.settings import DEFAULT_GPU_CLAIMS, MutationSettings, gpu_resource_pattern
 from gpunuma.webhook import patchdiff
 
 __all__ = [
@@ -37,7 +36,6 @@ __all__ = [
     "json_patch",
     "listed_containers",
     "mutate",
-    "mutation_settings",
     "selected_containers",
     "warning_line",
 ]
@@ -136,7 +134,8 @@ def mutate(
     init_containers = _named_list(spec, "initContainers")
     volumes = _named_list(spec, "volumes")
     policy = _policy(annotations, settings.default_policy, warnings)
-    selected = _select(annotations, init_containers, containers, settings.gpu_resources, warnings)
+    selected = _select(annotations, init_containers, containers, settings.gpu_resources, warnings,
+                       gpu_claims=_gpu_claim_names(spec, settings.gpu_claims))
     if not selected:
         return unchanged("no GPU containers")
     if _is_windows(spec):
@@ -206,15 +205,6 @@ def mutate(
     )
 
 
-def mutation_settings(args: argparse.Namespace) -> MutationSettings:
-    """The settings of ``gpunuma webhook`` and ``gpunuma inject`` flags. Raises ValueError."""
-    return MutationSettings(
-        launcher_image=args.launcher_image,
-        gpu_resources=tuple(args.gpu_resources),
-        default_policy=getattr(args, "default_policy", None) or names.DEFAULT_POLICY,
-    )
-
-
 def json_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The RFC 6902 patch that turns ``original`` into ``mutated`` (empty when they are equal).
 
@@ -239,13 +229,35 @@ def _policy(annotations: Mapping[str, str], default: str, warnings: list[str]) -
     return default
 
 
-def selected_containers(pod: Mapping[str, Any], gpu_resources: Sequence[str]) -> set[str]:
+def selected_containers(pod: Mapping[str, Any], gpu_resources: Sequence[str],
+                        gpu_claims: Sequence[str] = DEFAULT_GPU_CLAIMS) -> set[str]:
     """Names of the containers ``mutate`` would wrap in this pod (for ``kubectl gpunuma explain``),
     whether or not the pod opted in. Raises ``InvalidPod``."""
     spec = _mapping(pod, "spec", "spec") or {}
     annotations = _string_map(_mapping(pod, "metadata", "metadata"), "annotations")
     return _select(annotations, _named_list(spec, "initContainers"), _named_list(spec, "containers"),
-                   gpu_resources, [])
+                   gpu_resources, [], gpu_claims=_gpu_claim_names(spec, gpu_claims))
+
+
+def _gpu_claim_names(spec: Mapping[str, Any], globs: Sequence[str]) -> frozenset[str]:
+    """The names of the pod's ``resourceClaims`` entries that stand for GPUs: the entry's own name,
+    its ResourceClaim's or its ResourceClaimTemplate's matches a ``--gpu-claims`` glob.
+
+    A DeviceClass is what really says "GPU", but a pod does not name it: only the API server knows
+    the claim's class, and the webhook makes no API calls (DESIGN §9). Raises ``InvalidPod``.
+    """
+    pattern = gpu_resource_pattern(tuple(globs))
+    found: set[str] = set()
+    for entry in _named_list(spec, "resourceClaims"):
+        source = entry.get("source")  # before Kubernetes 1.31 the names sat under "source"
+        names_of = [entry["name"]] + [
+            value for holder in (entry, source if isinstance(source, Mapping) else {})
+            for key in ("resourceClaimName", "resourceClaimTemplateName")
+            if isinstance(value := holder.get(key), str)
+        ]
+        if any(pattern.match(name) for name in names_of):
+            found.add(entry["name"])
+    return frozenset(found)
 
 
 def listed_containers(annotations: Mapping[str, str]) -> list[str]:
@@ -268,8 +280,11 @@ def _select(
     containers: Sequence[Mapping[str, Any]],
     gpu_resources: Sequence[str],
     warnings: list[str],
+    *,
+    gpu_claims: frozenset[str] = frozenset(),
 ) -> set[str]:
-    """Names of the containers to wrap: the annotation's list, else those that request GPUs."""
+    """Names of the containers to wrap: the annotation's list, else those that request GPUs or
+    use a claim of ``gpu_claims`` (names of the pod's ``resourceClaims`` entries)."""
     candidates = [c for c in (*init_containers, *containers) if not _is_launcher(c)]
     requested = listed_containers(annotations)
     if requested:
@@ -281,7 +296,18 @@ def _select(
                                              "pod"))
         return {name for name in requested if name in known}
     pattern = gpu_resource_pattern(tuple(gpu_resources))
-    return {c["name"] for c in candidates if _requests_gpu(c, pattern)}
+    return {c["name"] for c in candidates
+            if _requests_gpu(c, pattern) or _uses_claim(c, gpu_claims)}
+
+
+def _uses_claim(container: Mapping[str, Any], claims: frozenset[str]) -> bool:
+    if not claims:
+        return False
+    resources = container.get("resources")
+    used = resources.get("claims") if isinstance(resources, dict) else None
+    if not isinstance(used, list):
+        return False
+    return any(isinstance(item, dict) and item.get("name") in claims for item in used)
 
 
 def _requests_gpu(container: Mapping[str, Any], gpu_resources: re.Pattern[str]) -> bool:
