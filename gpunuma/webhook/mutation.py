@@ -33,6 +33,7 @@ __all__ = [
     "Mutation",
     "admission_warning",
     "gpu_requests",
+    "is_launcher",
     "json_patch",
     "listed_containers",
     "mutate",
@@ -189,11 +190,11 @@ def mutate(
         # Ours runs first, before any wrapped init container. One already there is kept as it is
         # (on reinvocation the API server has defaulted its fields), only moved to the front
         # should another webhook have put something before it.
-        existing = next((c for c in init_containers if _is_launcher(c)), None)
+        existing = next((c for c in init_containers if is_launcher(c)), None)
         launcher = _runs_as_pod_user(existing or _launcher_container(
             settings, best_effort=_is_best_effort(containers, init_containers)), spec)
         new_spec["initContainers"] = [launcher, *(changed_containers.get(c["name"], c)
-                                                  for c in init_containers if not _is_launcher(c))]
+                                                  for c in init_containers if not is_launcher(c))]
         if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
             new_spec["volumes"] = [*volumes, dict(_LAUNCHER_VOLUME)]
     new_pod = {**pod, "metadata": new_metadata, "spec": new_spec}
@@ -285,7 +286,7 @@ def _select(
 ) -> set[str]:
     """Names of the containers to wrap: the annotation's list, else those that request GPUs or
     use a claim of ``gpu_claims`` (names of the pod's ``resourceClaims`` entries)."""
-    candidates = [c for c in (*init_containers, *containers) if not _is_launcher(c)]
+    candidates = [c for c in (*init_containers, *containers) if not is_launcher(c)]
     requested = listed_containers(annotations)
     if requested:
         known = {c["name"] for c in candidates}
@@ -365,7 +366,7 @@ def _name_clash(
                 f"container: rename that container, or opt the pod out with "
                 f"{names.ANNOTATION_INJECT}: \"false\"")
     for container in init_containers:
-        if container["name"] == ours and not _is_launcher(container):
+        if container["name"] == ours and not is_launcher(container):
             return (f"the pod has an init container named {ours!r} that gpunuma did not create: "
                     f"rename it, or opt the pod out with {names.ANNOTATION_INJECT}: \"false\"")
     for volume in volumes:
@@ -532,7 +533,7 @@ def _is_windows(spec: Mapping[str, Any]) -> bool:
         isinstance(selector, dict) and selector.get("kubernetes.io/os") == "windows")
 
 
-def _is_launcher(container: Mapping[str, Any]) -> bool:
+def is_launcher(container: Mapping[str, Any]) -> bool:
     """Our init container: its name and the command only gpunuma gives it."""
     return (container.get("name") == names.LAUNCHER_INIT_CONTAINER
             and container.get("command") == list(INSTALL_COMMAND))
