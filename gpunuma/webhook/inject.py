@@ -42,6 +42,17 @@ _TEMPLATE_PATHS: dict[tuple[str, str], tuple[str, ...]] = {
     ("batch/v1", "Job"): ("spec", "template"),
     ("batch/v1", "CronJob"): ("spec", "jobTemplate", "spec", "template"),
 }
+# API versions the API server no longer serves, with the one to use and the release that removed
+# them. Their pod templates sit where apps/v1's and batch/v1's do, so they are injected, and said.
+_REMOVED_VERSIONS: dict[tuple[str, str], tuple[str, str]] = {
+    **{("extensions/v1beta1", kind): ("apps/v1", "1.16")
+       for kind in ("Deployment", "DaemonSet", "ReplicaSet")},
+    **{("apps/v1beta1", kind): ("apps/v1", "1.16") for kind in ("Deployment", "StatefulSet")},
+    **{("apps/v1beta2", kind): ("apps/v1", "1.16")
+       for kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")},
+    ("batch/v1beta1", "CronJob"): ("batch/v1", "1.25"),
+    ("batch/v2alpha1", "CronJob"): ("batch/v1", "1.21"),
+}
 
 
 @dataclass
@@ -51,6 +62,8 @@ class InjectResult:
     """Warnings and decisions, one line each, for standard error."""
     errors: list[str] = field(default_factory=list)
     """Denials and malformed documents; with any, nothing is written."""
+    container_names: set[str] = field(default_factory=set)
+    """The containers of every pod template read, to check ``--containers`` against."""
 
 
 def inject_documents(
@@ -67,6 +80,11 @@ def inject_documents(
     result = InjectResult()
     for document in documents:
         result.documents.append(_inject(document, settings, policy, containers, result))
+    missing = [name for name in containers or () if name not in result.container_names]
+    if missing:
+        known = ", ".join(sorted(result.container_names)) or "none"
+        result.errors.append(f"--containers names {', '.join(map(repr, missing))}, which no pod "
+                             f"in the input has (its containers: {known})")
     return result
 
 
@@ -77,10 +95,21 @@ def _inject(document: Any, settings: MutationSettings, policy: str | None,
     if document.get("kind") == "List" and isinstance(document.get("items"), list):
         return {**document, "items": [_inject(item, settings, policy, containers, result)
                                       for item in document["items"]]}
-    path = _TEMPLATE_PATHS.get((str(document.get("apiVersion")), str(document.get("kind"))))
-    if path is None:
-        return document
+    api_version, kind = str(document.get("apiVersion")), str(document.get("kind"))
     label = _describe(document)
+    if (api_version, kind) in _REMOVED_VERSIONS:
+        current, removed_in = _REMOVED_VERSIONS[api_version, kind]
+        result.notes.append(f"{label}: {api_version} is no longer served (removed in Kubernetes "
+                            f"{removed_in}): injected, but the API server will refuse it until "
+                            f"it says apiVersion: {current}")
+        api_version = current
+    path = _TEMPLATE_PATHS.get((api_version, kind))
+    if path is None:
+        if _has_containers(document):
+            result.notes.append(f"{label}: left unchanged, {api_version} {kind} is not a "
+                                "built-in workload (the webhook mutates the pods its controller "
+                                "creates)")
+        return document
     new_document = copy.deepcopy(document)
     parent: Any = None
     template: Any = new_document
@@ -95,6 +124,11 @@ def _inject(document: Any, settings: MutationSettings, policy: str | None,
     if not isinstance(metadata, dict):
         result.errors.append(f"{label}: the pod's metadata is not a map")
         return document
+    spec = template.get("spec")
+    for field_name in ("initContainers", "containers"):
+        listed = spec.get(field_name) if isinstance(spec, dict) else None
+        result.container_names.update(
+            c["name"] for c in listed or () if isinstance(c, dict) and isinstance(c.get("name"), str))
     if policy is not None or containers:
         if metadata.get("annotations") is None:
             metadata["annotations"] = {}
@@ -120,6 +154,9 @@ def _inject(document: Any, settings: MutationSettings, policy: str | None,
         if mutation.reason == "opted out":
             result.notes.append(f"{label}: left unchanged, it has {names.ANNOTATION_INJECT}: "
                                 "\"false\"")
+        elif mutation.reason == "no GPU containers" and containers:
+            result.notes.append(f"{label}: left unchanged, --containers names none of its "
+                                "containers")
         elif mutation.reason == "no GPU containers":
             result.notes.append(f"{label}: left unchanged, no container requests a GPU "
                                 "(name containers with --containers)")
@@ -128,6 +165,19 @@ def _inject(document: Any, settings: MutationSettings, policy: str | None,
         return mutation.pod
     parent[path[-1]] = mutation.pod
     return new_document
+
+
+def _has_containers(value: Any, depth: int = 0) -> bool:
+    """Whether a pod spec (a ``containers`` list) is somewhere in ``value``."""
+    if depth > 12:
+        return False
+    if isinstance(value, dict):
+        if isinstance(value.get("containers"), list):
+            return True
+        return any(_has_containers(item, depth + 1) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_containers(item, depth + 1) for item in value)
+    return False
 
 
 def _describe(document: dict[str, Any]) -> str:

@@ -173,3 +173,61 @@ def test_bad_input_is_reported_with_what_is_wrong(stdin, args, message):
     assert result.returncode in (1, 2)
     assert result.stdout == ""
     assert message in result.stderr
+
+
+def test_containers_naming_no_container_is_an_error_not_a_gpu_note(tmp_path):
+    path = tmp_path / "pods.yaml"
+    path.write_text(yaml.safe_dump_all([pods.torchrun_worker(), pods.amd_pod()]))
+    result = run_inject("-f", str(path), "--containers", "traner")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "error: --containers names 'traner', which no pod in the input has" in result.stderr
+    assert "no container requests a GPU" not in result.stderr
+    # A name that one document has is fine; the others say it names none of theirs.
+    result = run_inject("-f", str(path), "--containers", "bench")
+    assert result.returncode == 0, result.stderr
+    assert "left unchanged, --containers names none of its containers" in result.stderr
+
+
+@pytest.mark.parametrize(("api_version", "kind", "spec_path", "current", "release"), [
+    ("extensions/v1beta1", "Deployment", ("template",), "apps/v1", "1.16"),
+    ("apps/v1beta2", "StatefulSet", ("template",), "apps/v1", "1.16"),
+    ("batch/v1beta1", "CronJob", ("jobTemplate", "spec", "template"), "batch/v1", "1.25"),
+])
+def test_removed_api_versions_are_injected_and_said(api_version, kind, spec_path, current, release):
+    spec: dict[str, Any] = template_of(pods.vllm_server())
+    for key in reversed(spec_path):
+        spec = {key: spec}
+    document = workload(api_version, kind, spec)
+    result = run_inject("-f", "-", stdin=yaml.safe_dump(document))
+    assert result.returncode == 0, result.stderr
+    assert (f"{kind} ml/{kind.lower()}: {api_version} is no longer served (removed in Kubernetes "
+            f"{release}): injected, but the API server will refuse it until it says apiVersion: "
+            f"{current}") in result.stderr
+    out = yaml.safe_load(result.stdout)
+    template = out["spec"]
+    for key in spec_path:
+        template = template[key]
+    assert template["spec"]["initContainers"][0]["name"] == names.LAUNCHER_INIT_CONTAINER
+
+
+def test_a_custom_resource_with_pod_templates_is_left_alone_and_said():
+    job = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "ft"},
+           "spec": {"pytorchReplicaSpecs": {"Worker": {"template": template_of(pods.vllm_server())}}}}
+    text = yaml.safe_dump(job)
+    result = run_inject("-f", "-", stdin=text)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == text
+    assert ("PyTorchJob ft: left unchanged, kubeflow.org/v1 PyTorchJob is not a built-in workload"
+            in result.stderr)
+
+
+def test_notes_are_printed_whole_not_cut_to_the_admission_warning_limit():
+    pod = pods.vllm_server()
+    pod["spec"]["volumes"] = [*pod["spec"].get("volumes", []),
+                              {"name": names.LAUNCHER_VOLUME, "configMap": {"name": "mine"}}]
+    result = run_inject("-f", "-", stdin=yaml.safe_dump(pod))
+    assert result.returncode == 0, result.stderr
+    [note] = [line for line in result.stderr.splitlines() if "pod not bound" in line]
+    assert len(note) > 120
+    assert note.endswith('opt the pod out with gpunuma.io/inject: "false"')
