@@ -234,3 +234,19 @@ def test_plain_scalars_decode_as_kubectl_decodes_them(tmp_path, plain):
         else:  # JSON numbers: go's float64 8 prints as 8
             assert not isinstance(ours, bool | str), text
             assert float(ours) == float(theirs), text  # type: ignore[arg-type]
+
+
+def test_document_end_markers_keep_the_documents_apart(tmp_path):
+    pod = ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n"
+           "  - {name: c, image: i, command: [run], resources: {limits: {nvidia.com/gpu: 1}}}\n")
+    config = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: '08'}\n"
+    text = f"---\n{pod}...\n---\n{config}...\n---\n{pod}..."
+    source, out = tmp_path / "in.yaml", tmp_path / "out.yaml"
+    source.write_text(text)
+    output, result = inject_text(text, SETTINGS)
+    assert result.errors == []
+    assert f"---\n{config}...\n" in output
+    assert output.count("\n...") == 3
+    out.write_text(output)
+    assert len(kubectl_read(out)) == 3
+    assert_means_input_plus_mutation(source, out)
