@@ -289,7 +289,9 @@ def _to_plain(node: Any, expansion: _Expansion) -> Any:
     if isinstance(node, dict | list):
         if id(node) in expansion.open:
             raise KubeYAMLError("an alias refers to a node that contains it")
-        if id(node) in expansion.met:
+        anchor = getattr(node, "anchor", None)
+        if id(node) in expansion.met or getattr(anchor, "value", None):
+            # Aliased (or merged with "<<", which does not show here as a second visit).
             expansion.shared.add(id(node))
             expansion.count += 1
             if expansion.count > _EXPANSION_LIMIT:

@@ -250,3 +250,45 @@ def test_document_end_markers_keep_the_documents_apart(tmp_path):
     out.write_text(output)
     assert len(kubectl_read(out)) == 3
     assert_means_input_plus_mutation(source, out)
+
+
+def test_anchors_aliases_and_merge_keys_keep_their_meaning(tmp_path):
+    # The wrapped container is the anchor another one merges from ("<<: *base"): editing it in
+    # place would hand the second container numa-exec's mount and policy too.
+    text = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: a
+  labels: &labels {app: a}
+spec:
+  selector:
+    matchLabels: *labels
+  template:
+    metadata:
+      labels: *labels
+    spec:
+      containers:
+        - &base
+          name: main
+          image: x
+          command: &cmd [python, serve.py]
+          env: &env
+            - {name: A, value: "1e-4"}
+          resources: {limits: {nvidia.com/gpu: 1}}
+        - <<: *base
+          name: second
+          command: *cmd
+          env: *env
+          resources: {}
+"""
+    source, out = tmp_path / "in.yaml", tmp_path / "out.yaml"
+    source.write_text(text)
+    output, result = inject_text(text, SETTINGS)
+    assert result.errors == []
+    out.write_text(output)
+    assert_means_input_plus_mutation(source, out)
+    [deployment] = kubectl_read(out)
+    second = deployment["spec"]["template"]["spec"]["containers"][1]
+    assert second["command"] == ["python", "serve.py"]
+    assert "volumeMounts" not in second
