@@ -78,7 +78,11 @@ def decode_plain(text: str) -> object:
         return _GO_WORDS[text]
     first = text[:1]
     if first == ".":
-        return float(text.replace("_", "")) if _GO_DOT_FLOAT.match(text) else text
+        if _GO_DOT_FLOAT.match(text):
+            number = float(text.replace("_", ""))
+            if not math.isinf(number):  # ParseFloat's range error: go-yaml keeps the string
+                return number
+        return text
     if first and first in "+-0123456789":
         if _TIMESTAMP_START.match(text):
             return text

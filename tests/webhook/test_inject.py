@@ -189,39 +189,6 @@ def test_containers_naming_no_container_is_an_error_not_a_gpu_note(tmp_path):
     assert "left unchanged, --containers names none of its containers" in result.stderr
 
 
-@pytest.mark.parametrize(("api_version", "kind", "spec_path", "current", "release"), [
-    ("extensions/v1beta1", "Deployment", ("template",), "apps/v1", "1.16"),
-    ("apps/v1beta2", "StatefulSet", ("template",), "apps/v1", "1.16"),
-    ("batch/v1beta1", "CronJob", ("jobTemplate", "spec", "template"), "batch/v1", "1.25"),
-])
-def test_removed_api_versions_are_injected_and_said(api_version, kind, spec_path, current, release):
-    spec: dict[str, Any] = template_of(pods.vllm_server())
-    for key in reversed(spec_path):
-        spec = {key: spec}
-    document = workload(api_version, kind, spec)
-    result = run_inject("-f", "-", stdin=yaml.safe_dump(document))
-    assert result.returncode == 0, result.stderr
-    assert (f"{kind} ml/{kind.lower()}: {api_version} is no longer served (removed in Kubernetes "
-            f"{release}): injected, but the API server will refuse it until it says apiVersion: "
-            f"{current}") in result.stderr
-    out = yaml.safe_load(result.stdout)
-    template = out["spec"]
-    for key in spec_path:
-        template = template[key]
-    assert template["spec"]["initContainers"][0]["name"] == names.LAUNCHER_INIT_CONTAINER
-
-
-def test_a_custom_resource_with_pod_templates_is_left_alone_and_said():
-    job = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "ft"},
-           "spec": {"pytorchReplicaSpecs": {"Worker": {"template": template_of(pods.vllm_server())}}}}
-    text = yaml.safe_dump(job)
-    result = run_inject("-f", "-", stdin=text)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == text
-    assert ("PyTorchJob ft: left unchanged, kubeflow.org/v1 PyTorchJob is not a built-in workload"
-            in result.stderr)
-
-
 def test_notes_are_printed_whole_not_cut_to_the_admission_warning_limit():
     pod = pods.vllm_server()
     pod["spec"]["volumes"] = [*pod["spec"].get("volumes", []),
