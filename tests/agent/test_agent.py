@@ -485,8 +485,8 @@ async def test_a_dra_pod_reaches_the_cr_through_the_kubelet_and_the_nodes_resour
             ("ml", "gpu", [("gpu.nvidia.com", NODE, "gpu-6")])])),
     ]
     run = start(hgx, socket=kubelet.socket)
-    await until(lambda: published(api))
-    await until(lambda: len(cr(api)["spec"]["allocations"]) == 2)
+    await eventually(lambda: published(api))
+    await eventually(lambda: len(cr(api)["spec"]["allocations"]) == 2)
     await run.halt()
     assert cr(api)["spec"]["allocations"] == [
         {"namespace": "ml", "pod": "no-slice", "container": "main", "resource": "gpu.nvidia.com",
