@@ -1,0 +1,104 @@
+"""A patch never makes a valid pod invalid, as the real kube-apiserver judges it.
+
+Each pod is created with ``dryRun=All``: the API server runs its full validation (names, mount and
+device paths, schema) and admission, and stores nothing. A pod it accepts unchanged must be
+accepted with gpunuma's patch applied, or (only under ``strict``) denied by the mutation with a
+message; the realistic workload pods of tests/webhook/pods.py must be accepted patched.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonpatch
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+
+from gpunuma import names
+from gpunuma.settings import MutationSettings
+from gpunuma.webhook.mutation import mutate
+from tests.cluster.controlplane import ApiError, ControlPlane
+from tests.webhook import pods
+from tests.webhook.test_properties import clashing_pods
+
+SETTINGS = MutationSettings(launcher_image="registry.example/gpunuma:1.2.3")
+NAMESPACE = "patched-pods"
+
+
+@pytest.fixture(scope="module")
+def api(cluster: ControlPlane) -> ControlPlane:
+    cluster.namespace(NAMESPACE)
+    return cluster
+
+
+def refusal(api: ControlPlane, pod: dict[str, Any]) -> str | None:
+    """Why the API server refuses to create ``pod`` (its message), or None when it accepts it."""
+    pod = {**pod, "metadata": {**pod["metadata"], "namespace": NAMESPACE}}
+    try:
+        api.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods?dryRun=All", pod)
+    except ApiError as error:
+        if error.status in (400, 403, 422):
+            return error.body
+        raise
+    return None
+
+
+@pytest.mark.parametrize("make", [pods.vllm_server, pods.torchrun_worker, pods.ray_gpu_worker,
+                                  pods.gpu_sidecar_and_init, pods.mig_pod, pods.amd_pod],
+                         ids=lambda make: make.__name__)
+def test_the_api_server_accepts_each_realistic_pod_patched(api, make):
+    pod = make()
+    pod["metadata"].pop("namespace", None)
+    assert refusal(api, pod) is None
+    result = mutate(pod, SETTINGS)
+    assert result.changed
+    assert refusal(api, jsonpatch.apply_patch(pod, result.patch)) is None
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.filter_too_much])
+@given(pod=clashing_pods())
+def test_the_api_server_accepts_every_patched_pod_it_accepted_unpatched(api, pod):
+    pod = copy.deepcopy(pod)
+    pod["spec"].pop("ephemeralContainers", None)  # not settable on create
+    assume(refusal(api, pod) is None)
+    result = mutate(pod, SETTINGS)
+    if result.denial is not None:
+        assert pod["metadata"]["annotations"][names.ANNOTATION_POLICY] == "strict"
+        return
+    assert refusal(api, jsonpatch.apply_patch(pod, result.patch)) is None
+
+
+def _gpu_pod(**container: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "annotations": dict(pods.OPT_IN)},
+            "spec": {"containers": [{"name": "main", "image": "pytorch", "command": ["run"],
+                                     "resources": {"limits": {"nvidia.com/gpu": 1}},
+                                     **container}],
+                     "volumes": [{"name": "raw", "persistentVolumeClaim": {"claimName": "raw"}},
+                                 {"name": "tools", "emptyDir": {}}]}}
+
+
+@pytest.mark.parametrize(("pod", "clash"), [
+    (_gpu_pod(volumeDevices=[{"name": "raw", "devicePath": names.LAUNCHER_MOUNT_PATH}]),
+     "block device 'raw'"),
+    (_gpu_pod(volumeMounts=[{"name": "tools", "mountPath": names.LAUNCHER_MOUNT_PATH}]),
+     "mounts 'tools'"),
+    (_gpu_pod(volumeMounts=[{"name": "tools", "mountPath": names.LAUNCHER_MOUNT_PATH + "/"}]),
+     "mounts 'tools'"),
+], ids=["device-at-our-path", "mount-at-our-path", "mount-at-our-path-with-slash"])
+@pytest.mark.parametrize("policy", ["preferred", "strict"])
+def test_a_clashing_pod_is_left_to_start_unbound_or_denied_never_broken(api, pod, clash, policy):
+    pod = copy.deepcopy(pod)
+    pod["metadata"]["annotations"][names.ANNOTATION_POLICY] = policy
+    assert refusal(api, pod) is None
+    result = mutate(pod, SETTINGS)
+    if policy == "strict":
+        assert result.denial is not None
+        assert clash in result.denial
+        return
+    assert result.denial is None
+    assert any(clash in warning for warning in result.warnings)
+    assert refusal(api, jsonpatch.apply_patch(pod, result.patch)) is None
