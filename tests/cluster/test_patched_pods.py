@@ -9,6 +9,7 @@ message; the realistic workload pods of tests/webhook/pods.py must be accepted p
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import jsonpatch
@@ -17,6 +18,8 @@ from hypothesis import HealthCheck, assume, given, settings
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings
+from gpunuma.webhook import kubeyaml
+from gpunuma.webhook.inject import inject_text
 from gpunuma.webhook.mutation import mutate
 from tests.cluster.controlplane import ApiError, ControlPlane
 from tests.webhook import pods
@@ -24,11 +27,13 @@ from tests.webhook.test_properties import clashing_pods
 
 SETTINGS = MutationSettings(launcher_image="registry.example/gpunuma:1.2.3")
 NAMESPACE = "patched-pods"
+MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
 
 
 @pytest.fixture(scope="module")
 def api(cluster: ControlPlane) -> ControlPlane:
-    cluster.namespace(NAMESPACE)
+    for namespace in (NAMESPACE, "llm", "inference", "nim"):  # the last: the fixture manifests'
+        cluster.namespace(namespace)
     return cluster
 
 
@@ -102,3 +107,24 @@ def test_a_clashing_pod_is_left_to_start_unbound_or_denied_never_broken(api, pod
     assert result.denial is None
     assert any(clash in warning for warning in result.warnings)
     assert refusal(api, jsonpatch.apply_patch(pod, result.patch)) is None
+
+
+BUILT_IN = {"v1", "apps/v1", "batch/v1"}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in MANIFESTS.glob("*.yaml")))
+def test_the_api_server_takes_inject_output_of_real_world_manifests(api, name, tmp_path):
+    """``kubectl apply --dry-run=server`` of inject's output: a string written back as a number
+    ("1e-4", "08", "y") is refused here ("cannot unmarshal number into ... of type string")."""
+    output, result = inject_text((MANIFESTS / name).read_text(), SETTINGS)
+    assert result.errors == []
+    _, documents = kubeyaml.read(output)
+    built_in = [d.text for d in documents if isinstance(d.value, dict)
+                and d.value.get("apiVersion") in BUILT_IN]
+    if not built_in:
+        pytest.skip(f"{name} holds only custom resources")
+    path = tmp_path / name
+    path.write_text("".join(text if text.startswith("---") else "---\n" + text
+                            for text in built_in))
+    applied = api.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+    assert applied.returncode == 0, applied.stderr
