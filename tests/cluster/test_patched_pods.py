@@ -23,6 +23,7 @@ from gpunuma.webhook.inject import inject_text
 from gpunuma.webhook.mutation import mutate
 from tests.cluster.controlplane import ApiError, ControlPlane
 from tests.webhook import pods
+from tests.webhook.test_pod_start import gpu_container, security_specs
 from tests.webhook.test_properties import clashing_pods
 
 SETTINGS = MutationSettings(launcher_image="registry.example/gpunuma:1.2.3")
@@ -128,3 +129,60 @@ def test_the_api_server_takes_inject_output_of_real_world_manifests(api, name, t
                             for text in built_in))
     applied = api.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
     assert applied.returncode == 0, applied.stderr
+
+
+# --- Pod Security admission, as the API server enforces it ---------------------------------------
+
+LEVELS = ("restricted", "baseline")
+
+
+@pytest.fixture(scope="module")
+def enforced(api: ControlPlane) -> ControlPlane:
+    for level in LEVELS:
+        api.namespace(f"psa-{level}", {"pod-security.kubernetes.io/enforce": level,
+                                       "pod-security.kubernetes.io/enforce-version": "latest"})
+    return api
+
+
+def refusal_in(api: ControlPlane, namespace: str, pod: dict[str, Any]) -> str | None:
+    pod = {**pod, "metadata": {**pod["metadata"], "namespace": namespace}}
+    try:
+        api.request("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", pod)
+    except ApiError as error:
+        if error.status in (400, 403, 422):
+            return error.body
+        raise
+    return None
+
+
+def _secured(spec: dict[str, Any]) -> dict[str, Any]:
+    for container in spec["containers"]:
+        container["image"] = "pytorch"
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "annotations": dict(pods.OPT_IN)}, "spec": spec}
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(spec=security_specs())
+def test_pod_security_admission_takes_every_injected_pod_it_took_before(enforced, spec):
+    pod = _secured(copy.deepcopy(spec))
+    result = mutate(pod, SETTINGS)
+    assert result.denial is None
+    out = jsonpatch.apply_patch(pod, result.patch)
+    for level in LEVELS:
+        if refusal_in(enforced, f"psa-{level}", pod) is None:
+            assert refusal_in(enforced, f"psa-{level}", out) is None, level
+
+
+def test_a_root_pod_is_taken_under_baseline_and_a_restricted_pod_under_restricted(enforced):
+    root = _secured({"securityContext": {"runAsUser": 0}, "containers": [gpu_container()]})
+    restricted = _secured({
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [gpu_container("uid-image", allowPrivilegeEscalation=False,
+                                     capabilities={"drop": ["ALL"]})]})
+    for pod, level in ((root, "baseline"), (restricted, "restricted")):
+        assert refusal_in(enforced, f"psa-{level}", pod) is None
+        out = jsonpatch.apply_patch(pod, mutate(pod, SETTINGS).patch)
+        assert out != pod
+        assert refusal_in(enforced, f"psa-{level}", out) is None

@@ -160,7 +160,7 @@ def _contexts(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def _specs(draw: st.DrawFn) -> dict[str, Any]:
+def security_specs(draw: st.DrawFn) -> dict[str, Any]:
     images = st.sampled_from(["root-image", "uid-image", "named-image"])
     spec: dict[str, Any] = {"containers": [gpu_container(draw(images), **draw(_contexts()))]}
     if draw(st.booleans()):
@@ -174,7 +174,7 @@ def _specs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_specs())
+@given(security_specs())
 def test_no_pod_that_starts_without_gpunuma_fails_to_start_with_it(spec):
     out = injected(spec)
     assert out["initContainers"][0]["name"] == names.LAUNCHER_INIT_CONTAINER
