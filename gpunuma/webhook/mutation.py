@@ -47,7 +47,8 @@ POLICY_ENV = "GPUNUMA_POLICY"
 INSTALL_COMMAND: tuple[str, ...] = ("/numa-exec", "--install", names.LAUNCHER_MOUNT_PATH)
 # What releases before the launcher image injected: still ours when a pod comes back through.
 _LEGACY_INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
-# The launcher image's USER (the Dockerfile's 65532:65532), named only for pods that run as root.
+# The launcher image's USER (the Dockerfile's launcher stage: 65532:65532), named only for pods
+# that run as root.
 LAUNCHER_UID = 65532
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
 WARNING_LIMIT = 120

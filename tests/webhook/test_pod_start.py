@@ -30,10 +30,15 @@ OPENSHIFT_RANGE = (1000680000, 1000689999)
 
 def image_user(image: str) -> str:
     """The USER of each image in these tests; gpunuma's own is read from the Dockerfile."""
-    if image == SETTINGS.launcher_image:
-        users = [line.split()[1] for line in (REPO / "Dockerfile").read_text().splitlines()
-                 if line.startswith("USER ")]
-        return users[-1].split(":")[0]
+    if image == SETTINGS.launcher_image:  # the Dockerfile's `launcher` stage
+        stage, user = None, None
+        for line in (REPO / "Dockerfile").read_text().splitlines():
+            if line.startswith("FROM "):
+                stage = line.split()[-1] if " AS " in line else None
+            elif line.startswith("USER ") and stage == "launcher":
+                user = line.split()[1].split(":")[0]
+        assert user is not None, "the Dockerfile's launcher stage has no USER"
+        return user
     return {"root-image": "", "uid-image": "1000", "named-image": "nobody"}[image]
 
 
