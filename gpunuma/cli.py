@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="PEM private key, reloaded when it changes "
                          "(env GPUNUMA_TLS_KEY_FILE)")
     _add_mutation_arguments(webhook)
+    _add_logging_arguments(webhook)
     webhook.set_defaults(handler=_run_webhook)
 
     operator = commands.add_parser(
@@ -154,9 +155,7 @@ def _add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--liveness", default=_env("LIVENESS", defaults.liveness_endpoint),
                         metavar="URL", help="liveness endpoint, empty to disable (default "
                         f"{defaults.liveness_endpoint}; env GPUNUMA_LIVENESS)")
-    parser.add_argument("--log-format", choices=("json", "plain"),
-                        default=_env("LOG_FORMAT", defaults.log_format),
-                        help="json (default) or plain (env GPUNUMA_LOG_FORMAT)")
+    _add_logging_arguments(parser)
     parser.add_argument("--certificates", choices=CERTIFICATE_MODES,
                         default=_env("CERTIFICATES", certs.mode),
                         help="self-managed (default: the operator runs a CA), cert-manager "
@@ -182,6 +181,16 @@ def _add_operator_arguments(parser: argparse.ArgumentParser) -> None:
                         default=_env("CERT_RENEW_BEFORE_DAYS", f"{certs.renew_before_days:g}"),
                         help="renew when fewer days are left (default 30; "
                         "env GPUNUMA_CERT_RENEW_BEFORE_DAYS)")
+
+
+def _add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    from gpunuma.logs import LOG_FORMATS, LOG_LEVELS
+
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=_env("LOG_LEVEL", "info"),
+                        help="least severe records logged: debug, info (default), warning or "
+                        "error (env GPUNUMA_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=_env("LOG_FORMAT", "json"),
+                        help="json (default: one object per line) or plain (env GPUNUMA_LOG_FORMAT)")
 
 
 def _add_gpu_resources_argument(parser: argparse.ArgumentParser) -> None:
@@ -247,6 +256,7 @@ def _add_agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
                        help="kubeconfig to use instead of the in-cluster service account "
                        "(env GPUNUMA_KUBECONFIG)")
     _add_gpu_resources_argument(agent)
+    _add_logging_arguments(agent)
     agent.set_defaults(handler=_run_agent)
 
 
@@ -281,14 +291,13 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 def _run_agent(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
+    from gpunuma import logs
     from gpunuma.agent.service import run_agent
     from gpunuma.kubeapi import ApiError
     from gpunuma.settings import AgentSettings, DiscoverySettings
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     settings = AgentSettings(
         node_name=args.node_name,
         discovery=DiscoverySettings(
@@ -317,8 +326,10 @@ def _run_install_launcher(args: argparse.Namespace) -> int:
 
 
 def _run_webhook(args: argparse.Namespace) -> int:
+    from gpunuma import logs
     from gpunuma.webhook.server import main as webhook_main
 
+    logs.configure(args.log_level, args.log_format)
     return webhook_main(args)
 
 

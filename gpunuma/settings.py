@@ -165,4 +165,5 @@ class OperatorSettings:
     priority: int | None = None
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
     log_format: Literal["json", "plain"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     certificates: CertificateSettings = field(default_factory=CertificateSettings)

@@ -18,13 +18,14 @@ from typing import Any
 
 import kopf
 
-from gpunuma import names
+from gpunuma import logs, names
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.controller import Controller
 from gpunuma.operator.handlers import register
 from gpunuma.settings import CertificateSettings, OperatorSettings
 
-__all__ = ["build", "default_login", "kopf_settings", "main", "serve", "settings_from_args"]
+__all__ = ["build", "configure_logging", "default_login", "kopf_settings", "main", "serve",
+           "settings_from_args"]
 
 logger = logging.getLogger("gpunuma.operator")
 
@@ -115,11 +116,20 @@ def operator_namespace(default: str) -> str:
         return default
 
 
-def main(settings: OperatorSettings) -> int:
+def configure_logging(settings: OperatorSettings) -> None:
+    """kopf's formatters (they name the object a line is about), our level, and no success lines."""
     kopf.configure(
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
-        verbose=False,
+        debug=settings.log_level == "debug",
     )
+    logging.getLogger().setLevel(logs.level_number(settings.log_level))
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, logs.DropHandlerSuccesses) for f in objects.filters):
+        objects.addFilter(logs.DropHandlerSuccesses())
+
+
+def main(settings: OperatorSettings) -> int:
+    configure_logging(settings)
     logger.info("gpunuma operator starting: pods in %s, stale after %d × %g s, certificates %s",
                 ", ".join(settings.pod_namespaces) or "all namespaces",
                 settings.stale_after_heartbeats, settings.heartbeat_interval_s,
@@ -156,5 +166,6 @@ def settings_from_args(args: Any) -> OperatorSettings:
         priority=int(args.priority) if args.priority is not None else None,
         liveness_endpoint=args.liveness or None,
         log_format=args.log_format,
+        log_level=args.log_level,
         certificates=certificates,
     )
