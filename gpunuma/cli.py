@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_operator_arguments(operator)
     operator.set_defaults(handler=_run_operator)
 
+    cleanup = commands.add_parser(
+        "cleanup-nodes",
+        help="remove every gpunuma.io/* Node label and annotation (the chart's post-delete hook)",
+        description="Remove the gpunuma.io/* labels the operator manages and the "
+        "gpunuma.io/managed-labels annotation from every Node. Run after the operator is gone.",
+    )
+    cleanup.add_argument("--kubeconfig", type=Path, default=_env("KUBECONFIG"),
+                         help="kubeconfig to use instead of the in-cluster service account "
+                         "(env GPUNUMA_KUBECONFIG)")
+    _add_logging_arguments(cleanup)
+    cleanup.set_defaults(handler=_run_cleanup_nodes)
+
     inject = commands.add_parser(
         "inject",
         help="apply the webhook's mutation to manifests offline (like istioctl kube-inject)",
@@ -343,6 +355,37 @@ def _run_operator(args: argparse.Namespace) -> int:
         print(f"gpunuma operator: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return operator_main(settings)
+
+
+def _run_cleanup_nodes(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gpunuma import logs
+    from gpunuma.kubeapi import ApiError, Connection, KubeClient
+    from gpunuma.operator.cleanup import remove_node_labels
+
+    logs.configure(args.log_level, args.log_format)
+
+    async def run() -> int:
+        try:
+            connection = (Connection.from_kubeconfig(args.kubeconfig) if args.kubeconfig
+                          else Connection.in_cluster())
+        except ApiError as exc:
+            print(f"gpunuma cleanup-nodes: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        client = KubeClient(connection, user_agent="gpunuma-cleanup")
+        try:
+            result = await remove_node_labels(client)
+        except ApiError as exc:
+            print(f"gpunuma cleanup-nodes: cannot list nodes: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await client.close()
+        print(f"gpunuma cleanup-nodes: cleaned {len(result.cleaned)} node(s), "
+              f"{result.untouched} had nothing of gpunuma, {len(result.failed)} failed")
+        return 1 if result.failed else 0
+
+    return asyncio.run(run())
 
 
 def _run_inject(args: argparse.Namespace) -> int:

@@ -88,6 +88,8 @@ def documented_commands() -> Iterator[tuple[str, str]]:
                 continue
             text = block.group(2).replace("\\\n", " ")
             for raw in text.splitlines():
+                if block.group(1) in {"", "console"} and not raw.startswith("$ "):
+                    continue  # output, not a command
                 line = raw.removeprefix("$ ").strip()
                 if "gpunuma " not in line:
                     continue

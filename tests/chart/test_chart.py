@@ -439,10 +439,16 @@ def test_the_privileged_namespace_label_is_asked_for_only_when_the_agent_runs(
 
 # --- components and options ----------------------------------------------------------------------
 
-def test_the_agent_gets_nvml_through_the_nvidia_runtime_by_default(default: Rendered) -> None:
-    spec = default.pod_spec("agent")
-    assert spec["runtimeClassName"] == "nvidia"
+def test_the_agent_asks_for_nvml_but_no_runtime_class_by_default(default: Rendered) -> None:
+    # A RuntimeClass the cluster lacks keeps every agent pod from starting (CRI-O, OpenShift, AMD
+    # nodes): the default is the node's runtime, which is NVIDIA's where the GPU Operator runs.
+    assert "runtimeClassName" not in default.pod_spec("agent")
     assert default.env("agent")["NVIDIA_VISIBLE_DEVICES"] == "all"
+
+
+def test_the_agent_runtime_class_is_the_value_set(chart: Any) -> None:
+    rendered = render(chart, {"agent": {"runtimeClassName": "nvidia"}})
+    assert rendered.pod_spec("agent")["runtimeClassName"] == "nvidia"
 
 
 def test_with_nvml_off_the_agent_has_no_runtime_class_and_sees_no_gpus(chart: Any) -> None:
