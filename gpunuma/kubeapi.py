@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import json
 import logging
 import os
@@ -36,8 +35,6 @@ __all__ = [
     "ApiError",
     "Connection",
     "KubeClient",
-    "format_rfc3339",
-    "parse_rfc3339",
     "tls_context",
 ]
 
@@ -45,31 +42,6 @@ logger = logging.getLogger(__name__)
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
-
-def parse_rfc3339(text: str) -> dt.datetime:
-    """An RFC 3339 timestamp as Kubernetes writes it (``2024-05-01T12:00:00Z``), timezone-aware.
-
-    Raises ``ValueError`` naming the bad value; a timestamp without an offset is refused rather
-    than guessed, since guessing the zone wrong would shift every age computed from it.
-    """
-    candidate = text.strip()
-    if candidate.endswith(("Z", "z")):
-        candidate = candidate[:-1] + "+00:00"
-    try:
-        moment = dt.datetime.fromisoformat(candidate)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not an RFC 3339 timestamp; expected e.g. '2024-05-01T12:00:00Z'"
-        ) from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no timezone; expected e.g. '2024-05-01T12:00:00Z'")
-    return moment
-
-
-def format_rfc3339(moment: dt.datetime) -> str:
-    """UTC, whole seconds, ``Z`` suffix: the form Kubernetes uses for its timestamps."""
-    return moment.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 # Statuses worth a prompt retry: a vanished object (deleted under us: re-created), conflicts,
 # throttling, and the API server or its etcd being unwell. Others (403, 422…) need a fix.

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gpunuma import cli, kubectl
+from gpunuma import cli
+from gpunuma.kubectl import command as kubectl
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -104,6 +105,9 @@ def documented_commands() -> Iterator[tuple[str, str]]:
                         words = words[1:]  # VARIABLE=value before the command
                     if words and words[0].endswith("bin/gpunuma"):
                         words[0] = "gpunuma"
+                    if words[1:2] and words[1].endswith(":"):
+                        words = []  # a program's output line ("gpunuma install-launcher: installed …")
+                        continue
                     if words[:1] == ["gpunuma"] or words[:2] == ["kubectl", "gpunuma"]:
                         yield page.name, shlex.join(words)
                     words = []

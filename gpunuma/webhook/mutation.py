@@ -21,6 +21,7 @@ from typing import Any
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings, gpu_resource_pattern
+from gpunuma.webhook import patchdiff
 
 __all__ = [
     "INSTALL_COMMAND",
@@ -210,112 +211,10 @@ def mutation_settings(args: argparse.Namespace) -> MutationSettings:
 def json_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The RFC 6902 patch that turns ``original`` into ``mutated`` (empty when they are equal).
 
-    Computed by diffing the two, never from hand-written paths. Only the fields the mutation
-    writes are compared, and parts that are the same object on both sides (every container the
-    mutation did not touch) are skipped without being walked. ``jsonpatch.make_patch`` does the
-    same diff at about ten times the cost, more than a bare aiohttp request takes in all; the
-    tests apply every patch with ``jsonpatch`` and compare the result with the mutated pod.
+    Computed by diffing (:mod:`gpunuma.webhook.patchdiff`), never from hand-written paths. Only the
+    fields the mutation writes are compared; the pod's named lists are aligned by name first.
     """
-    before, after = _patched_view(original), _patched_view(mutated)
-    operations, aligned = _align_named_lists(before, after)
-    _diff(aligned, after, "", operations)
-    return operations
-
-
-def _diff(old: Any, new: Any, path: str, operations: list[dict[str, Any]]) -> None:
-    """Append to ``operations`` what turns ``old`` into ``new`` at ``path``.
-
-    Lists are compared as the mutation changes them: items added at the end (env, mounts,
-    volumes), items added at the front (the wrapped command), or items changed in place; any other
-    change replaces the list whole, which is always correct, if longer.
-    """
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in old:
-            if key not in new:
-                operations.append({"op": "remove", "path": _join(path, key)})
-        for key, value in new.items():
-            if key not in old:
-                operations.append({"op": "add", "path": _join(path, key), "value": value})
-            elif old[key] is not value:  # most of a pod is shared, unchanged: skip it cheaply
-                _diff(old[key], value, _join(path, key), operations)
-        return
-    if isinstance(old, list) and isinstance(new, list):
-        added = len(new) - len(old)
-        if added == 0:
-            for index, old_item in enumerate(old):
-                if old_item is not new[index]:
-                    _diff(old_item, new[index], f"{path}/{index}", operations)
-            return
-        # The kept items are the very objects of the old list (the mutation only adds around
-        # them), so identity decides, and Python's 1 == True cannot hide a change.
-        if added > 0 and all(a is b for a, b in zip(new[:len(old)], old, strict=True)):
-            operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
-                              for index in range(len(old), len(new)))
-            return
-        if added > 0 and all(a is b for a, b in zip(new[added:], old, strict=True)):
-            operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
-                              for index in range(added))
-            return
-    if not _same(old, new):
-        operations.append({"op": "replace", "path": path, "value": new})
-
-
-def _same(old: Any, new: Any) -> bool:
-    """Equal as JSON: Python's ``True == 1`` and ``1 == 1.0`` are not equal JSON documents."""
-    if old is new:
-        return True
-    if type(old) is not type(new):
-        return False
-    if isinstance(old, dict):
-        return old.keys() == new.keys() and all(_same(old[k], new[k]) for k in old)
-    if isinstance(old, list):
-        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new, strict=True))
-    return bool(old == new)
-
-
-def _join(path: str, key: str) -> str:
-    """``path`` and one more JSON pointer segment (RFC 6901 escapes ``~`` and ``/``)."""
-    return f"{path}/{key.replace('~', '~0').replace('/', '~1')}"
-
-
-def _align_named_lists(
-    before: dict[str, Any], after: Mapping[str, Any]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``add``/``move`` operations that put each named item of ``after``'s lists at its index,
-    and ``before`` with those operations applied (items not copied: the differ only reads)."""
-    operations: list[dict[str, Any]] = []
-    spec_before, spec_after = before.get("spec"), after.get("spec")
-    if not isinstance(spec_before, dict) or not isinstance(spec_after, dict):
-        return operations, before
-    aligned_spec = dict(spec_before)
-    for key in ("initContainers", "containers", "volumes"):
-        old, new = spec_before.get(key), spec_after.get(key)
-        if not isinstance(old, list) or not isinstance(new, list):
-            continue
-        staged = list(old)
-        staged_names = _names(staged)
-        if _names(new[:len(staged)]) == staged_names:
-            continue  # same items in the same places, any new ones at the end: nothing to align
-        for index, item in enumerate(new):
-            name = item.get("name") if isinstance(item, dict) else None
-            if name is None or staged_names[index:index + 1] == [name]:
-                continue
-            path = f"/spec/{key}/{index}"
-            if name in staged_names[index:]:
-                found = staged_names.index(name, index)
-                operations.append({"op": "move", "from": f"/spec/{key}/{found}", "path": path})
-                staged.insert(index, staged.pop(found))
-                staged_names.insert(index, staged_names.pop(found))
-            elif name not in staged_names:
-                operations.append({"op": "add", "path": path, "value": item})
-                staged.insert(index, item)
-                staged_names.insert(index, name)
-        aligned_spec[key] = staged
-    return operations, {**before, "spec": aligned_spec}
-
-
-def _names(items: list[Any]) -> list[object]:
-    return [item.get("name") if isinstance(item, dict) else None for item in items]
+    return patchdiff.diff(_patched_view(original), _patched_view(mutated), _NAMED_LISTS)
 
 
 # --- Decisions ---------------------------------------------------------------------------------
@@ -550,6 +449,10 @@ def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str]) -
 _PATCHED_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metadata", ("annotations", "labels")),
     ("spec", ("initContainers", "containers", "volumes")),
+)
+# Lists whose items have a ``name`` the mutation may insert before (the launcher init container).
+_NAMED_LISTS: tuple[tuple[str, str], ...] = (
+    ("spec", "initContainers"), ("spec", "containers"), ("spec", "volumes"),
 )
 
 
