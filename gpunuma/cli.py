@@ -167,6 +167,9 @@ def _add_operator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--liveness", default=_env("LIVENESS", defaults.liveness_endpoint),
                         metavar="URL", help="liveness endpoint, empty to disable (default "
                         f"{defaults.liveness_endpoint}; env GPUNUMA_LIVENESS)")
+    parser.add_argument("--metrics-listen", default=_env("METRICS_LISTEN", defaults.metrics_listen),
+                        metavar="HOST:PORT", help="Prometheus /metrics; empty to disable (default "
+                        f"{defaults.metrics_listen}; env GPUNUMA_METRICS_LISTEN)")
     _add_logging_arguments(parser)
     parser.add_argument("--certificates", choices=CERTIFICATE_MODES,
                         default=_env("CERTIFICATES", certs.mode),

@@ -164,6 +164,7 @@ class OperatorSettings:
     standalone: bool = False
     priority: int | None = None
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
+    metrics_listen: str | None = ":8082"  # HOST:PORT of /metrics; None: no metrics server
     log_format: Literal["json", "plain"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     certificates: CertificateSettings = field(default_factory=CertificateSettings)

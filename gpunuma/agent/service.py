@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from gpunuma.agent.allocations import PodResources, allocations
 from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
 from gpunuma.agent.publisher import LayoutPublisher, layout_spec
+from gpunuma.buildinfo import register_build_info
 from gpunuma.discovery import DiscoveryUnavailable
 from gpunuma.kubeapi import ApiError, Connection, KubeClient
 from gpunuma.settings import AgentSettings, DiscoverySettings, parse_listen
@@ -79,6 +80,7 @@ class AgentMetrics:
         self.allocations = Gauge(
             "gpunuma_agent_allocations", "Entries in spec.allocations", registry=self.registry,
         )
+        register_build_info(self.registry, "agent")
 
     def observe_layout(self, layout: Layout) -> None:
         self.gpus.clear()

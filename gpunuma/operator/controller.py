@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +42,11 @@ class Controller:
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     cache: Cache = field(default_factory=Cache)
     _locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    # For /metrics (gpunuma.operator.metrics): reconciles and failed ones by kind (layout, pod,
+    # certificates), and whether the last periodic round found this replica the active one.
+    reconciles: Counter[str] = field(default_factory=Counter)
+    reconcile_errors: Counter[str] = field(default_factory=Counter)
+    active: bool = False
 
     def __post_init__(self) -> None:
         def now() -> dt.datetime:  # late-bound: tests move the clock of a running controller
@@ -101,9 +106,11 @@ class Controller:
             layout = self.cache.layouts.get(name)
             if layout is None:
                 return
+            self.reconciles["layout"] += 1
             try:
                 await self.layout_reconciler.reconcile(layout)
             except ApiError as exc:
+                self.reconcile_errors["layout"] += 1
                 logger.warning("layout %s: %s", name, exc)
 
     async def forget_layout(self, body: Mapping[str, Any]) -> None:
@@ -118,10 +125,16 @@ class Controller:
         await self.pod_reconciler.reconcile_node(node)
 
     async def reconcile_pod(self, namespace: str, name: str, *, node: str) -> None:
+        self.reconciles["pod"] += 1
         await self.pod_reconciler.reconcile(namespace, name, node=node)
 
     async def reconcile_certificates(self) -> Outcome:
-        return await self.certificate_reconciler.reconcile()
+        outcome = await self.certificate_reconciler.reconcile()
+        if outcome != "skipped":
+            self.reconciles["certificates"] += 1
+        if outcome == "failed":
+            self.reconcile_errors["certificates"] += 1
+        return outcome
 
     # The periodic loop: staleness and certificates --------------------------------------------
 
@@ -144,7 +157,8 @@ class Controller:
         ``check_interval_s``; every ``PEERING_RETRY_S`` until kopf has announced this replica."""
         while True:
             try:
-                if await self.is_active():
+                self.active = await self.is_active()
+                if self.active:
                     await self.check_once()
             except Exception:  # the loop must outlive any one bad round; kopf keeps running too
                 logger.exception("periodic check failed; retrying in %s s",

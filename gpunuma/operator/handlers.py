@@ -16,16 +16,21 @@ that Node once (``LayoutReconciler._fetch_node``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from gpunuma import names
 from gpunuma.kubeapi import Connection
 from gpunuma.operator.controller import Controller
+from gpunuma.operator.metrics import start_metrics_server
 
 __all__ = ["LAYOUT_RESOURCE", "register"]
+
+logger = logging.getLogger("gpunuma.operator")
 
 LAYOUT_RESOURCE = (names.CRD_GROUP, names.CRD_VERSION, names.CRD_PLURAL)
 MANAGED = {names.LABEL_MANAGED: "true"}
@@ -42,6 +47,7 @@ def register(
     connect with it.
     """
     tasks: list[asyncio.Task[None]] = []
+    servers: list[web.AppRunner] = []
 
     @kopf.on.login(registry=registry)
     def gpunuma_login(**_: Any) -> Any:
@@ -53,12 +59,20 @@ def register(
     @kopf.on.startup(registry=registry)
     async def gpunuma_startup(**_: Any) -> None:
         tasks.append(asyncio.create_task(controller.run_periodically(), name="gpunuma-periodic"))
+        listen = controller.settings.metrics_listen
+        if listen:
+            try:
+                servers.append(await start_metrics_server(controller, listen))
+            except OSError as exc:  # a taken port costs the metrics, not the operator
+                logger.error("operator: cannot serve /metrics on %s: %s", listen, exc)
 
     @kopf.on.cleanup(registry=registry)
     async def gpunuma_cleanup(**_: Any) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for server in servers:
+            await server.cleanup()
         await controller.client.close()
 
     # The liveness endpoint shows these: how much the operator tracks and what it has sent.

@@ -22,7 +22,7 @@ from gpunuma import logs, names
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.controller import Controller
 from gpunuma.operator.handlers import register
-from gpunuma.settings import CertificateSettings, OperatorSettings
+from gpunuma.settings import CertificateSettings, OperatorSettings, parse_listen
 
 __all__ = ["build", "configure_logging", "default_login", "kopf_settings", "main", "serve",
            "settings_from_args"]
@@ -140,6 +140,8 @@ def main(settings: OperatorSettings) -> int:
 
 def settings_from_args(args: Any) -> OperatorSettings:
     """The parsed ``gpunuma operator`` flags as settings; ``ValueError`` names a bad one."""
+    if args.metrics_listen:
+        parse_listen(args.metrics_listen)  # a ValueError names the flag and the expected form
     if args.stale_after < 1:
         raise ValueError(f"--stale-after must be at least 1 heartbeat, got {args.stale_after}")
     if not 0 < args.cert_renew_before_days < args.cert_validity_days:
@@ -165,6 +167,7 @@ def settings_from_args(args: Any) -> OperatorSettings:
         standalone=args.standalone,
         priority=int(args.priority) if args.priority is not None else None,
         liveness_endpoint=args.liveness or None,
+        metrics_listen=args.metrics_listen or None,
         log_format=args.log_format,
         log_level=args.log_level,
         certificates=certificates,

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gpunuma import __version__
+from gpunuma.buildinfo import register_build_info
 from gpunuma.settings import WebhookSettings, parse_listen
 from gpunuma.webhook.mutation import mutation_settings
 from gpunuma.webhook.review import Admission, BadRequest, Memory, admit
@@ -140,6 +141,7 @@ class _Metrics:
             "gpunuma_webhook_certificate_reloads", "Certificate changes seen on disk, by result",
             ["result"], registry=registry,
         )
+        register_build_info(registry, "webhook")
         # Resolved once: a labels() lookup per request takes a lock.
         self.by_outcome = {outcome: self.requests.labels(outcome) for outcome in
                            ("patched", "unchanged", "denied", "error", "invalid")}

@@ -169,15 +169,16 @@ def test_network_policies_open_only_each_components_ports(chart: Any) -> None:
     assert render(chart).of_kind("NetworkPolicy") == []
     rendered = render(chart, {"networkPolicy": {"enabled": True}, "operator": {"healthPort": 8090}})
     policies = {doc["metadata"]["name"]: doc["spec"] for doc in rendered.of_kind("NetworkPolicy")}
-    expected = {"gpunuma-agent": 8081, "gpunuma-operator": 8090, "gpunuma-webhook": 8443}
-    assert {name: spec["ingress"][0]["ports"][0]["port"] for name, spec in policies.items()} == expected
+    expected = {"gpunuma-agent": [8081], "gpunuma-operator": [8090, 8082], "gpunuma-webhook": [8443]}
+    assert {name: [p["port"] for p in spec["ingress"][0]["ports"]]
+            for name, spec in policies.items()} == expected
     for name, spec in policies.items():
         component = name.removeprefix("gpunuma-")
         assert spec["podSelector"]["matchLabels"] == (
             rendered.workload(component)["spec"]["selector"]["matchLabels"])
         assert spec["policyTypes"] == ["Ingress"]
         container_ports = {p["containerPort"] for p in rendered.pod_spec(component)["containers"][0]["ports"]}
-        assert {p["port"] for p in spec["ingress"][0]["ports"]} <= container_ports
+        assert {p["port"] for p in spec["ingress"][0]["ports"]} == container_ports
     only_webhook = render(chart, {"networkPolicy": {"enabled": True}, "agent": {"enabled": False},
                                   "operator": {"enabled": False},
                                   "webhook": {"certificate": {"mode": "cert-manager"}}})

@@ -502,10 +502,15 @@ def test_every_container_requests_resources(scenario: tuple[str, Rendered]) -> N
                 assert container["resources"]["limits"]["memory"]
 
 
-def test_service_monitors_scrape_the_agent_and_the_webhook_with_its_ca(chart: Any) -> None:
+def test_service_monitors_scrape_every_component_and_the_webhook_with_its_ca(chart: Any) -> None:
     rendered = render(chart, SCENARIOS["service-monitor"])
     monitors = {m["metadata"]["name"]: m for m in rendered.of_kind("ServiceMonitor")}
-    assert set(monitors) == {f"{RELEASE}-agent", f"{RELEASE}-webhook"}
+    assert set(monitors) == {f"{RELEASE}-agent", f"{RELEASE}-operator", f"{RELEASE}-webhook"}
+    operator_service = rendered.one("Service", f"{RELEASE}-operator-metrics")
+    operator_ports = {p["name"]: p["containerPort"]
+                      for p in rendered.pod_spec("operator")["containers"][0]["ports"]}
+    assert operator_service["spec"]["ports"][0]["port"] == operator_ports["metrics"]
+    assert rendered.env("operator")["GPUNUMA_METRICS_LISTEN"] == f":{operator_ports['metrics']}"
     agent_service = rendered.one("Service", f"{RELEASE}-agent-metrics")
     agent_pod_labels = rendered.workload("agent")["spec"]["template"]["metadata"]["labels"]
     assert agent_service["spec"]["selector"].items() <= agent_pod_labels.items()

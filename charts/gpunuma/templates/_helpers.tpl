@@ -208,6 +208,7 @@ env:
   logFormat: GPUNUMA_LOG_FORMAT
   logLevel: GPUNUMA_LOG_LEVEL
   liveness: GPUNUMA_LIVENESS
+  metricsListen: GPUNUMA_METRICS_LISTEN
   shutdownDelay: GPUNUMA_SHUTDOWN_DELAY
 paths:
   hostSys: /host/sys
