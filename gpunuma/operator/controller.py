@@ -17,8 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpunuma import names
 from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.operator.cache import Cache, LayoutView, NodeView, PodView
+from gpunuma.operator.events import post_pod_warnings, warning_target
 from gpunuma.operator.layouts import LayoutReconciler
 from gpunuma.operator.leadership import Leadership
 from gpunuma.operator.pods import PodReconciler
@@ -31,6 +33,9 @@ __all__ = ["Controller", "LayoutView", "NodeView", "PodView"]
 logger = logging.getLogger("gpunuma.operator")
 
 PEERING_RETRY_S = 2.0  # how soon the loop looks again while kopf has not joined the peering
+# Warning Events already posted, as (object, warnings): one per ReplicaSet, not one per replica.
+# Bounded: forgetting them costs one repeated Event per object, never memory.
+WARNED_LIMIT = 10_000
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Controller:
     reconciles: Counter[str] = field(default_factory=Counter)
     reconcile_errors: Counter[str] = field(default_factory=Counter)
     active: bool = False
+    warned: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         def now() -> dt.datetime:  # late-bound: tests move the clock of a running controller
@@ -97,6 +103,28 @@ class Controller:
         if deleted:
             self.writes.forget(("pod", f"{view.namespace}/{view.name}"))
         return view
+
+    # The webhook's warnings ----------------------------------------------------------------------
+
+    async def report_warnings(self, body: Mapping[str, Any]) -> None:
+        """The webhook's warnings about a pod (``gpunuma.io/warnings``) as a Warning Event on the
+        pod's controller, or the pod: a controller that creates pods drops admission warnings, so
+        without this nobody would see them. Once per object and text; the webhook itself makes
+        no API call in the admission path."""
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        text = annotations.get(names.ANNOTATION_WARNINGS)
+        if not text:
+            return
+        target = warning_target(body)
+        key = (target["uid"] or "/".join((target["namespace"], target["kind"], target["name"])), text)
+        if key in self.warned:
+            return
+        if len(self.warned) >= WARNED_LIMIT:
+            self.warned.clear()
+        # Claimed before the await: the replicas of one ReplicaSet arrive concurrently.
+        self.warned.add(key)
+        if not await post_pod_warnings(self.client, self.clock(), body, target):
+            self.warned.discard(key)  # refused: the next event of such a pod tries again
 
     # Reconciling --------------------------------------------------------------------------------
 

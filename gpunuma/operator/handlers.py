@@ -33,7 +33,8 @@ __all__ = ["LAYOUT_RESOURCE", "register"]
 logger = logging.getLogger("gpunuma.operator")
 
 LAYOUT_RESOURCE = (names.CRD_GROUP, names.CRD_VERSION, names.CRD_PLURAL)
-MANAGED = {names.LABEL_MANAGED: "true"}
+# Every pod the webhook changed: "true" (bound: placement) and "false" (nothing bound: warnings).
+MANAGED = {names.LABEL_MANAGED: kopf.PRESENT}
 
 
 def register(
@@ -116,6 +117,10 @@ def register(
 
     @kopf.on.event("", "v1", "pods", labels=MANAGED, when=in_scope, registry=registry)
     async def gpunuma_pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+        if type != "DELETED":
+            await controller.report_warnings(body)
+        if (body.get("metadata", {}).get("labels") or {}).get(names.LABEL_MANAGED) != "true":
+            return  # nothing bound, no placement to write
         pod = controller.observe_pod(body, deleted=type == "DELETED")
         if type != "DELETED" and pod.node:
             await controller.reconcile_pod(pod.namespace, pod.name, node=pod.node)

@@ -47,7 +47,8 @@ def kopf_settings(settings: OperatorSettings, priority: int) -> kopf.OperatorSet
     tuned.peering.standalone = settings.standalone
     tuned.peering.mandatory = not settings.standalone
     # The webhook labels every pod it mutates; the API server sends us only those.
-    tuned.watching.label_selectors["v1", "pods"] = f"{names.LABEL_MANAGED}=true"
+    # Every pod it changed: managed=true for placements, managed=false for warnings only.
+    tuned.watching.label_selectors["v1", "pods"] = names.LABEL_MANAGED
     if settings.certificates.mode == "self-managed":
         tuned.watching.field_selectors[
             "admissionregistration.k8s.io", "mutatingwebhookconfigurations"
