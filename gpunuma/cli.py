@@ -117,6 +117,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging_arguments(cleanup)
     cleanup.set_defaults(handler=_run_cleanup_nodes)
 
+    check = commands.add_parser(
+        "check", help="say whether the installed release works (like linkerd check)",
+        description="Check the release: the GPUNumaLayout CRD is served, agents report, the "
+        "operator acts, and the webhook answers with a certificate its caBundle trusts. Exit 1 "
+        "if a check fails. The chart's `helm test` runs it inside the cluster.",
+    )
+    check.add_argument("--kubeconfig", type=Path, default=_env("KUBECONFIG"),
+                       help="kubeconfig (default: in a pod its service account, else "
+                       "~/.kube/config; env GPUNUMA_KUBECONFIG)")
+    check.add_argument("--heartbeat-interval", type=_seconds, metavar="SECONDS",
+                       default=_env("HEARTBEAT_INTERVAL", "600"),
+                       help="the agents' --heartbeat (default 600; env GPUNUMA_HEARTBEAT_INTERVAL)")
+    check.add_argument("--stale-after", type=int, metavar="N", default=_env("STALE_AFTER", "3"),
+                       help="missed heartbeats that make an agent silent (default 3; "
+                       "env GPUNUMA_STALE_AFTER)")
+    check.add_argument("--peering-name", default=_env("PEERING_NAME", "gpunuma"),
+                       help="the operator's ClusterKopfPeering (default gpunuma; env GPUNUMA_PEERING_NAME)")
+    check.add_argument("--webhook-configuration", default=_env("WEBHOOK_CONFIGURATION", "gpunuma"),
+                       help="the release's MutatingWebhookConfiguration (default gpunuma; "
+                       "env GPUNUMA_WEBHOOK_CONFIGURATION)")
+    check.add_argument("--webhook-address", metavar="HOST:PORT", default=_env("WEBHOOK_ADDRESS"),
+                       help="connect here instead of the webhook Service's name (a port-forward); "
+                       "the certificate is still checked for the Service's name")
+    check.add_argument("--skip", type=_csv, default=(), metavar="agents,operator,webhook",
+                       help="checks to leave out, for a release without those components")
+    check.set_defaults(handler=_run_check)
+
     inject = commands.add_parser(
         "inject",
         help="apply the webhook's mutation to manifests offline (like istioctl kube-inject)",
@@ -387,6 +414,44 @@ def _run_cleanup_nodes(args: argparse.Namespace) -> int:
         print(f"gpunuma cleanup-nodes: cleaned {len(result.cleaned)} node(s), "
               f"{result.untouched} had nothing of gpunuma, {len(result.failed)} failed")
         return 1 if result.failed else 0
+
+    return asyncio.run(run())
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gpunuma.check import CheckSettings, format_report, run_checks
+    from gpunuma.kubeapi import ApiError, Connection, KubeClient
+
+    unknown = set(args.skip) - {"agents", "operator", "webhook"}
+    if unknown:
+        print(f"gpunuma check: --skip {','.join(sorted(unknown))}: choose from agents, operator, "
+              "webhook", file=sys.stderr)
+        return EXIT_USAGE
+    settings = CheckSettings(
+        heartbeat_interval_s=args.heartbeat_interval, stale_after_heartbeats=args.stale_after,
+        peering_name=args.peering_name, webhook_configuration=args.webhook_configuration,
+        webhook_address=args.webhook_address, skip=frozenset(args.skip),
+    )
+
+    async def run() -> int:
+        try:
+            if args.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+                connection = Connection.in_cluster()
+            else:
+                connection = Connection.from_kubeconfig(
+                    args.kubeconfig or Path.home() / ".kube" / "config")
+        except ApiError as exc:
+            print(f"gpunuma check: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        client = KubeClient(connection, user_agent="gpunuma-check")
+        try:
+            results = await run_checks(client, settings)
+        finally:
+            await client.close()
+        sys.stdout.write(format_report(results))
+        return 0 if all(result.ok for result in results) else 1
 
     return asyncio.run(run())
 

@@ -201,9 +201,9 @@ def test_the_crd_is_a_template_so_upgrades_upgrade_it(chart: Any) -> None:
     assert not (CHART / "crds/gpunumalayouts.gpunuma.io.yaml").exists()
 
 
-def hooks(rendered: Rendered) -> dict[str, dict[str, Any]]:
+def hooks(rendered: Rendered, kind: str = "post-delete") -> dict[str, dict[str, Any]]:
     return {f"{d['kind']}/{d['metadata']['name']}": d for d in rendered.documents
-            if "helm.sh/hook" in d["metadata"].get("annotations", {})}
+            if d["metadata"].get("annotations", {}).get("helm.sh/hook") == kind}
 
 
 def test_the_post_delete_hook_removes_node_labels_with_only_list_and_patch_on_nodes(chart: Any) -> None:
@@ -272,3 +272,34 @@ def test_the_notes_speak_only_of_what_is_installed(chart: Any, name: str) -> Non
     assert ("kubectl gpunuma explain" in notes) == ("webhook" in enabled)
     for component in {"agent", "operator", "webhook"} - enabled:
         assert f"The {component} is disabled" in notes
+
+
+# --- helm test -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(COMBINATIONS))
+def test_helm_test_runs_gpunuma_check_for_the_installed_components(chart: Any, name: str) -> None:
+    from gpunuma.cli import build_parser
+
+    values = COMBINATIONS[name]
+    found = hooks(render(chart, values), "test")
+    assert set(found) == {"ServiceAccount/gpunuma-check", "ClusterRole/gpunuma-check",
+                          "ClusterRoleBinding/gpunuma-check", "Pod/gpunuma-check"}
+    pod = found["Pod/gpunuma-check"]["spec"]
+    assert pod["serviceAccountName"] == "gpunuma-check"
+    args = build_parser().parse_args(pod["containers"][0]["args"])
+    assert args.command == "check"
+    assert (args.heartbeat_interval, args.stale_after) == (600, 3)
+    disabled = {c for c in COMPONENTS if not values.get(c, {}).get("enabled", True)}
+    assert set(args.skip) == {{"agent": "agents"}.get(c, c) for c in disabled}
+    rules = found["ClusterRole/gpunuma-check"]["rules"]
+    assert {verb for rule in rules for verb in rule["verbs"]} <= {"get", "list"}
+    read = {resource for rule in rules for resource in rule["resources"]}
+    assert ("mutatingwebhookconfigurations" in read) == ("webhook" not in disabled)
+    assert ("clusterkopfpeerings" in read) == ("operator" not in disabled)
+    assert "helm test gpunuma" in render(chart, values).notes
+
+
+def test_helm_test_can_be_left_out(chart: Any) -> None:
+    rendered = render(chart, {"test": {"enabled": False}})
+    assert hooks(rendered, "test") == {}
+    assert "helm test" not in rendered.notes
