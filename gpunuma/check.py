@@ -20,14 +20,15 @@ import contextlib
 import datetime as dt
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gpunuma import names
 from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.rfc3339 import parse_rfc3339
+from gpunuma.settings import CheckSettings
 
-__all__ = ["Check", "CheckSettings", "format_report", "judge_agents", "judge_operator",
+__all__ = ["Check", "format_report", "judge_agents", "judge_operator",
            "judge_webhook_certificate", "run_checks"]
 
 LAYOUTS = f"/apis/{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
@@ -42,17 +43,6 @@ class Check:
     detail: str
     hint: str = ""
     skipped: bool = False
-
-
-@dataclass(frozen=True)
-class CheckSettings:
-    heartbeat_interval_s: float = 600.0
-    stale_after_heartbeats: int = 3
-    peering_name: str = "gpunuma"
-    webhook_configuration: str = "gpunuma"
-    webhook_address: str | None = None  # HOST:PORT to connect to instead of the Service's name
-    timeout_s: float = 10.0
-    skip: frozenset[str] = field(default_factory=frozenset)  # "agents", "operator", "webhook"
 
 
 def _age(text: object, now: dt.datetime) -> dt.timedelta | None:

@@ -12,15 +12,11 @@ import datetime as dt
 import json
 import logging
 import sys
-from typing import Literal
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "DropHandlerSuccesses", "JsonFormatter", "configure",
-           "level_number"]
+from gpunuma.settings import LOG_LEVELS, LoggingSettings
 
-LogLevel = Literal["debug", "info", "warning", "error"]
-LogFormat = Literal["json", "plain"]
-LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
-LOG_FORMATS: tuple[LogFormat, ...] = ("json", "plain")
+__all__ = ["DropHandlerSuccesses", "JsonFormatter", "configure", "level_number"]
+
 PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -61,10 +57,10 @@ class DropHandlerSuccesses(logging.Filter):
         return not (message.startswith("Handler ") and message.endswith(" succeeded."))
 
 
-def configure(level: str, log_format: str) -> None:
-    """Log records at ``level`` and above to stderr in ``log_format`` (replaces root handlers)."""
+def configure(settings: LoggingSettings) -> None:
+    """Log records at the level and above to stderr in the format (replaces root handlers)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(PLAIN))
+    handler.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(PLAIN))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level_number(level))
+    root.setLevel(level_number(settings.level))

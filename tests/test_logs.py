@@ -11,7 +11,9 @@ import pytest
 
 from gpunuma import logs
 from gpunuma.cli import build_parser, main
-from gpunuma.operator.run import configure_logging, settings_from_args
+from gpunuma.cli import operator_settings as settings_from_args
+from gpunuma.operator.run import configure_logging
+from gpunuma.settings import LoggingSettings
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +66,7 @@ def test_a_bad_log_level_is_refused_naming_the_variable(monkeypatch: pytest.Monk
 
 
 def test_configure_sets_the_level_and_the_plain_format(capsys: pytest.CaptureFixture[str]) -> None:
-    logs.configure("warning", "plain")
+    logs.configure(LoggingSettings(level="warning", format="plain"))
     logging.getLogger("gpunuma.agent").info("discovered 8 GPUs")
     logging.getLogger("gpunuma.agent").warning("kubelet unreachable")
     (line,) = capsys.readouterr().err.splitlines()
@@ -89,6 +91,6 @@ def test_the_operator_drops_kopfs_handler_successes_and_keeps_the_rest(
 def test_the_operator_log_level_reaches_the_root_logger(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POD_NAMESPACE", "gpunuma")
     settings = settings_from_args(build_parser().parse_args(["operator", "--log-level", "error"]))
-    assert settings.log_level == "error"
+    assert settings.logging.level == "error"
     configure_logging(settings)
     assert logging.getLogger().level == logging.ERROR

@@ -1,15 +1,33 @@
-"""The ``nodes`` and ``pods`` tables of ``kubectl gpunuma``: API objects → rows and text. Pure."""
+"""The ``nodes`` and ``pods`` tables of ``kubectl gpunuma``: API objects → rows and text. Pure.
+
+Each table is a tuple of :class:`Column`: the default table shows the narrow columns (it fits 120
+terminal columns on real clusters), ``-o wide`` all of them, and ``-o json|yaml`` every column as a
+field of one object per row, under the column's ``key`` (``-`` becomes null).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from gpunuma import names
 from gpunuma.kubectl.objects import NONE, Obj, annotations_of, labels_of, meta_of, policy_of, wrapped_of
 from gpunuma.topology.cpulist import format_cpulist
 
-__all__ = ["NODE_HEADERS", "format_table", "node_rows", "pod_headers", "pod_rows"]
+__all__ = [
+    "NODE_COLUMNS", "NODE_HEADERS", "Column", "format_table", "node_rows", "pod_columns",
+    "pod_headers", "pod_rows", "render",
+]
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str  # in the tables
+    key: str     # in -o json|yaml
+    wide: bool = False  # only under -o wide (and in json|yaml)
 
 
 def _age(timestamp: str | None, now: dt.datetime) -> str:
@@ -51,8 +69,12 @@ def _is_stale(node: Obj | None, layout: Obj | None) -> bool:
     conditions = ((layout or {}).get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Stale" and c.get("status") == "True" for c in conditions)
 
-NODE_HEADERS = ("NODE", "GPUS", "NUMA", "LAYOUT", "GPUS PER NUMA NODE", "SOURCE", "LABELED", "STALE",
-                "HEARTBEAT")
+NODE_COLUMNS = (
+    Column("NODE", "node"), Column("GPUS", "gpus"), Column("NUMA", "numaNodes"), Column("LAYOUT", "layout"),
+    Column("GPUS PER NUMA NODE", "gpusPerNumaNode", wide=True), Column("SOURCE", "source"),
+    Column("LABELED", "labeled", wide=True), Column("STALE", "stale"), Column("HEARTBEAT", "heartbeat"),
+)
+NODE_HEADERS = tuple(column.header for column in NODE_COLUMNS)
 
 def node_rows(layouts: Iterable[Obj], nodes: Iterable[Obj], now: dt.datetime) -> list[list[str]]:
     """One row per GPU node: every node with a GPUNumaLayout, and nodes still carrying our labels."""
@@ -105,6 +127,31 @@ def pod_rows(pods: Iterable[Obj], *, all_namespaces: bool) -> list[list[str]]:
         rows.append([meta_of(pod).get("namespace", ""), *row] if all_namespaces else row)
     return rows
 
+_POD_COLUMNS = (
+    Column("POD", "pod"), Column("NODE", "node"), Column("POLICY", "policy"),
+    Column("WRAPPED", "wrapped", wide=True), Column("NUMA NODES", "numaNodes"), Column("CPUSET", "cpuset"),
+)
+
+
+def pod_columns(*, all_namespaces: bool) -> tuple[Column, ...]:
+    return (Column("NAMESPACE", "namespace"), *_POD_COLUMNS) if all_namespaces else _POD_COLUMNS
+
+
 def pod_headers(*, all_namespaces: bool) -> list[str]:
-    headers = ["POD", "NODE", "POLICY", "WRAPPED", "NUMA NODES", "CPUSET"]
-    return ["NAMESPACE", *headers] if all_namespaces else headers
+    return [column.header for column in pod_columns(all_namespaces=all_namespaces)]
+
+
+def render(columns: Sequence[Column], rows: Sequence[Sequence[str]], output: str) -> str:
+    """Rows (one cell per column) as the chosen -o form: a table, a wide table, JSON or YAML."""
+    if output in ("json", "yaml"):
+        items: list[dict[str, Any]] = [
+            {column.key: None if cell == NONE else cell for column, cell in zip(columns, row, strict=True)}
+            for row in rows
+        ]
+        if output == "json":
+            return json.dumps({"items": items}, indent=2) + "\n"
+        import yaml  # only here: the plugin's start-up is kept short
+
+        return yaml.safe_dump({"items": items}, sort_keys=False)
+    shown = [index for index, column in enumerate(columns) if output == "wide" or not column.wide]
+    return format_table([columns[i].header for i in shown], ([row[i] for i in shown] for row in rows))

@@ -18,7 +18,6 @@ from typing import Any, Literal
 from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.operator import paths
 from gpunuma.operator.certificates import (
-    CertificatePolicy,
     Pki,
     PkiError,
     ca_bundle,
@@ -72,14 +71,8 @@ class CertificateReconciler:
             if serving is not None or authority is not None:
                 logger.warning("webhook certificates: %s; issuing new ones", exc)
             current = None
-        policy = CertificatePolicy(
-            leaf_validity=dt.timedelta(days=certs.leaf_validity_days),
-            leaf_renew_before=dt.timedelta(days=certs.renew_before_days),
-            ca_validity=dt.timedelta(days=certs.ca_validity_days),
-            ca_renew_before=dt.timedelta(days=certs.ca_renew_before_days),
-        )
         decision = plan(current, self.clock(), service_dns_names(certs.service_name,
-                                                                  certs.namespace), policy)
+                                                                  certs.namespace), certs)
         if decision is None:
             assert current is not None
             self._record_expiry(current)

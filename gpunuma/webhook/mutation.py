@@ -12,7 +12,6 @@ into an RFC 6902 patch by diffing, never by hand-written paths.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,11 +19,12 @@ from decimal import Decimal
 from typing import Any
 
 from gpunuma import names
-from gpunuma.settings import MutationSettings, gpu_resource_pattern
+from gpunuma.settings import DEFAULT_GPU_CLAIMS, MutationSettings, gpu_resource_pattern
 from gpunuma.webhook import patchdiff
 
 __all__ = [
     "INSTALL_COMMAND",
+    "LAUNCHER_UID",
     "MIRROR_POD_ANNOTATION",
     "POLICY_ENV",
     "WARNING_LIMIT",
@@ -34,7 +34,6 @@ __all__ = [
     "json_patch",
     "listed_containers",
     "mutate",
-    "mutation_settings",
     "selected_containers",
     "warning_line",
 ]
@@ -42,6 +41,8 @@ __all__ = [
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 POLICY_ENV = "GPUNUMA_POLICY"
 INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
+# The launcher image's USER (the Dockerfile's 65532:65532), named only for pods that run as root.
+LAUNCHER_UID = 65532
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
 WARNING_LIMIT = 120
 
@@ -130,7 +131,8 @@ def mutate(
     init_containers = _named_list(spec, "initContainers")
     volumes = _named_list(spec, "volumes")
     policy = _policy(annotations, settings.default_policy, warnings)
-    selected = _select(annotations, init_containers, containers, settings.gpu_resources, warnings)
+    selected = _select(annotations, init_containers, containers, settings.gpu_resources, warnings,
+                       gpu_claims=_gpu_claim_names(spec, settings.gpu_claims))
     if not selected:
         return unchanged("no GPU containers")
     if _is_windows(spec):
@@ -187,8 +189,9 @@ def mutate(
         # Ours runs first, before any wrapped init container. One already there is kept as it is
         # (on reinvocation the API server has defaulted its fields), only moved to the front
         # should another webhook have put something before it.
-        launcher = next((c for c in init_containers if _is_launcher(c)), None) or (
-            _launcher_container(settings, best_effort=_is_best_effort(containers, init_containers)))
+        existing = next((c for c in init_containers if _is_launcher(c)), None)
+        launcher = _runs_as_pod_user(existing or _launcher_container(
+            settings, best_effort=_is_best_effort(containers, init_containers)), spec)
         new_spec["initContainers"] = [launcher, *(changed_containers.get(c["name"], c)
                                                   for c in init_containers if not _is_launcher(c))]
         if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
@@ -202,15 +205,6 @@ def mutate(
     return Mutation(
         new_pod if patch else pod, patch, None, tuple(warnings),
         "mutated" if patch else "already mutated", tuple(wrapped), tuple(skipped),
-    )
-
-
-def mutation_settings(args: argparse.Namespace) -> MutationSettings:
-    """The settings of ``gpunuma webhook`` and ``gpunuma inject`` flags. Raises ValueError."""
-    return MutationSettings(
-        launcher_image=args.launcher_image,
-        gpu_resources=tuple(args.gpu_resources),
-        default_policy=getattr(args, "default_policy", None) or names.DEFAULT_POLICY,
     )
 
 
@@ -238,13 +232,35 @@ def _policy(annotations: Mapping[str, str], default: str, warnings: list[str]) -
     return default
 
 
-def selected_containers(pod: Mapping[str, Any], gpu_resources: Sequence[str]) -> set[str]:
+def selected_containers(pod: Mapping[str, Any], gpu_resources: Sequence[str],
+                        gpu_claims: Sequence[str] = DEFAULT_GPU_CLAIMS) -> set[str]:
     """Names of the containers ``mutate`` would wrap in this pod (for ``kubectl gpunuma explain``),
     whether or not the pod opted in. Raises ``InvalidPod``."""
     spec = _mapping(pod, "spec", "spec") or {}
     annotations = _string_map(_mapping(pod, "metadata", "metadata"), "annotations")
     return _select(annotations, _named_list(spec, "initContainers"), _named_list(spec, "containers"),
-                   gpu_resources, [])
+                   gpu_resources, [], gpu_claims=_gpu_claim_names(spec, gpu_claims))
+
+
+def _gpu_claim_names(spec: Mapping[str, Any], globs: Sequence[str]) -> frozenset[str]:
+    """The names of the pod's ``resourceClaims`` entries that stand for GPUs: the entry's own name,
+    its ResourceClaim's or its ResourceClaimTemplate's matches a ``--gpu-claims`` glob.
+
+    A DeviceClass is what really says "GPU", but a pod does not name it: only the API server knows
+    the claim's class, and the webhook makes no API calls (DESIGN §9). Raises ``InvalidPod``.
+    """
+    pattern = gpu_resource_pattern(tuple(globs))
+    found: set[str] = set()
+    for entry in _named_list(spec, "resourceClaims"):
+        source = entry.get("source")  # before Kubernetes 1.31 the names sat under "source"
+        names_of = [entry["name"]] + [
+            value for holder in (entry, source if isinstance(source, Mapping) else {})
+            for key in ("resourceClaimName", "resourceClaimTemplateName")
+            if isinstance(value := holder.get(key), str)
+        ]
+        if any(pattern.match(name) for name in names_of):
+            found.add(entry["name"])
+    return frozenset(found)
 
 
 def listed_containers(annotations: Mapping[str, str]) -> list[str]:
@@ -267,8 +283,11 @@ def _select(
     containers: Sequence[Mapping[str, Any]],
     gpu_resources: Sequence[str],
     warnings: list[str],
+    *,
+    gpu_claims: frozenset[str] = frozenset(),
 ) -> set[str]:
-    """Names of the containers to wrap: the annotation's list, else those that request GPUs."""
+    """Names of the containers to wrap: the annotation's list, else those that request GPUs or
+    use a claim of ``gpu_claims`` (names of the pod's ``resourceClaims`` entries)."""
     candidates = [c for c in (*init_containers, *containers) if not _is_launcher(c)]
     requested = listed_containers(annotations)
     if requested:
@@ -280,7 +299,18 @@ def _select(
                                              "pod"))
         return {name for name in requested if name in known}
     pattern = gpu_resource_pattern(tuple(gpu_resources))
-    return {c["name"] for c in candidates if _requests_gpu(c, pattern)}
+    return {c["name"] for c in candidates
+            if _requests_gpu(c, pattern) or _uses_claim(c, gpu_claims)}
+
+
+def _uses_claim(container: Mapping[str, Any], claims: frozenset[str]) -> bool:
+    if not claims:
+        return False
+    resources = container.get("resources")
+    used = resources.get("claims") if isinstance(resources, dict) else None
+    if not isinstance(used, list):
+        return False
+    return any(isinstance(item, dict) and item.get("name") in claims for item in used)
 
 
 def _requests_gpu(container: Mapping[str, Any], gpu_resources: re.Pattern[str]) -> bool:
@@ -308,7 +338,12 @@ def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str]
 
 
 def _is_zero(quantity: object) -> bool:
-    """True for a quantity of zero (``0``, ``"0"``, ``"0k"``): such a container has no GPU."""
+    """True for a quantity of zero (``0``, ``"0"``, ``"0k"``): such a container has no GPU.
+
+    ``null`` (a Helm value left empty) is zero too: Kubernetes decodes a null quantity as 0.
+    """
+    if quantity is None:
+        return True
     if isinstance(quantity, int) or (isinstance(quantity, str) and quantity.isdigit()):
         return int(quantity) == 0
     match = _QUANTITY_NUMBER.match(str(quantity))
@@ -418,6 +453,25 @@ def _launcher_container(settings: MutationSettings, *, best_effort: bool) -> dic
     if not best_effort:
         container["resources"] = {key: dict(value) for key, value in _LAUNCHER_RESOURCES.items()}
     return container
+
+
+def _runs_as_pod_user(launcher: Mapping[str, Any], spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``launcher`` fitted to the UID the pod sets for every container.
+
+    A pod-level ``runAsUser: 0`` applies to our init container too, and the kubelet refuses to
+    start a container that says ``runAsNonRoot: true`` with UID 0: the whole pod would stay
+    Pending. Such a pod is one that a policy lets choose its UID (Pod Security "restricted" and
+    OpenShift's range-assigning SCCs reject UID 0 before it gets here), so ours names the launcher
+    image's own non-root UID. Any other pod gets no UID from us: it is then the pod's non-zero
+    one, the one OpenShift assigns, or the image's numeric USER.
+    """
+    pod_context = spec.get("securityContext")
+    context = launcher.get("securityContext")
+    if not (isinstance(pod_context, dict) and pod_context.get("runAsUser") == 0
+            and isinstance(context, dict) and context.get("runAsNonRoot") is True
+            and "runAsUser" not in context):
+        return launcher
+    return {**launcher, "securityContext": {**context, "runAsUser": LAUNCHER_UID}}
 
 
 def _is_best_effort(*container_lists: Sequence[Mapping[str, Any]]) -> bool:
