@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gpunuma.agent.allocations import PodResources, allocations
 from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
@@ -346,13 +346,10 @@ def health_app(agent: Agent, *, stale_after: float) -> web.Application:
         body = {"ok": alive, **agent.health()}
         return web.json_response(body, status=200 if alive else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(agent.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", make_aiohttp_handler(agent.metrics.registry))
     return app
 
 
