@@ -155,3 +155,11 @@ def test_no_help_text_points_at_a_document_users_do_not_have() -> None:
         assert "DESIGN" not in text, text
         for page in re.findall(r"docs/[\w.-]+\.md", text):
             assert (ROOT / page).exists(), page
+
+
+def test_the_readme_contents_list_every_section() -> None:
+    text = FENCE.sub("", (ROOT / "README.md").read_text())
+    sections = [slug(h) for h in re.findall(r"^## (.+)$", text, re.M) if h != "Contents"]
+    contents = text[text.index("## Contents"):].split("\n## ", 1)[0]
+    listed = re.findall(r"\]\(#([^)]+)\)", contents)
+    assert listed == sections, "README.md's Contents must list its sections, in order"
