@@ -14,9 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpunuma import __version__, names
 from gpunuma.operator.controller import Controller
 from gpunuma.operator.metrics import operator_registry
-from tests.operator.conftest import Runner, eventually, fast_settings, labels_of, now_rfc3339
+from tests.operator.conftest import Runner, fast_settings, labels_of, now_rfc3339
 from tests.operator.test_certificates_kmock import MWC_URL, controller_for, webhook_configuration
 from tests.operator.test_operator import create, patch_spec
+from tests.polling import eventually
 
 
 def samples(controller: Controller) -> dict[str, float]:

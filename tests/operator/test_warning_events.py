@@ -9,8 +9,9 @@ from typing import Any
 import kmock
 
 from gpunuma import names
-from tests.operator.conftest import Runner, eventually
+from tests.operator.conftest import Runner
 from tests.operator.test_operator import ALLOCATION, create, running_pod, two_socket_spec
+from tests.polling import eventually
 
 NO_COMMAND = "gpunuma: container 'main' not wrapped: it has no command (the image ENTRYPOINT is invisible)"
 BAD_POLICY = "gpunuma: unknown gpunuma.io/policy=\"fast\", using preferred"
