@@ -44,7 +44,7 @@ def test_the_global_registry_prefixes_every_image_and_the_launcher(chart: Any) -
     rendered = render(chart, {"global": {"imageRegistry": "mirror.example.com:5000/"}})
     assert images(rendered) == {"mirror.example.com:5000/ghcr.io/gpunuma/gpunuma:0.1.0"}
     assert rendered.env("webhook")["GPUNUMA_LAUNCHER_IMAGE"] == (
-        "mirror.example.com:5000/ghcr.io/gpunuma/gpunuma:0.1.0")
+        "mirror.example.com:5000/ghcr.io/gpunuma/numa-exec:0.1.0")
 
 
 def test_the_image_registry_overrides_the_global_one(chart: Any) -> None:
@@ -65,9 +65,16 @@ def test_the_launcher_image_is_set_apart_from_the_components_image(chart: Any) -
     assert "mirror.example.com/gpunuma/numa-exec@" in rendered.notes
 
 
-def test_a_launcher_tag_without_a_repository_is_refused(chart: Any) -> None:
-    message = failure(chart, {"launcher": {"image": {"tag": "0.2.0"}}})
-    assert "without launcher.image.repository" in message
+def test_the_launcher_image_needs_a_repository(chart: Any) -> None:
+    message = failure(chart, {"launcher": {"image": {"repository": ""}}})
+    assert "/launcher/image/repository" in message
+
+
+def test_the_launcher_registry_overrides_the_global_one(chart: Any) -> None:
+    rendered = render(chart, {"global": {"imageRegistry": "mirror.example.com"},
+                              "launcher": {"image": {"registry": "launchers.example.com"}}})
+    assert rendered.env("webhook")["GPUNUMA_LAUNCHER_IMAGE"] == (
+        "launchers.example.com/ghcr.io/gpunuma/numa-exec:0.1.0")
 
 
 def test_a_registry_with_a_scheme_is_refused(chart: Any) -> None:

@@ -88,13 +88,9 @@ defaults to the chart's appVersion.
 {{ include "gpunuma.imageRef" (dict "image" .Values.image "ctx" .) }}
 {{- end -}}
 
-{{/* The init container image the webhook injects: launcher.image, or gpunuma's own image. */}}
+{{/* The init container image the webhook injects: launcher.image (the static numa-exec). */}}
 {{- define "gpunuma.launcherImage" -}}
-{{- if .Values.launcher.image.repository -}}
 {{ include "gpunuma.imageRef" (dict "image" .Values.launcher.image "ctx" .) }}
-{{- else -}}
-{{ include "gpunuma.image" . }}
-{{- end -}}
 {{- end -}}
 
 {{/* A component's ServiceAccount: include with (dict "ctx" $ "component" "agent"). */}}
