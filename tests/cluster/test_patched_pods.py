@@ -39,8 +39,14 @@ def api(cluster: ControlPlane) -> ControlPlane:
 
 
 def refusal(api: ControlPlane, pod: dict[str, Any]) -> str | None:
-    """Why the API server refuses to create ``pod`` (its message), or None when it accepts it."""
-    pod = {**pod, "metadata": {**pod["metadata"], "namespace": NAMESPACE}}
+    """Why the API server refuses to create ``pod`` (its message), or None when it accepts it.
+
+    The pod is sent opted out (``gpunuma.io/inject: "false"``): these tests judge the API server's
+    own rules, and gpunuma's webhook, which another test of the session may have registered, would
+    otherwise answer for it (and deny the strict clashing pods the mutation itself denies here).
+    """
+    annotations = {**(pod["metadata"].get("annotations") or {}), names.ANNOTATION_INJECT: "false"}
+    pod = {**pod, "metadata": {**pod["metadata"], "namespace": NAMESPACE, "annotations": annotations}}
     try:
         api.request("POST", f"/api/v1/namespaces/{NAMESPACE}/pods?dryRun=All", pod)
     except ApiError as error:
