@@ -245,6 +245,23 @@ def _add_agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     agent.add_argument("--kubeconfig", type=Path, default=_env("KUBECONFIG"),
                        help="kubeconfig to use instead of the in-cluster service account "
                        "(env GPUNUMA_KUBECONFIG)")
+    agent.add_argument("--cgroup-root", type=Path,
+                       default=Path(_env("CGROUP_ROOT", "/sys/fs/cgroup") or ""),
+                       help="the host's cgroup filesystem (default /sys/fs/cgroup; "
+                       "env GPUNUMA_CGROUP_ROOT)")
+    agent.add_argument("--cgroup-binding", action=argparse.BooleanOptionalAction,
+                       default=_env("CGROUP_BINDING", "false") == "true",
+                       help="write the cpuset of containers marked gpunuma.io/cgroup-bound "
+                       "(needs --cgroup-root writable; default off; env GPUNUMA_CGROUP_BINDING)")
+    agent.add_argument("--cpu-manager-state", type=Path,
+                       default=Path(_env("CPU_MANAGER_STATE",
+                                         "/var/lib/kubelet/cpu_manager_state") or ""),
+                       help="the kubelet's CPU manager checkpoint; policy static means no cpuset "
+                       "is written (env GPUNUMA_CPU_MANAGER_STATE)")
+    agent.add_argument("--memory-interval", type=_seconds,
+                       default=_env("MEMORY_INTERVAL", "300"),
+                       help="seconds between reads of a container's numa_maps, which walk its "
+                       "page tables (default 300; env GPUNUMA_MEMORY_INTERVAL)")
     _add_gpu_resources_argument(agent)
     agent.set_defaults(handler=_run_agent)
 
@@ -301,6 +318,10 @@ def _run_agent(args: argparse.Namespace) -> int:
         listen=args.listen,
         kubeconfig=args.kubeconfig,
         gpu_resources=args.gpu_resources,
+        cgroup_root=args.cgroup_root,
+        cgroup_binding=args.cgroup_binding,
+        cpu_manager_state=args.cpu_manager_state,
+        memory_interval=args.memory_interval,
     )
     try:
         return asyncio.run(run_agent(settings))

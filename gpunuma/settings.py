@@ -126,6 +126,15 @@ class AgentSettings:
     listen: str = ":8081"  # every address of both families: probes and Prometheus reach the pod's
     kubeconfig: Path | None = None
     gpu_resources: tuple[str, ...] = DEFAULT_GPU_RESOURCES
+    # The host's cgroup filesystem (in the chart /host/cgroup): observed bindings read it, the
+    # cgroup mechanism writes it.
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    # Bind the containers the webhook marked gpunuma.io/cgroup-bound through their cpuset.
+    cgroup_binding: bool = False
+    # The kubelet's CPU manager checkpoint: under the static policy the agent writes no cpuset.
+    cpu_manager_state: Path = Path("/var/lib/kubelet/cpu_manager_state")
+    # Seconds between two reads of one container's numa_maps (each walks its page tables).
+    memory_interval: float = 300.0
 
 
 # none: no webhook is installed, so there is no certificate to manage.

@@ -291,16 +291,19 @@ async def test_allocations_from_the_kubelet_reach_the_cr(
     ]
     run = start(node, socket=kubelet.socket)
     await until(lambda: published(api))
+    # The Pods exist only in the kubelet here, not in the API: their processes cannot be found.
+    UNKNOWN_POD = {"binding": "unknown", "by": "none",  # noqa: N806
+                   "reason": "the Pod is not known to the agent yet"}
     assert cr(api)["spec"]["allocations"] == [
         {"namespace": "ml", "pod": "llama-0", "container": "server",
          "resource": "nvidia.com/gpu", "deviceIds": [f"{uuids[1]}::0", f"{uuids[1]}::2"],
-         "numaNodes": [0], "cpus": "2-3"},
+         "numaNodes": [0], "cpus": "2-3", "observed": UNKNOWN_POD},
         {"namespace": "ml", "pod": "mig-job", "container": "main",
          "resource": "nvidia.com/mig-1g.10gb", "deviceIds": [MIG],
-         "numaNodes": [1], "cpus": "56-111,168-223"},
+         "numaNodes": [1], "cpus": "56-111,168-223", "observed": UNKNOWN_POD},
         {"namespace": "ml", "pod": "wide", "container": "main", "resource": "nvidia.com/gpu",
          "deviceIds": sorted([str(uuids[0]), str(uuids[4])]), "numaNodes": [0, 1],
-         "cpus": "0-223"},
+         "cpus": "0-223", "observed": UNKNOWN_POD},
     ]
     assert [method for method, _ in writes(api)] == ["POST"]
 
