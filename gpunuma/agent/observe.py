@@ -27,7 +27,15 @@ from typing import Any
 
 from gpunuma.topology import format_cpulist, parse_cpulist
 
-__all__ = ["MemoryPolicy", "NumaMaps", "TaskState", "classify", "parse_numa_maps", "unobserved"]
+__all__ = [
+    "MemoryPolicy",
+    "NumaMaps",
+    "TaskState",
+    "classify",
+    "local_share",
+    "parse_numa_maps",
+    "unobserved",
+]
 
 # Memory policies that keep pages on chosen nodes (local: the CPU's node, which counts only
 # through the CPUs).

@@ -292,7 +292,7 @@ async def test_allocations_from_the_kubelet_reach_the_cr(
     run = start(node, socket=kubelet.socket)
     await until(lambda: published(api))
     # The Pods exist only in the kubelet here, not in the API: their processes cannot be found.
-    UNKNOWN_POD = {"binding": "unknown", "by": "none",  # noqa: N806
+    UNKNOWN_POD = {"binding": "unknown", "by": "none",
                    "reason": "the Pod is not known to the agent yet"}
     assert cr(api)["spec"]["allocations"] == [
         {"namespace": "ml", "pod": "llama-0", "container": "server",
