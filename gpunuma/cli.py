@@ -271,6 +271,11 @@ def _add_mutation_arguments(parser: argparse.ArgumentParser, *, policy: bool = T
                         help="image of the init container that installs numa-exec "
                         "(env GPUNUMA_LAUNCHER_IMAGE)")
     _add_gpu_resources_argument(parser)
+    parser.add_argument("--cgroup-binding", action=argparse.BooleanOptionalAction,
+                        default=_env("CGROUP_BINDING", "false") == "true",
+                        help="hand containers without command to the agent's cgroup mechanism "
+                        "(annotation gpunuma.io/cgroup-bound) instead of skipping them; the "
+                        "agents must run with --cgroup-binding (env GPUNUMA_CGROUP_BINDING)")
     if policy:
         parser.add_argument("--default-policy", choices=names.POLICIES,
                             default=_env("DEFAULT_POLICY", names.DEFAULT_POLICY),

@@ -81,6 +81,8 @@ class MutationSettings:
     gpu_resources: tuple[str, ...] = DEFAULT_GPU_RESOURCES
     default_policy: str = names.DEFAULT_POLICY
     version: str = __version__
+    # Containers without `command` go to the agent's cgroup mechanism instead of being skipped.
+    cgroup_binding: bool = False
 
     def __post_init__(self) -> None:
         # Flags are checked by argparse, but their GPUNUMA_* environment defaults are not.
