@@ -41,6 +41,7 @@ from gpunuma.operator.placement import (
     annotation_patch,
     pod_annotations,
     pods_with_allocations,
+    unbound_containers,
 )
 from gpunuma.operator.staleness import judge_heartbeat
 from gpunuma.operator.status import (
@@ -352,6 +353,30 @@ class Controller:
         except ApiError as exc:  # an Event is a courtesy: never let it fail a reconcile
             logger.warning("node %s: could not post event %s: %s", node.name, reason, exc)
 
+    async def _not_bound_event(self, body: Mapping[str, Any], namespace: str, name: str,
+                               unbound: Mapping[str, str]) -> None:
+        """A Warning on an opted-in pod whose container ended up unbound (once per transition)."""
+        now = format_rfc3339(self.clock())
+        detail = "; ".join(f"{container}: {reason}" for container, reason in sorted(unbound.items()))
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{secrets.token_hex(8)}", "namespace": namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": namespace,
+                               "name": name, "uid": (body.get("metadata") or {}).get("uid", "")},
+            "type": "Warning",
+            "reason": "NotNumaBound",
+            "message": f"gpunuma: not bound to its GPUs' NUMA node(s): {detail}"[:1024],
+            "source": {"component": EVENT_SOURCE},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.client.create(f"/api/v1/namespaces/{namespace}/events", event)
+        except ApiError as exc:  # an Event is a courtesy: never let it fail a reconcile
+            logger.warning("pod %s/%s: could not post event NotNumaBound: %s", namespace, name, exc)
+
     async def forget_layout(self, body: Mapping[str, Any]) -> None:
         """A deleted layout: take our labels off its Node (if the Node is still there)."""
         view = self.observe_layout(body, deleted=True)
@@ -416,6 +441,12 @@ class Controller:
         if body is None:
             return
         logger.info("pod %s/%s: placement %s", namespace, name, desired[names.ANNOTATION_NUMA_NODES])
+        if (desired.get(names.ANNOTATION_BINDING) == "none"
+                and pod.annotations.get(names.ANNOTATION_BINDING) != "none"
+                and names.ANNOTATION_INJECTED in pod.annotations):
+            await self._not_bound_event(body or {}, namespace, name,
+                                        unbound_containers(layout.spec.get("allocations"),
+                                                           namespace, name))
         if body.get("metadata"):
             self.observe_pod(body)
 
