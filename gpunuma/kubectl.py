@@ -208,13 +208,16 @@ def pod_rows(pods: Iterable[Obj], *, all_namespaces: bool) -> list[list[str]]:
             ",".join(_wrapped(pod)) or NONE,
             annotations.get(names.ANNOTATION_NUMA_NODES) or waiting,
             annotations.get(names.ANNOTATION_CPUSET) or waiting,
+            # No binding but a placement: an operator or agent from before observed bindings.
+            annotations.get(names.ANNOTATION_BINDING)
+            or (NONE if names.ANNOTATION_NUMA_NODES in annotations else waiting),
         ]
         rows.append([_meta(pod).get("namespace", ""), *row] if all_namespaces else row)
     return rows
 
 
 def pod_headers(*, all_namespaces: bool) -> list[str]:
-    headers = ["POD", "NODE", "POLICY", "WRAPPED", "NUMA NODES", "CPUSET"]
+    headers = ["POD", "NODE", "POLICY", "WRAPPED", "NUMA NODES", "CPUSET", "BINDING"]
     return ["NAMESPACE", *headers] if all_namespaces else headers
 
 
@@ -266,6 +269,7 @@ def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -
     chosen = selected_containers(pod, gpu_resources)
     wrapped = set(_wrapped(pod))
     skipped = {name for name in annotations.get(names.ANNOTATION_SKIPPED, "").split(",") if name}
+    cgroup_bound = _cgroup_bound(pod)
     injected = names.ANNOTATION_INJECTED in annotations
     report = []
     for container in _all_containers(pod):
@@ -274,6 +278,8 @@ def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -
         selected = name in chosen
         if name in wrapped:
             status = "wrapped: numa-exec runs in front of its command"
+        elif name in cgroup_bound:
+            status = "cgroup-bound: no command, the node's agent binds its cgroup's cpuset"
         elif name in skipped or (injected and selected and not container.get("command")):
             status = ("skipped: no command (the webhook cannot see the image's ENTRYPOINT); "
                       "set command: in the pod spec")
@@ -289,6 +295,25 @@ def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -
             status = "GPU container, not wrapped"
         report.append(_Container(name, gpus, status))
     return report
+
+
+def _cgroup_bound(pod: Obj) -> set[str]:
+    return {name for name in _annotations(pod).get(names.ANNOTATION_CGROUP_BOUND, "").split(",")
+            if name}
+
+
+def _observed_verdict(binding: str, annotations: Mapping[str, str]) -> str:
+    """The verdict from what the node's agent observed on the processes (the operator wrote it)."""
+    nodes = annotations.get(names.ANNOTATION_NUMA_NODES) or NONE
+    cpus = annotations.get(names.ANNOTATION_CPUSET) or NONE
+    if binding == "full":
+        return f"bound to NUMA node(s) {nodes}, CPUs {cpus} (observed: CPUs and memory)"
+    if binding == "cpu-only":
+        return (f"CPUs bound to NUMA node(s) {nodes}, CPUs {cpus}; memory not bound "
+                "(observed; see Placement)")
+    if binding == "unknown":
+        return "bound state unknown: the agent has not found every container's processes yet"
+    return f"not bound: observed running on CPUs {cpus} (see Placement for why)"
 
 
 def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = DEFAULT_GPU_RESOURCES,
@@ -308,6 +333,7 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
     injected_by = annotations.get(names.ANNOTATION_INJECTED)
     containers = _containers_report(pod, gpu_resources, opted_in or injected_by is not None)
     wrapped = [c.name for c in containers if c.status.startswith("wrapped")]
+    bound_somehow = wrapped or [c.name for c in containers if c.status.startswith("cgroup-bound")]
     selected = [c.name for c in containers if not c.status.startswith("not selected")]
     placement = _placement(pod)
     logs = logs or {}
@@ -328,8 +354,10 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
             verdict = ("not bound: the webhook did not mutate this pod. It was created before gpunuma was "
                        "installed, or the webhook was unreachable (failurePolicy Ignore admits the pod "
                        "unchanged): check the gpunuma webhook pods, then recreate this pod")
-    elif not wrapped:
+    elif not bound_somehow:
         verdict = "not bound: no container could be wrapped (see Containers)"
+    elif annotations.get(names.ANNOTATION_BINDING):
+        verdict = _observed_verdict(annotations[names.ANNOTATION_BINDING], annotations)
     elif annotations.get(names.ANNOTATION_NUMA_NODES):
         verdict = (f"bound to NUMA node(s) {annotations[names.ANNOTATION_NUMA_NODES]}, "
                    f"CPUs {annotations.get(names.ANNOTATION_CPUSET) or NONE}")
@@ -354,10 +382,22 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
     lines += ["  " + line for line in format_table(["NAME", "GPU REQUEST", "STATUS"], rows).splitlines()]
     if placement:
         lines.append("Placement:")
+        entries = [(name, entry) for name, entry in sorted(placement.items())
+                   if isinstance(entry, dict)]
         rows = [[name, ",".join(map(str, entry.get("gpus") or [])) or NONE,
-                 ",".join(map(str, entry.get("numaNodes") or [])) or NONE, entry.get("cpus") or NONE]
-                for name, entry in sorted(placement.items()) if isinstance(entry, dict)]
-        lines += ["  " + line for line in format_table(["NAME", "GPUS", "NUMA", "CPUS"], rows).splitlines()]
+                 ",".join(map(str, entry.get("numaNodes") or [])) or NONE,
+                 entry.get("plannedCpus") or entry.get("cpus") or NONE]
+                for name, entry in entries]
+        headers = ["NAME", "GPUS", "NUMA", "CPUS"]
+        if any("binding" in entry for _, entry in entries):
+            # What the agent observed on the processes, beside the plan.
+            headers = ["NAME", "GPUS", "NUMA", "PLANNED CPUS", "OBSERVED CPUS", "BINDING", "BY"]
+            for row, (_, entry) in zip(rows, entries, strict=True):
+                observed = "binding" in entry
+                row += [entry.get("cpus") or NONE if observed else "(not observed)",
+                        entry.get("binding") or NONE, entry.get("by") or NONE]
+        lines += ["  " + line for line in format_table(headers, rows).splitlines()]
+        lines += [f"  {name}: {entry['reason']}" for name, entry in entries if entry.get("reason")]
     if wrapped:
         lines.append("numa-exec:")
         for name in wrapped:

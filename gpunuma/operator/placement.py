@@ -2,12 +2,12 @@
 
 The agent reports one allocation entry per (pod, container, resource), with what the container's
 processes were observed to have (``observed``). A pod gets ``gpunuma.io/placement`` (JSON, per
-container: the devices, their NUMA nodes, the CPUs it really runs on, ``binding`` and ``by``, and
-``plannedCpus`` where the plan differs), ``gpunuma.io/numa-nodes`` (union of the GPU nodes of the
-containers that are bound there, ascending; empty when none is), ``gpunuma.io/cpuset`` (union of
-the CPUs the containers run on) and ``gpunuma.io/binding`` (the weakest binding of its
-containers). An entry without ``observed`` (an agent older than observation) is taken at its
-plan, as before. The JSON is
+container: the devices, their NUMA nodes, the CPUs it really runs on, ``binding`` and ``by``,
+``plannedCpus`` where the plan differs and the agent's ``reason``), ``gpunuma.io/numa-nodes``
+(union of the GPU nodes of the containers that are bound there, ascending; empty when none is),
+``gpunuma.io/cpuset`` (union of the CPUs the containers run on) and ``gpunuma.io/binding`` (the
+weakest binding of its containers). An entry without ``observed`` (an agent older than
+observation) is taken at its plan, as before. The JSON is
 rendered canonically (sorted keys, no spaces) so that an unchanged placement compares equal to the
 annotation already on the pod and is never rewritten.
 """
@@ -98,6 +98,8 @@ def pod_annotations(allocations: object, namespace: str, pod: str) -> dict[str, 
         else:
             item["binding"] = seen["binding"]
             item["by"] = str(seen.get("by", "none"))
+            if seen.get("reason"):  # why it differs from the plan, for kubectl gpunuma explain
+                item["reason"] = str(seen["reason"])
             if seen["binding"] in ("full", "cpu-only"):
                 bound_nodes |= nodes
             actual = _observed_cpus(seen)

@@ -41,7 +41,7 @@ def test_annotations_say_what_was_observed_and_keep_the_plan_beside_it() -> None
     placement = json.loads(annotations[names.ANNOTATION_PLACEMENT])
     assert placement["main"] == {"gpus": ALLOCATION["deviceIds"], "numaNodes": [1],
                                  "cpus": "0-127", "plannedCpus": "32-63", "binding": "none",
-                                 "by": "none"}
+                                 "by": "none", "reason": UNBOUND["reason"]}
     assert placement["side"]["binding"] == "full"
     assert "plannedCpus" not in placement["side"]
     assert annotations[names.ANNOTATION_CPUSET] == "0-127"  # where the processes really run
