@@ -41,6 +41,10 @@ def require_cgroup_v1() -> Path:
     return V1_CPUSET
 
 
+def new_container_id() -> str:
+    return uuid.uuid4().hex + uuid.uuid4().hex
+
+
 def _copy_parent(directory: Path) -> None:
     for name in ("cpuset.cpus", "cpuset.mems"):
         (directory / name).write_text((directory.parent / name).read_text())
@@ -95,9 +99,10 @@ class Tree:
         return directory if directory.is_dir() else make_cgroup(directory)
 
     def start(self, pod_dir: Path, uid: str, container: str, *, dirname: str | None = None,
-              command: tuple[str, ...] = ("sleep", "300")) -> Container:
+              command: tuple[str, ...] = ("sleep", "300"),
+              container_id: str | None = None) -> Container:
         """A process in a new container cgroup, with the kubelet's termination-log mount."""
-        container_id = uuid.uuid4().hex + uuid.uuid4().hex
+        container_id = container_id or new_container_id()
         directory = make_cgroup(pod_dir / (dirname or container_id))
         source = self.scratch / "pods" / uid / "containers" / container / container_id[:8]
         source.mkdir(parents=True)
