@@ -56,6 +56,22 @@ def make_cgroup(directory: Path) -> Path:
     return directory
 
 
+def spawn_container_process(procs: Path, scratch: Path, uid: str, container: str,
+                            container_id: str, command: tuple[str, ...] = ("sleep", "300"),
+                            ) -> subprocess.Popen[bytes]:
+    """A process that writes its PID into ``procs`` (joining a real cgroup, or recording itself
+    in a fixture tree's file), then runs ``command`` with the termination-log bind mount the
+    kubelet gives container ``container`` of pod ``uid``, in a mount namespace of its own."""
+    source = scratch / "pods" / uid / "containers" / container / container_id[:8]
+    source.mkdir(parents=True)
+    target = scratch / f"termination-log-{container_id[:8]}"
+    target.mkdir()
+    script = (f'echo $$ > {procs} && '
+              f'exec unshare --mount --propagation private sh -c '
+              f'"mount --bind {source} {target} && exec {" ".join(command)}"')
+    return subprocess.Popen(["sh", "-c", script], start_new_session=True)
+
+
 @dataclass
 class Container:
     directory: Path
@@ -104,14 +120,8 @@ class Tree:
         """A process in a new container cgroup, with the kubelet's termination-log mount."""
         container_id = container_id or new_container_id()
         directory = make_cgroup(pod_dir / (dirname or container_id))
-        source = self.scratch / "pods" / uid / "containers" / container / container_id[:8]
-        source.mkdir(parents=True)
-        target = self.scratch / f"termination-log-{container_id[:8]}"
-        target.mkdir()
-        script = (f'echo $$ > {directory}/cgroup.procs && '
-                  f'exec unshare --mount --propagation private sh -c '
-                  f'"mount --bind {source} {target} && exec {" ".join(command)}"')
-        process = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+        process = spawn_container_process(directory / "cgroup.procs", self.scratch, uid,
+                                          container, container_id, command)
         started = Container(directory, process)
         self.containers.append(started)
         return started
