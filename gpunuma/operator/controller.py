@@ -45,9 +45,11 @@ from gpunuma.operator.placement import (
 )
 from gpunuma.operator.staleness import judge_heartbeat
 from gpunuma.operator.status import (
+    CONDITION_CGROUP_BINDING,
     CONDITION_LABELED,
     CONDITION_STALE,
     Condition,
+    cgroup_binding_condition,
     desired_status,
     find_condition,
     merge_patch,
@@ -162,6 +164,7 @@ class Controller:
     _sent: dict[tuple[str, str], _Sent] = field(default_factory=dict)
     _allocations_seen: dict[str, object] = field(default_factory=dict)
     _stale_reported: dict[str, bool] = field(default_factory=dict)
+    _cgroup_reported: dict[str, str] = field(default_factory=dict)
     # Whether kopf's keep-alive has put this replica in the peering object (always, standalone).
     peering_joined: bool = False
 
@@ -250,8 +253,21 @@ class Controller:
                     labeled = Condition(CONDITION_LABELED, "True", "LabelsApplied",
                                         f"{len(desired)} gpunuma.io labels on node {layout.name}")
         before = find_condition(layout.status.get("conditions"), CONDITION_STALE)
-        status = desired_status(layout.status, [labeled, stale], applied, layout.generation, now)
+        cgroup = cgroup_binding_condition(layout.spec.get("cgroupBinding"))
+        cgroup_before = find_condition(layout.status.get("conditions"), CONDITION_CGROUP_BINDING)
+        wanted = [labeled, stale] if cgroup is None else [labeled, stale, cgroup]
+        status = desired_status(layout.status, wanted, applied, layout.generation, now)
         await self._patch_status(layout, status)
+        # As for staleness: what this process last reported wins over the status it reads.
+        cgroup_reported = self._cgroup_reported.get(layout.name,
+                                                    (cgroup_before or {}).get("reason"))
+        if cgroup is not None:
+            self._cgroup_reported[layout.name] = cgroup.reason
+        if (cgroup is not None and cgroup.status == "False" and cgroup_reported != cgroup.reason
+                and (node_view := self.nodes.get(layout.name)) is not None):
+            # The agent stands aside (the kubelet's static CPU manager owns cpusets): say so once.
+            await self.post_event(node_view, "Warning", f"CgroupBinding{cgroup.reason}",
+                                  f"gpunuma cgroup binding: {cgroup.message}")
         # One Event per transition: what this process last reported wins over the status it
         # reads (which may lag behind its own write); after a restart, the status tells.
         recorded = before is not None and before.get("status") == "True"
@@ -394,6 +410,7 @@ class Controller:
         self._sent.pop(("layout", view.name), None)
         self._allocations_seen.pop(view.name, None)
         self._stale_reported.pop(view.name, None)
+        self._cgroup_reported.pop(view.name, None)
 
     # Allocations → pod annotations -------------------------------------------------------------
 

@@ -146,3 +146,36 @@ async def test_launcher_bound_unbound_and_cgroup_bound_are_each_reported_as_what
     assert rows["cgroupy"][3:] == ["1", "1", "full", "cgroup"]
     assert "cgroup-bound: no command, the node's agent binds its cgroup's cpuset" in text
     assert "  plain: nothing bound this container; CPUs 0 are outside" in text
+
+
+async def test_a_node_whose_kubelet_runs_the_static_cpu_manager_is_left_alone(
+    api: Any, start: Callable[..., Running], kubelet: KubeletServer, cgroup_tree: Tree,
+    tmp_path: Path,
+) -> None:
+    uid = str(uuid.uuid4())
+    cid = new_container_id()
+    api.objects["v1/pods", "ml", "solo"] = {
+        "metadata": {"name": "solo", "namespace": "ml", "uid": uid,
+                     "annotations": {names.ANNOTATION_CGROUP_BOUND: "server"}},
+        "spec": {"nodeName": "gpu-node-7", "containers": [{"name": "server", "image": "x"}]},
+        "status": {"phase": "Running", "containerStatuses": [
+            {"name": "server", "containerID": f"containerd://{cid}"}]},
+    }
+    kubelet.servicer.pods = [pod("ml", "solo", container("server", [("nvidia.com/gpu", [GPU])]))]
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cpuset").symlink_to(cgroup_tree.base)
+    state = tmp_path / "cpu_manager_state"
+    # What the kubelet writes with --cpu-manager-policy=static.
+    state.write_text('{"policyName":"static","defaultCpuSet":"0-1","checksum":1}')
+    run = start(FixedLayout(), socket=kubelet.socket, cgroup_root=root, cgroup_binding=True,
+                cpu_manager_state=state)
+    await until(lambda: run.agent.binder is not None, within=10)
+    server = cgroup_tree.start(cgroup_tree.pod(uid), uid, "server", container_id=cid)
+    await until(lambda: _observed(api).get("server", {}).get("binding") == "none", within=15)
+    await run.agent.binder.idle()  # type: ignore[union-attr]
+    assert server.status("Cpus_allowed_list") == "0-1"
+    assert (server.directory / "cpuset.cpus").read_text().strip() == "0-1"
+    binding = cr(api)["spec"]["cgroupBinding"]
+    assert binding["state"] == "static-cpu-manager"
+    assert "static" in binding["message"]

@@ -94,3 +94,23 @@ async def test_an_opted_in_pod_that_ends_up_unbound_gets_one_warning_event(
     assert event["involvedObject"]["kind"] == "Pod"
     assert event["involvedObject"]["name"] == "train-0"
     assert "main: numa-exec did not bind" in event["message"]
+
+
+async def test_a_node_where_the_agent_stands_aside_says_so_in_status_and_one_event(
+    cluster: kmock.KubernetesEmulator, operator: Runner,
+) -> None:
+    spec = two_socket_spec()
+    spec["cgroupBinding"] = {"state": "static-cpu-manager", "message": "the kubelet's CPU "
+                             "manager policy is static: it owns every container's cpuset"}
+    await create(cluster, spec=spec)
+    async with operator():
+        await eventually(lambda: condition(cluster, "gpu-1", "CgroupBinding").get(
+            "reason") == "StaticCPUManager")
+        await eventually(lambda: len(node_events(cluster, "CgroupBindingStaticCPUManager")) == 1)
+        await patch_spec(cluster, "gpu-1", {"heartbeatTime": spec["heartbeatTime"]}, 2)
+        await eventually(lambda: condition(cluster, "gpu-1", "Labeled").get(
+            "observedGeneration") == 2)
+    assert condition(cluster, "gpu-1", "CgroupBinding")["status"] == "False"
+    [event] = node_events(cluster, "CgroupBindingStaticCPUManager")
+    assert event["involvedObject"]["kind"] == "Node"
+    assert "static" in event["message"]
