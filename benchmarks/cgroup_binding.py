@@ -112,8 +112,10 @@ def main() -> int:
                 name = f"bound-{index}"
                 t0 = time.perf_counter()
                 container = tree.start(pod_dir, uid, name, container_id=new_container_id())
-                started.append(_wait(lambda: _mounted(container.pid, name)) - t0)
-                bound.append(_wait(lambda: _field(container.pid, "Cpus_allowed_list") == "1") - t0)
+                pid = container.pid
+                started.append(_wait(lambda pid=pid, name=name: _mounted(pid, name)) - t0)
+                bound.append(_wait(
+                    lambda pid=pid: _field(pid, "Cpus_allowed_list") == "1") - t0)
         finally:
             asyncio.run_coroutine_threadsafe(binder.close(), loop).result(timeout=10)
             loop.call_soon_threadsafe(loop.stop)
