@@ -377,6 +377,12 @@ class Agent:
         if policy == "static":
             reason = (f"the kubelet's CPU manager policy is static ({self.settings.cpu_manager_state}"
                       "): it owns every container's cpuset, so the agent writes none")
+        elif exclusive_cpus(self.pods):
+            # Exclusive CPUs exist only under the static policy. This catches a checkpoint the
+            # agent cannot read, or a stale view of one (a file bind mount keeps the old inode
+            # when the kubelet replaces the file).
+            reason = ("the kubelet gives containers exclusive CPUs (CPU manager policy static): "
+                      "it owns every container's cpuset, so the agent writes none")
         if self.binder is None:
             self.binder = CgroupBinder(self.hierarchy, self.settings.discovery.procfs_root,
                                        self._resolve)
