@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from typing import Any
+
+import pytest
 
 from gpunuma import names
 from gpunuma.webhook.mutation import mutate
@@ -61,3 +65,43 @@ def test_an_init_container_without_command_is_cgroup_bound():
 def test_without_the_release_option_nothing_changes():
     assert mutate(gpu_pod(), SETTINGS).skipped == ("main",)
     assert mutate(gpu_pod(), SETTINGS).cgroup_bound == ()
+
+
+def _serving_pod(name: str, image: str, args: list[str] | None) -> dict[str, Any]:
+    server: dict[str, Any] = {"name": "server", "image": image,
+                              "resources": {"limits": {"nvidia.com/gpu": 1}}}
+    if args is not None:
+        server["args"] = args
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "serving", "annotations": dict(pods.OPT_IN)},
+            "spec": {"containers": [server, {"name": "queue-proxy", "image": "knative/queue"}]}}
+
+
+# Shapes of serving images run by their ENTRYPOINT (what their own charts and examples do).
+WITHOUT_COMMAND = {
+    "nim": _serving_pod("nim", "nvcr.io/nim/meta/llama3-8b-instruct:1.0.0", None),
+    "tgi": _serving_pod("tgi", "ghcr.io/huggingface/text-generation-inference:2.0",
+                        ["--model-id", "mistralai/Mistral-7B-Instruct-v0.2"]),
+    "kserve-huggingfaceserver": _serving_pod(
+        "kserve", "kserve/huggingfaceserver:v0.13.0",
+        ["--model_name=llama3", "--model_id=meta-llama/meta-llama-3-8b-instruct"]),
+}
+
+
+@pytest.mark.parametrize("make_pod", [
+    *(make for make, _ in pods.REALISTIC_PODS.values()),
+    *(lambda pod=pod: copy.deepcopy(pod) for pod in WITHOUT_COMMAND.values()),
+])
+def test_every_gpu_container_gets_a_binding_mechanism(make_pod: Any) -> None:
+    pod = make_pod()
+    result = mutate(pod, CGROUP)
+    out = applied(pod, result)
+    pods.assert_valid_pod(out)
+    gpu_containers = {c["name"] for c in [*pod["spec"].get("initContainers", []),
+                                          *pod["spec"]["containers"]]
+                      if any(key in ("nvidia.com/gpu", "amd.com/gpu") or key.startswith(
+                          "nvidia.com/mig-") for part in ("limits", "requests")
+                             for key in (c.get("resources") or {}).get(part, {}))}
+    assert gpu_containers
+    assert gpu_containers == set(result.wrapped) | set(result.cgroup_bound)
+    assert result.skipped == ()
