@@ -1,7 +1,9 @@
 """An async client for the kubelet's PodResources API (v1) over its unix socket.
 
 The kubelet serves ``PodResourcesLister`` on ``/var/lib/kubelet/pod-resources/kubelet.sock``; the
-agent mounts that directory from the host. The wire definitions are our own subset of the kubelet's
+agent mounts that directory from the host. Devices of DRA ResourceClaims come in each container's
+``dynamic_resources`` (kubelet feature ``KubeletPodResourcesDynamicResources``, on by default since
+Kubernetes 1.34) as driver, pool and device names. The wire definitions are our own subset of the kubelet's
 ``api.proto`` (``podresources.proto`` beside this file); the stubs ``podresources_pb2*.py`` are
 generated from it and committed. Regenerate them from the repository root with::
 
@@ -24,7 +26,12 @@ import grpc
 
 from gpunuma.agent import podresources_pb2 as pb
 from gpunuma.agent import podresources_pb2_grpc as pb_grpc
-from gpunuma.agent.allocations import ContainerDevices, ContainerResources, PodResources
+from gpunuma.agent.allocations import (
+    ClaimDevice,
+    ContainerDevices,
+    ContainerResources,
+    PodResources,
+)
 
 __all__ = ["KubeletUnavailable", "PodResourcesClient", "pod_from_message"]
 
@@ -116,6 +123,18 @@ def pod_from_message(message: Any) -> PodResources:
                     for devices in container.devices
                 ),
                 cpu_ids=frozenset(container.cpu_ids),
+                claims=tuple(
+                    ClaimDevice(
+                        claim_namespace=claim.claim_namespace or message.namespace,
+                        claim_name=claim.claim_name,
+                        driver=resource.driver_name,
+                        pool=resource.pool_name,
+                        device=resource.device_name,
+                    )
+                    for claim in container.dynamic_resources
+                    for resource in claim.claim_resources
+                    if resource.driver_name and resource.device_name
+                ),
             )
             for container in message.containers
         ),

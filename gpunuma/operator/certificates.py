@@ -25,9 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gpunuma.settings import CertificateSettings
+
 __all__ = [
     "CA_BUNDLE_KEY",
-    "CertificatePolicy",
     "Pki",
     "PkiError",
     "ca_bundle",
@@ -45,16 +46,6 @@ PREVIOUS_CA_KEY = "previous.crt"
 
 class PkiError(ValueError):
     """Secret contents that are not a usable CA/leaf pair (the operator then issues fresh ones)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CertificatePolicy:
-    """Lifetimes. A leaf never outlives its CA: it is cut at the CA's expiry."""
-
-    leaf_validity: dt.timedelta = dt.timedelta(days=365)
-    leaf_renew_before: dt.timedelta = dt.timedelta(days=30)
-    ca_validity: dt.timedelta = dt.timedelta(days=3650)
-    ca_renew_before: dt.timedelta = dt.timedelta(days=395)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +75,7 @@ def _serial() -> int:
     return x509.random_serial_number()
 
 
-def new_ca(now: dt.datetime, policy: CertificatePolicy, common_name: str) -> tuple[
+def new_ca(now: dt.datetime, policy: CertificateSettings, common_name: str) -> tuple[
     x509.Certificate, ec.EllipticCurvePrivateKey
 ]:
     key = _new_key()
@@ -117,7 +108,7 @@ def new_ca(now: dt.datetime, policy: CertificatePolicy, common_name: str) -> tup
 
 def new_leaf(
     ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, dns_names: Sequence[str],
-    now: dt.datetime, policy: CertificatePolicy,
+    now: dt.datetime, policy: CertificateSettings,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     if not dns_names:
         raise ValueError("a serving certificate needs at least one DNS name")
@@ -173,7 +164,7 @@ def _issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 def plan(
-    current: Pki | None, now: dt.datetime, dns_names: Sequence[str], policy: CertificatePolicy,
+    current: Pki | None, now: dt.datetime, dns_names: Sequence[str], policy: CertificateSettings,
     *, common_name: str = "gpunuma webhook CA",
 ) -> tuple[Pki, str] | None:
     """What the certificates should become, with a reason; ``None`` when nothing must change.

@@ -3,14 +3,16 @@
 Like ``istioctl kube-inject``: for clusters without the webhook, for reviewing what it would do, and
 for GitOps repositories that keep the final manifests. Pods and the pod templates of the built-in
 workload kinds are mutated with the same pure function as the webhook; every other document passes
-through unchanged. The user named the file, so no opt-in annotation is needed (an explicit opt-out,
-``gpunuma.io/inject: "false"``, is still respected). The injected template carries the policy and
-container list as annotations, so a pod made from it gets no further patch from the webhook.
+through unchanged, byte for byte. The YAML is read as Kubernetes reads it and a changed document is
+edited in place (``gpunuma.webhook.kubeyaml``): what the output means to ``kubectl`` is the input
+plus the mutation, and comments, key order and quoting survive. The user named the file, so no
+opt-in annotation is needed (an explicit opt-out, ``gpunuma.io/inject: "false"``, is still
+respected). The injected template carries the policy and container list as annotations, so a pod
+made from it gets no further patch from the webhook.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from collections.abc import Iterable, Sequence
@@ -18,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gpunuma import names
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook.mutation import InvalidPod, mutate, mutation_settings
+from gpunuma.webhook.kubeyaml import KubeYAMLError, read
+from gpunuma.webhook.mutation import InvalidPod, mutate
 
-__all__ = ["InjectResult", "inject_documents", "main"]
+__all__ = ["InjectResult", "inject_documents", "inject_text", "main"]
 
 EXIT_DENIED = 1
 EXIT_USAGE = 2
@@ -59,11 +60,12 @@ def inject_documents(
     policy: str | None = None,
     containers: Sequence[str] | None = None,
 ) -> InjectResult:
-    """Mutate the pods and pod templates among ``documents`` (pure; the inputs are not changed)."""
+    """Mutate the pods and pod templates among ``documents`` (pure; the inputs are not changed).
+
+    ``result.documents`` has one entry per input document, in order (an empty one stays None).
+    """
     result = InjectResult()
     for document in documents:
-        if document is None:  # an empty document between two ---
-            continue
         result.documents.append(_inject(document, settings, policy, containers, result))
     return result
 
@@ -136,45 +138,43 @@ def _describe(document: dict[str, Any]) -> str:
     return f"{document.get('kind')} {namespace + '/' if namespace else ''}{name}"
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block style for multi-line strings, so scripts in commands stay readable."""
+def inject_text(
+    text: str,
+    settings: MutationSettings,
+    *,
+    policy: str | None = None,
+    containers: Sequence[str] | None = None,
+) -> tuple[str, InjectResult]:
+    """``text`` (a YAML stream) with its pods injected, and what was decided.
+
+    Documents that do not change come out byte for byte. Raises ``KubeYAMLError`` when ``text``
+    is not YAML. The text is meaningful only when ``result.errors`` is empty.
+    """
+    prefix, documents = read(text)
+    result = inject_documents([document.value for document in documents], settings,
+                              policy=policy, containers=containers)
+    if result.errors:
+        return "", result
+    return prefix + "".join(document.render(value) for document, value
+                            in zip(documents, result.documents, strict=True)), result
 
 
-def _represent_string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _represent_string)
-
-
-def dump(documents: Sequence[Any]) -> str:
-    return yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                         explicit_start=len(documents) > 1, allow_unicode=True)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Entry of ``gpunuma inject`` (flags in ``gpunuma.cli``)."""
+def main(settings: MutationSettings, filename: str, *, policy: str | None = None,
+         containers: Sequence[str] | None = None) -> int:
+    """Entry of ``gpunuma inject`` (flags and their conversion in ``gpunuma.cli``)."""
+    source = "standard input" if filename == "-" else filename
     try:
-        settings = mutation_settings(args)
-    except ValueError as exc:
-        print(f"gpunuma inject: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    source = "standard input" if args.filename == "-" else args.filename
-    try:
-        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
-        documents = list(yaml.safe_load_all(text))
+        text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
+        output, result = inject_text(text, settings, policy=policy, containers=containers)
     except OSError as exc:
         print(f"gpunuma inject: cannot read {source}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     except UnicodeDecodeError as exc:
         print(f"gpunuma inject: {source} is not UTF-8 text: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except yaml.YAMLError as exc:
+    except KubeYAMLError as exc:
         print(f"gpunuma inject: {source} is not valid YAML: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    result = inject_documents(documents, settings, policy=args.policy,
-                              containers=args.containers)
     for note in result.notes:
         print(f"gpunuma inject: {note}", file=sys.stderr)
     if result.errors:
@@ -182,5 +182,5 @@ def main(args: argparse.Namespace) -> int:
             print(f"gpunuma inject: error: {error}", file=sys.stderr)
         print("gpunuma inject: nothing written: fix the errors above", file=sys.stderr)
         return EXIT_DENIED
-    sys.stdout.write(dump(result.documents))
+    sys.stdout.write(output)
     return 0

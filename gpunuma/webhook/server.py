@@ -18,7 +18,6 @@ get the new pair, open ones keep theirs, and a pair that fails to load leaves th
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -36,7 +35,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gpunuma import __version__
 from gpunuma.settings import WebhookSettings, parse_listen
-from gpunuma.webhook.mutation import mutation_settings
 from gpunuma.webhook.review import Admission, BadRequest, Memory, admit
 
 __all__ = [
@@ -304,21 +302,11 @@ async def serve(settings: WebhookSettings) -> None:
         await server.stop()
 
 
-def main(args: argparse.Namespace) -> int:
-    """Entry of ``gpunuma webhook`` (flags in ``gpunuma.cli``)."""
+def main(settings: WebhookSettings) -> int:
+    """Entry of ``gpunuma webhook`` (flags and their conversion in ``gpunuma.cli``)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = WebhookSettings(
-            listen=args.listen, tls_cert_file=Path(args.tls_cert_file),
-            tls_key_file=Path(args.tls_key_file), shutdown_delay=args.shutdown_delay,
-            mutation=mutation_settings(args),
-        )
-        parse_listen(settings.listen)
-    except ValueError as exc:
-        print(f"gpunuma webhook: {exc}", file=sys.stderr)
-        return 2
     try:
         asyncio.run(serve(settings))
     except (TLSError, OSError) as exc:

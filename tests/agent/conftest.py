@@ -79,13 +79,22 @@ def layout_of(tree: machines.Tree, *, mig: dict[str, tuple[str, ...]] | None = N
 
 
 def container(
-    name: str, devices: Sequence[tuple[str, Sequence[str]]] = (), cpu_ids: Sequence[int] = ()
+    name: str, devices: Sequence[tuple[str, Sequence[str]]] = (), cpu_ids: Sequence[int] = (),
+    claims: Sequence[tuple[str, str, Sequence[tuple[str, str, str]]]] = (),
 ) -> pb.ContainerResources:
+    """``claims``: (namespace, claim, [(driver, pool, device)]) as the kubelet reports DRA."""
     return pb.ContainerResources(
         name=name,
         devices=[pb.ContainerDevices(resource_name=resource, device_ids=list(ids))
                  for resource, ids in devices],
         cpu_ids=list(cpu_ids),
+        dynamic_resources=[
+            pb.DynamicResource(claim_namespace=namespace, claim_name=claim, claim_resources=[
+                pb.ClaimResource(driver_name=driver, pool_name=pool, device_name=device,
+                                 cdi_devices=[pb.CDIDevice(name=f"k8s.{driver}/claim=uid-{device}")])
+                for driver, pool, device in devices_of_claim])
+            for namespace, claim, devices_of_claim in claims
+        ],
     )
 
 

@@ -456,3 +456,52 @@ async def test_an_explicit_backend_that_is_unavailable_publishes_sysfs_with_an_e
     assert error["source"] == "nvml"
     assert "--backend nvml is unavailable" in error["message"]
     assert "libnvidia-ml.so.1" in error["message"]
+
+
+async def test_a_dra_pod_reaches_the_cr_through_the_kubelet_and_the_nodes_resourceslices(
+    api: Any, start: Callable[..., Running], kubelet: KubeletServer, hgx: Machine,
+) -> None:
+    """A GPU given through a ResourceClaim: the real gRPC kubelet reports it in dynamic_resources,
+    the ResourceSlice (served by the API) ties it to a bus id, and the CR says where it is."""
+    api.objects["resource.k8s.io/v1/resourceslices", None, f"{NODE}-gpu.nvidia.com-5g2xq"] = {
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "metadata": {"name": f"{NODE}-gpu.nvidia.com-5g2xq"},
+        "spec": {"driver": "gpu.nvidia.com", "nodeName": NODE,
+                 "pool": {"name": NODE, "generation": 1, "resourceSliceCount": 1},
+                 "devices": [
+                     {"name": "gpu-5", "attributes": {
+                         "resource.kubernetes.io/pciBusID": {"string": "0000:c3:00.0"},
+                         "index": {"int": 5}, "productName": {"string": "NVIDIA H100"}}},
+                     {"name": "gpu-6", "attributes": {"index": {"int": 6}}},
+                 ]}}
+    # Another node's slice with the same pool and device names must not be taken for ours.
+    api.objects["resource.k8s.io/v1/resourceslices", None, "other-gpu.nvidia.com-q8w4e"] = {
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "metadata": {"name": "other-gpu.nvidia.com-q8w4e"},
+        "spec": {"driver": "gpu.nvidia.com", "nodeName": "other", "pool": {"name": NODE},
+                 "devices": [{"name": "gpu-6", "attributes": {
+                     "resource.kubernetes.io/pciBusID": {"string": "0000:1b:00.0"}}}]}}
+    kubelet.servicer.pods = [
+        pod("ml", "vllm-dra", container("server", cpu_ids=[100, 101], claims=[
+            ("ml", "single-gpu", [("gpu.nvidia.com", NODE, "gpu-5")])])),
+        pod("ml", "no-slice", container("main", claims=[
+            ("ml", "gpu", [("gpu.nvidia.com", NODE, "gpu-6")])])),
+    ]
+    run = start(hgx, socket=kubelet.socket)
+    await until(lambda: published(api))
+    await until(lambda: len(cr(api)["spec"]["allocations"]) == 2)
+    await run.halt()
+    entries = cr(api)["spec"]["allocations"]
+    # No Pod objects in the API here: processes unknown (observed bindings: test_observed_real).
+    assert {entry.pop("observed")["binding"] for entry in entries} == {"unknown"}
+    assert entries == [
+        {"namespace": "ml", "pod": "no-slice", "container": "main", "resource": "gpu.nvidia.com",
+         "claim": "gpu", "deviceIds": [f"{NODE}/gpu-6"], "numaNodes": [], "cpus": "",
+         "unknownDeviceIds": [f"{NODE}/gpu-6"]},
+        {"namespace": "ml", "pod": "vllm-dra", "container": "server", "resource": "gpu.nvidia.com",
+         "claim": "single-gpu", "deviceIds": [f"{NODE}/gpu-5"], "numaNodes": [1],
+         "cpus": "100-101"},
+    ]
+    lists = [r for r in api if r.method.value == "GET" and "resourceslices" in str(r.url)]
+    assert lists, "the agent never asked for ResourceSlices"
+    assert all("fieldSelector=spec.nodeName" in str(r.url) for r in lists)

@@ -14,7 +14,12 @@ import grpc
 import pytest
 
 from gpunuma.agent import podresources_pb2 as pb
-from gpunuma.agent.allocations import ContainerDevices, ContainerResources, PodResources
+from gpunuma.agent.allocations import (
+    ClaimDevice,
+    ContainerDevices,
+    ContainerResources,
+    PodResources,
+)
 from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
 from tests.agent.conftest import FakeKubelet, KubeletServer, container, pod
 
@@ -194,5 +199,7 @@ async def test_our_client_reads_a_server_built_from_the_upstream_proto(socket_di
         await server.wait()
     assert pods == [PodResources("ml", "trainer", (ContainerResources(
         "main", (ContainerDevices("nvidia.com/gpu", ("GPU-aa::1", "GPU-bb")),),
-        frozenset({8, 9})),), frozenset({8, 9, 10}))]
+        frozenset({8, 9}),
+        claims=(ClaimDevice("ml", "gpu-claim", "gpu.nvidia.com", "n1", "gpu-3"),)),),
+        frozenset({8, 9, 10}))]
     assert one == pods[0]

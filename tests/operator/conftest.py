@@ -19,9 +19,9 @@ import kopf
 import pytest
 
 from gpunuma import names
-from gpunuma.kubeapi import format_rfc3339
 from gpunuma.operator.controller import Controller
 from gpunuma.operator.run import serve
+from gpunuma.rfc3339 import format_rfc3339
 from gpunuma.settings import CertificateSettings, OperatorSettings
 
 LAYOUTS = f"{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
