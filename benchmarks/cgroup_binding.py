@@ -1,12 +1,12 @@
 """Time from a container's cgroup appearing to its processes being bound by the agent's binder.
 
 Run as root: ``python3 benchmarks/cgroup_binding.py [--rounds N]``. Needs a writable cgroup v1
-cpuset hierarchy at /sys/fs/cgroup/cpuset (everything is created under a unique sub-directory and
-removed afterwards) and ``unshare``. Each round does what runc does for a new container: ``mkdir``
-the container's cgroup under a pod directory, copy the parent's cpuset, start a process in it that
-sets up the kubelet's termination-log bind mount in a mount namespace of its own and runs
-``sleep``. The real :class:`~gpunuma.agent.binder.CgroupBinder` runs in the same process (its own
-event loop thread) and binds the container to CPU 1 of this machine.
+cpuset hierarchy (/sys/fs/cgroup/cpuset, or one mounted elsewhere; everything is created under a
+unique sub-directory and removed afterwards) and ``unshare``. Each round does what runc does for
+a new container: ``mkdir`` the container's cgroup under a pod directory, copy the parent's
+cpuset, start a process in it that sets up the kubelet's termination-log bind mount in a mount
+namespace of its own and runs ``sleep``. The real :class:`~gpunuma.agent.binder.CgroupBinder`
+runs in the same process (its own event loop thread) and binds the container to CPU 1.
 
 Measured per round, from just before the ``mkdir``:
 - baseline: until the container is "started" (its mount is visible in /proc/PID/mountinfo), the
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpunuma.agent.binder import BindRequest, CgroupBinder
 from gpunuma.agent.cgroupfs import CpusetHierarchy
-from tests.agent.cgroupv1 import V1_CPUSET, Tree, make_cgroup, new_container_id
+from tests.agent.cgroupv1 import Tree, find_v1_cpuset, make_cgroup, new_container_id
 
 TARGET_S = 1.0
 LOCAL = frozenset({1})
@@ -69,14 +69,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    if not (V1_CPUSET / "cpuset.cpus").is_file() or not os.access(V1_CPUSET, os.W_OK):
-        print(f"needs a writable cgroup v1 cpuset hierarchy at {V1_CPUSET} (run as root)")
+    root = find_v1_cpuset()
+    if root is None or not os.access(root, os.W_OK):
+        print("needs a writable cgroup v1 cpuset hierarchy (/sys/fs/cgroup/cpuset; run as root)")
         return 2
     if len(os.sched_getaffinity(0)) < 2:
         print("needs at least 2 CPUs to show a narrowing")
         return 2
     uid = str(uuid.uuid4())
-    base = make_cgroup(V1_CPUSET / f"gpunuma-bench-{uuid.uuid4().hex[:12]}")
+    base = make_cgroup(root / f"gpunuma-bench-{uuid.uuid4().hex[:12]}")
     with tempfile.TemporaryDirectory() as scratch:
         tree = Tree(base, Path(scratch))
         loop = asyncio.new_event_loop()

@@ -22,23 +22,45 @@ from pathlib import Path
 
 import pytest
 
-V1_CPUSET = Path("/sys/fs/cgroup/cpuset")
+DEFAULT_V1_CPUSET = Path("/sys/fs/cgroup/cpuset")
+
+
+def find_v1_cpuset() -> Path | None:
+    """Where a cgroup v1 hierarchy with the cpuset controller is mounted (first found), if any.
+
+    /sys/fs/cgroup/cpuset on legacy and hybrid hosts; .ci/run mounts one elsewhere on a machine
+    whose cpuset controller is free of cgroup v2.
+    """
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(), after.split()
+        if len(fields) >= 5 and len(tail) >= 3 and tail[0] == "cgroup" and (
+                "cpuset" in tail[2].split(",")):
+            return Path(fields[4])
+    return None
 
 
 def require_cgroup_v1() -> Path:
     """The writable v1 cpuset hierarchy; skipped locally without one, a failure in CI."""
     problem = None
-    if not (V1_CPUSET / "cpuset.cpus").is_file():
-        problem = f"no cgroup v1 cpuset hierarchy at {V1_CPUSET}"
-    elif not os.access(V1_CPUSET, os.W_OK):
-        problem = f"{V1_CPUSET} is not writable (run as root)"
+    root = find_v1_cpuset()
+    if root is None or not (root / "cpuset.cpus").is_file():
+        problem = ("no cgroup v1 cpuset hierarchy is mounted (.ci/run mounts one: mount -t cgroup "
+                   "-o cpuset cpuset DIR, as root, while no cgroup v2 tree uses the controller)")
+    elif not os.access(root, os.W_OK):
+        problem = f"{root} is not writable (run as root)"
     elif shutil.which("unshare") is None:
         problem = "unshare is not installed (apt-get install util-linux)"
     if problem:
         if os.environ.get("CI"):
             pytest.fail(problem)
         pytest.skip(problem)
-    return V1_CPUSET
+    assert root is not None
+    return root
 
 
 def new_container_id() -> str:
