@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gpunuma.agent.cgroupfs import CgroupGone, CpusetHierarchy
 from gpunuma.agent.cgroups import (
@@ -129,10 +130,15 @@ class CgroupBinder:
                     self._consider(child)
 
     def recheck(self) -> None:
-        """Re-apply what something reset; forget containers that ended."""
+        """Re-apply what something reset; forget containers that ended; try again those that
+        could not be bound (their GPUs not reported by the kubelet yet, say)."""
         for directory in list(self.bound):
             if not directory.is_dir():
                 del self.bound[directory]
+                continue
+            bound = self.bound[directory]
+            if bound.cpus is None and directory not in self._pending:
+                self._track(directory, self._retry(directory, bound))
                 continue
             self._reapply(directory)
         self.ignored = {directory for directory in self.ignored if directory.is_dir()}
@@ -192,9 +198,17 @@ class CgroupBinder:
         if (container_of_dirname(directory.name) is None or directory in self.bound
                 or directory in self.ignored or directory in self._pending):
             return
-        task = asyncio.get_running_loop().create_task(self._bind_new(directory))
+        self._track(directory, self._bind_new(directory))
+
+    def _track(self, directory: Path, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` for ``directory``, one at a time per directory (see :meth:`idle`)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._pending[directory] = task
-        task.add_done_callback(lambda _: self._pending.pop(directory, None))
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._pending.pop(directory, None)
+
+        task.add_done_callback(done)
 
     # -- binding ----------------------------------------------------------------------------
 
@@ -214,18 +228,43 @@ class CgroupBinder:
         except Exception:  # one container's failure must not stop the binder
             logger.exception("cgroup binding of %s failed", directory)
 
+    async def _retry(self, directory: Path, bound: Bound) -> None:
+        request = bound.request
+        try:
+            fresh = await self.resolve(pod_uid_of_dirname(directory.parent.name) or "",
+                                       request.container)
+            if fresh is not None and (fresh.gpu_nodes, fresh.local_cpus) != (
+                    request.gpu_nodes, request.local_cpus):
+                self._apply(directory, fresh)
+        except CgroupGone:
+            self.bound.pop(directory, None)
+        except Exception:
+            logger.exception("cgroup binding of %s failed", directory)
+
     async def _identify(self, directory: Path) -> tuple[str, str] | None:
         """(pod UID, container name) of a new container, once its first process has its mounts."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
+        delay = self.poll
         while True:
             for pid in self.hierarchy.procs(directory):
+                if self._is_sandbox(pid):
+                    return None  # the pod's "pause" container: never a container to bind
                 identity = self._mount_identity(pid)
                 if identity is not None:
                     return identity
             if loop.time() > deadline or not _is_dir(directory):
                 return None
-            await asyncio.sleep(self.poll)
+            # The mounts follow the cgroup within milliseconds; a slower start (hooks) is polled
+            # ever less often, so that waiting costs next to nothing.
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    def _is_sandbox(self, pid: int) -> bool:
+        try:
+            return (self.procfs_root / str(pid) / "comm").read_text().strip() == "pause"
+        except OSError:
+            return False
 
     def _mount_identity(self, pid: int) -> tuple[str, str] | None:
         try:

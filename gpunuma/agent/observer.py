@@ -35,7 +35,7 @@ ContainerKey = tuple[str, str, str]  # namespace, pod, container
 
 @dataclass
 class _MemoryReading:
-    pid: int
+    process: tuple[int, str, frozenset[int]]  # pid, comm, CPUs: a new one after an exec
     at: float
     maps: NumaMaps | None
 
@@ -101,18 +101,24 @@ class Observer:
             cgroup_cpus, _ = self.hierarchy.effective(directory)
         except (CgroupGone, ProcessGone):
             return unobserved("the container ended while it was being read")
-        maps = self._numa_maps(key, pid)
+        maps = self._numa_maps(key, (pid, _comm(self.procfs_root, pid), cpus))
         task = TaskState(cpus, mems, cgroup_cpus, maps,
                          local_share(maps.pages, gpu_nodes) if maps else None)
         return classify(task, gpu_nodes=gpu_nodes, local_cpus=local_cpus, all_cpus=all_cpus,
                         wrapped=key[2] in pod.wrapped, cgroup_written=written.get(directory),
                         exclusive_cpus=exclusive)
 
-    def _numa_maps(self, key: ContainerKey, pid: int) -> NumaMaps | None:
+    def _numa_maps(self, key: ContainerKey,
+                   process: tuple[int, str, frozenset[int]]) -> NumaMaps | None:
+        """The process's numa_maps, read again when ``memory_interval`` has passed or the
+        process changed: a launcher (numa-exec, numactl) sets the policy and then execs the
+        workload in the same PID, so a reading taken before the exec must not stand for long."""
         reading = self._memory.get(key)
         now = self.clock()
-        if reading is not None and reading.pid == pid and now - reading.at < self.memory_interval:
+        if (reading is not None and reading.process == process
+                and now - reading.at < self.memory_interval):
             return reading.maps
+        pid = process[0]
         try:
             maps: NumaMaps | None = read_numa_maps(self.procfs_root, pid)
         except PermissionError:
@@ -123,5 +129,12 @@ class Observer:
             maps = None
         except (ProcessGone, OSError):
             maps = None
-        self._memory[key] = _MemoryReading(pid, now, maps)
+        self._memory[key] = _MemoryReading(process, now, maps)
         return maps
+
+
+def _comm(procfs_root: Path, pid: int) -> str:
+    try:
+        return (procfs_root / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""

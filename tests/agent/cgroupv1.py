@@ -80,10 +80,14 @@ def make_cgroup(directory: Path) -> Path:
 
 def spawn_container_process(procs: Path, scratch: Path, uid: str, container: str,
                             container_id: str, command: tuple[str, ...] = ("sleep", "300"),
-                            ) -> subprocess.Popen[bytes]:
+                            *, termination_log: bool = True) -> subprocess.Popen[bytes]:
     """A process that writes its PID into ``procs`` (joining a real cgroup, or recording itself
     in a fixture tree's file), then runs ``command`` with the termination-log bind mount the
-    kubelet gives container ``container`` of pod ``uid``, in a mount namespace of its own."""
+    kubelet gives container ``container`` of pod ``uid``, in a mount namespace of its own (none
+    without ``termination_log``: the pod's sandbox, which the runtime starts without one)."""
+    if not termination_log:
+        script = f'echo $$ > {procs} && exec {" ".join(command)}'
+        return subprocess.Popen(["sh", "-c", script], start_new_session=True)
     source = scratch / "pods" / uid / "containers" / container / container_id[:8]
     source.mkdir(parents=True)
     target = scratch / f"termination-log-{container_id[:8]}"
@@ -138,12 +142,13 @@ class Tree:
 
     def start(self, pod_dir: Path, uid: str, container: str, *, dirname: str | None = None,
               command: tuple[str, ...] = ("sleep", "300"),
-              container_id: str | None = None) -> Container:
+              container_id: str | None = None, termination_log: bool = True) -> Container:
         """A process in a new container cgroup, with the kubelet's termination-log mount."""
         container_id = container_id or new_container_id()
         directory = make_cgroup(pod_dir / (dirname or container_id))
         process = spawn_container_process(directory / "cgroup.procs", self.scratch, uid,
-                                          container, container_id, command)
+                                          container, container_id, command,
+                                          termination_log=termination_log)
         started = Container(directory, process)
         self.containers.append(started)
         return started

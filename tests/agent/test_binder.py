@@ -8,6 +8,7 @@ read back from the kernel's /proc/PID/status.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,5 +136,51 @@ async def test_a_container_that_ends_before_it_is_bound_is_normal(cgroup_tree: T
         await binder.idle()
         binder.recheck()
         assert short.directory not in binder.bound
+    finally:
+        await binder.close()
+
+
+async def test_a_container_whose_gpus_were_not_known_yet_is_bound_on_a_later_pass(
+        cgroup_tree: Tree) -> None:
+    uid = str(uuid.uuid4())
+    known = False
+
+    async def resolve(pod_uid: str, container: str) -> BindRequest | None:
+        if (pod_uid, container) != (uid, "late"):
+            return None
+        if not known:  # the kubelet has not reported its devices yet
+            return BindRequest("ns", "pod", container, "preferred", frozenset(), frozenset())
+        return BindRequest("ns", "pod", container, "preferred", LOCAL, frozenset({0}))
+
+    binder = CgroupBinder(CpusetHierarchy(cgroup_tree.base, "v1"), Path("/proc"), resolve)
+    binder.start()
+    try:
+        late = cgroup_tree.start(cgroup_tree.pod(uid), uid, "late")
+        await _until(lambda: late.directory in binder.bound)
+        assert binder.bound[late.directory].cpus is None
+        assert late.status("Cpus_allowed_list") == "0-1"
+        known = True
+        await binder.idle()
+        binder.recheck()  # the agent's next pass
+        await _until(lambda: late.status("Cpus_allowed_list") == "1")
+    finally:
+        await binder.close()
+
+
+async def test_the_pods_sandbox_is_recognised_at_once_and_never_written(
+        cgroup_tree: Tree, tmp_path: Path) -> None:
+    uid = str(uuid.uuid4())
+    pause = tmp_path / "pause"  # the sandbox image's binary: its process is named "pause"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", pause)
+    asked: list[tuple[str, str]] = []
+    binder = CgroupBinder(CpusetHierarchy(cgroup_tree.base, "v1"), Path("/proc"),
+                          _resolver({}, asked))
+    binder.start()
+    try:
+        sandbox = cgroup_tree.start(cgroup_tree.pod(uid), uid, "POD",
+                                    command=(str(pause), "300"), termination_log=False)
+        await _until(lambda: sandbox.directory in binder.ignored, within=2)
+        assert asked == []
+        assert (sandbox.directory / "cpuset.cpus").read_text().strip() == "0-1"
     finally:
         await binder.close()
