@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gpunuma.agent.binder import BindRequest, CgroupBinder
-from gpunuma.agent.cgroupfs import CpusetHierarchy, detect_hierarchy
+from gpunuma.agent.cgroupfs import CgroupGone, CpusetHierarchy, detect_hierarchy
 from gpunuma.agent.cgroups import (
     ContainerRef,
     container_id_of_status,
@@ -199,3 +199,16 @@ async def test_the_binder_on_a_v2_systemd_cri_o_tree(
         assert dict(hierarchy.pod_directories()) == {uid: container.parent}
     finally:
         await binder.close()
+
+
+def test_a_container_that_vanishes_mid_write_is_the_normal_end_of_a_container(
+        tmp_path: Path) -> None:
+    hierarchy = CpusetHierarchy(tmp_path, "v1")
+    gone = tmp_path / f"crio-{CID}"
+    with pytest.raises(CgroupGone):
+        hierarchy.write(gone, cpus=frozenset({1}), mems=frozenset({0}))
+    with pytest.raises(CgroupGone):
+        hierarchy.effective(gone)
+    with pytest.raises(CgroupGone):
+        hierarchy.procs(gone)
+    assert hierarchy.container_directory(gone, CID) is None
