@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gpunuma.agent.allocations import PodResources, allocations, exclusive_cpus
 from gpunuma.agent.binder import BindRequest, CgroupBinder
@@ -364,7 +364,6 @@ class Agent:
             log("GPUNumaLayout %s: %s", self.settings.node_name, result)
         return None
 
-
     async def _observe(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``entries`` with what each container's processes really have (``observed``)."""
         assert self.layout is not None
@@ -464,13 +463,10 @@ def health_app(agent: Agent, *, stale_after: float) -> web.Application:
         body = {"ok": alive, **agent.health()}
         return web.json_response(body, status=200 if alive else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(agent.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", make_aiohttp_handler(agent.metrics.registry))
     return app
 
 
