@@ -189,16 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
     inject = commands.add_parser(
         "inject",
         help="apply the webhook's mutation to manifests offline (like istioctl kube-inject)",
+        description="Apply the webhook's mutation to the pods and pod templates of manifests "
+        "(docs/webhook.md lists the kinds). Settings come from the flags, then GPUNUMA_* "
+        "variables, then the release installed in the current kubeconfig context (unless "
+        "--ignore-cluster), then the built-in defaults; stderr says which.",
     )
-    inject.add_argument("-f", "--filename", required=True, metavar="FILE",
-                        help="YAML file with one or more documents, or - for standard input")
+    _add_manifest_arguments(inject)
     inject.add_argument("--policy", choices=names.POLICIES, default=None,
                         help="policy for the wrapped containers (default: the pod's annotation, "
                         "else preferred)")
     inject.add_argument("--containers", type=csv, default=None, metavar="NAME,…",
                         help="wrap exactly these containers (default: those that request GPUs)")
+    inject.add_argument("--ignore-cluster", action="store_true",
+                        help="do not read the installed release's settings from the cluster")
+    inject.add_argument("--kubeconfig", type=Path, default=None,
+                        help="kubeconfig of the cluster whose release is read (default: "
+                        "$KUBECONFIG, then ~/.kube/config)")
+    inject.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     add_settings(inject, MutationSettings)
     inject.set_defaults(handler=_run_inject)
+
+    uninject = commands.add_parser(
+        "uninject", help="remove gpunuma's mutation from manifests (the reverse of inject)",
+        description="Remove what gpunuma inject or the webhook added to pods and pod templates: the "
+        "launcher init container and volume, numa-exec in front of commands, GPUNUMA_POLICY and the "
+        "annotations gpunuma writes. The user's gpunuma.io/inject, policy and containers stay.",
+    )
+    _add_manifest_arguments(uninject)
+    uninject.set_defaults(handler=_run_uninject)
     return parser
 
 
@@ -259,19 +277,73 @@ def _run_operator(args: argparse.Namespace) -> int:
     return operator_main(settings)
 
 
+def _add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--filename", required=True, action="append", metavar="FILE",
+                        help="YAML or JSON file, a folder (its *.yaml, *.yml and *.json files), or - "
+                        "for standard input; repeat for several")
+    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml",
+                        help="yaml (default: the input edited in place, comments kept) or json")
+
+
+def _given(argv: Sequence[str], settings_class: type) -> set[str]:
+    """Fields of ``settings_class`` given as a flag on the command line or as a GPUNUMA_* variable."""
+    given = set()
+    for path, _, option in options(settings_class):
+        typed = any(word == option.flag or word.startswith(option.flag + "=") for word in argv)
+        if typed or option.env in os.environ:
+            given.add(path[-1])
+    return given
+
+
+def _release_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The installed release's mutation settings that the user did not give; stderr says where from."""
+    from gpunuma.release import ReleaseUnavailable, read_release
+
+    if args.ignore_cluster:
+        return {}
+    try:
+        release = read_release(args.kubeconfig, args.context)
+    except ReleaseUnavailable as exc:
+        print(f"gpunuma inject: using gpunuma's defaults, not a release's settings: {exc} "
+              "(--ignore-cluster skips this)", file=sys.stderr)
+        return {}
+    given = _given(args.argv, MutationSettings)
+    values: dict[str, Any] = {}
+    for path, _, option in options(MutationSettings):
+        text = release.environment.get(option.env)
+        if text is None or path[-1] in given:
+            continue
+        try:
+            values[path[-1]] = option.parse(text)
+        except ValueError as exc:
+            print(f"gpunuma inject: {release.where} has {option.env}={text!r}, not used: {exc}",
+                  file=sys.stderr)
+    shown = ", ".join(sorted(values)) or "nothing (flags and variables win)"
+    print(f"gpunuma inject: settings from {release.where}: {shown}", file=sys.stderr)
+    return values
+
+
 def _run_inject(args: argparse.Namespace) -> int:
     from gpunuma.webhook.inject import main as inject_main
 
     try:
-        settings = settings_from_args(MutationSettings, args)
+        settings = settings_from_args(MutationSettings, args, **_release_settings(args))
     except ValueError as exc:
         print(f"gpunuma inject: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return inject_main(settings, args.filename, policy=args.policy, containers=args.containers)
+    return inject_main(settings, args.filename, policy=args.policy, containers=args.containers,
+                       output=args.output)
+
+
+def _run_uninject(args: argparse.Namespace) -> int:
+    from gpunuma.webhook.inject import main as inject_main
+
+    return inject_main(None, args.filename, output=args.output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # which settings were typed (inject)
     code: int = args.handler(args)
     return code
 

@@ -288,6 +288,15 @@ class KubeClient:
     async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
         return await self._request("PATCH", path, ops, content_type=JSON_PATCH)
 
+    async def delete(self, path: str) -> dict[str, Any] | None:
+        """Delete the object at ``path``; None if it was already gone."""
+        try:
+            return await self._request("DELETE", path)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
     async def _request(
         self, method: str, path: str, body: object = None, *, content_type: str = "application/json",
         text: bool = False,

@@ -95,7 +95,14 @@ def documented_commands() -> Iterator[tuple[str, str]]:
                 lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
                 lexer.whitespace_split = True
                 words: list[str] = []
+                redirected = False
                 for word in [*lexer, ";"]:
+                    if word in {">", ">>", "<", "2>", "&>"}:
+                        redirected = True  # the shell's, with its file name: not the command's
+                        continue
+                    if redirected:
+                        redirected = False
+                        continue
                     if word not in {"&&", "||", "|", ";", "&"}:
                         words.append(word)
                         continue

@@ -45,7 +45,7 @@ class KubeletUnavailable(Exception):
 
 
 class PodResourcesClient:
-    """``List`` and ``Get`` of ``v1.PodResourcesLister``, decoded into plain dataclasses."""
+    """``List`` of ``v1.PodResourcesLister``, decoded into plain dataclasses."""
 
     def __init__(self, socket_path: Path, *, timeout: float = 5.0) -> None:
         self.socket_path = socket_path
@@ -57,19 +57,6 @@ class PodResourcesClient:
         """Every pod the kubelet knows, with the devices and exclusive CPUs of its containers."""
         response = await self._call("List", pb.ListPodResourcesRequest())
         return [pod_from_message(pod) for pod in response.pod_resources]
-
-    async def get(self, namespace: str, name: str) -> PodResources | None:
-        """One pod, or None when the kubelet does not know it.
-
-        ``Get`` needs the kubelet's ``KubeletPodResourcesGet`` feature (beta, on by default since
-        Kubernetes 1.32); older kubelets answer UNIMPLEMENTED, reported as KubeletUnavailable.
-        """
-        request = pb.GetPodResourcesRequest(pod_name=name, pod_namespace=namespace)
-        try:
-            response = await self._call("Get", request)
-        except _NotFound:
-            return None
-        return pod_from_message(response.pod_resources)
 
     async def close(self) -> None:
         channel, self._channel, self._stub = self._channel, None, None
@@ -96,16 +83,10 @@ class PodResourcesClient:
             return await getattr(self._stub, method)(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
             await self.close()
-            if error.code() == grpc.StatusCode.NOT_FOUND and method == "Get":
-                raise _NotFound from error
             raise KubeletUnavailable(
                 f"PodResources {method} on {self.socket_path} failed: "
                 f"{error.code().name}: {error.details() or 'no details'}"
             ) from error
-
-
-class _NotFound(Exception):
-    pass
 
 
 def pod_from_message(message: Any) -> PodResources:

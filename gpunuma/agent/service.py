@@ -439,14 +439,14 @@ class Agent:
         if not entries and self._kubelet is not None:
             # Started since the last poll: the kubelet allocated its devices before creating it.
             try:
-                fresh = await self._kubelet.get(pod.namespace, pod.name)
+                fresh = [item for item in await self._kubelet.list()
+                         if (item.namespace, item.name) == (pod.namespace, pod.name)]
             except KubeletUnavailable:
-                fresh = None
-            if fresh is not None:
-                entries = [entry for entry in allocations([fresh], self.layout,
-                                                          self.settings.gpu_resources,
-                                                          self.dra_devices)
-                           if entry["container"] == container]
+                fresh = []
+            entries = [entry for entry in allocations(fresh, self.layout,
+                                                      self.settings.gpu_resources,
+                                                      self.dra_devices)
+                       if entry["container"] == container]
         nodes = frozenset(node for entry in entries for node in entry["numaNodes"])
         local = frozenset().union(*(node.cpus for node in self.layout.numa_nodes
                                     if node.id in nodes))

@@ -11,10 +11,13 @@ is one ``add``, not a replacement of every item after it. Pure: no I/O.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["diff"]
+
+_ABSENT = object()  # a key missing from the old document (None is a JSON value)
 
 
 def diff(
@@ -36,35 +39,42 @@ def _diff(old: Any, new: Any, path: str, operations: list[dict[str, Any]]) -> No
 
     Lists are compared as the mutation changes them: items added at the end (env, mounts,
     volumes), items added at the front (the wrapped command), or items changed in place; any other
-    change replaces the list whole, which is always correct, if longer.
+    change replaces the list whole, which is always correct, if longer. Written for the webhook's
+    hot path: identity first, few calls per node (a distinct pod's whole diff is ~10 nodes).
     """
     if isinstance(old, dict) and isinstance(new, dict):
-        for key in old:
-            if key not in new:
-                operations.append({"op": "remove", "path": _join(path, key)})
+        if len(old) > len(new) or not new.keys() >= old.keys():
+            for key in old:
+                if key not in new:
+                    operations.append({"op": "remove", "path": _join(path, key)})
         for key, value in new.items():
-            if key not in old:
+            previous = old.get(key, _ABSENT)
+            if previous is value:  # most of a pod is shared, unchanged: skip it cheaply
+                continue
+            if previous is _ABSENT:
                 operations.append({"op": "add", "path": _join(path, key), "value": value})
-            elif old[key] is not value:  # most of a pod is shared, unchanged: skip it cheaply
-                _diff(old[key], value, _join(path, key), operations)
+            else:
+                _diff(previous, value, _join(path, key), operations)
         return
     if isinstance(old, list) and isinstance(new, list):
-        added = len(new) - len(old)
-        if added == 0:
+        kept, total = len(old), len(new)
+        if kept == total:
             for index, old_item in enumerate(old):
                 if old_item is not new[index]:
                     _diff(old_item, new[index], f"{path}/{index}", operations)
             return
         # The kept items are the very objects of the old list (the mutation only adds around
         # them), so identity decides, and Python's 1 == True cannot hide a change.
-        if added > 0 and all(a is b for a, b in zip(new[:len(old)], old, strict=True)):
-            operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
-                              for index in range(len(old), len(new)))
-            return
-        if added > 0 and all(a is b for a, b in zip(new[added:], old, strict=True)):
-            operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
-                              for index in range(added))
-            return
+        if kept < total:
+            if all(map(operator.is_, new[:kept], old)):
+                operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
+                                  for index in range(kept, total))
+                return
+            added = total - kept
+            if all(map(operator.is_, new[added:], old)):
+                operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
+                                  for index in range(added))
+                return
     if not _same(old, new):
         operations.append({"op": "replace", "path": path, "value": new})
 
@@ -89,7 +99,9 @@ def _join(path: str, key: str) -> str:
 
 def _escape(key: str) -> str:
     """A JSON pointer segment: RFC 6901 escapes ``~`` and ``/``."""
-    return key.replace("~", "~0").replace("/", "~1")
+    if "~" in key or "/" in key:
+        return key.replace("~", "~0").replace("/", "~1")
+    return key
 
 
 def _align_named_lists(
@@ -106,6 +118,8 @@ def _align_named_lists(
         old, new = part_before.get(key), part_after.get(key)
         if not isinstance(old, list) or not isinstance(new, list):
             continue
+        if all(map(operator.is_, new[:len(old)], old)):
+            continue  # the very same items in the same places, any new ones at the end
         staged = list(old)
         staged_names = _names(staged)
         if _names(new[:len(staged)]) == staged_names:

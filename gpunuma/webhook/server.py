@@ -30,8 +30,8 @@ from pathlib import Path
 
 import orjson
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gpunuma import __version__
 from gpunuma.settings import WebhookSettings, parse_listen
@@ -168,7 +168,7 @@ class WebhookServer:
         app.router.add_post("/mutate-namespace", self._handler(namespace_opted_in=True))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
         return app
 
     async def start(self) -> None:
@@ -267,10 +267,6 @@ class WebhookServer:
         if self._ready:
             return web.Response(text="ok\n")
         return web.Response(status=503, text="shutting down\n")
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def _bad_request(reason: str) -> web.Response:

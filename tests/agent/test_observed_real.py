@@ -26,9 +26,10 @@ from gpunuma.settings import DiscoverySettings
 from gpunuma.topology import Layout
 from tests.agent import test_agent
 from tests.agent.cgroupv1 import Tree, cgroup_tree_in, new_container_id
-from tests.agent.conftest import KubeletServer, container, cr, pod, until
+from tests.agent.conftest import KubeletServer, container, cr, pod
 from tests.agent.test_agent import Running
 from tests.conftest import require_tool
+from tests.polling import eventually
 
 GPU = "GPU-5a1b2c3d-0000-4000-8000-000000000001"
 LAYOUT = Layout.from_document({
@@ -103,12 +104,12 @@ async def test_launcher_bound_unbound_and_cgroup_bound_are_each_reported_as_what
 
     run = start(FixedLayout(), socket=kubelet.socket, cgroup_root=root, cgroup_binding=True,
                 cpu_manager_state=tmp_path / "no-cpu-manager-state")
-    await until(lambda: run.agent.binder is not None, within=10)
+    await eventually(lambda: run.agent.binder is not None, within=10)
     # Started while the agent watches: bound through inotify.
     cgroupy = cgroup_tree.start(pod_dir, uid, "cgroupy", container_id=ids["cgroupy"])
-    await until(lambda: cgroupy.status("Cpus_allowed_list") == "1", within=10)
-    await until(lambda: _observed(api).get("cgroupy", {}).get("by") == "cgroup", within=15)
-    await until(lambda: _observed(api).get("wrapped", {}).get("by") == "numa-exec", within=15)
+    await eventually(lambda: cgroupy.status("Cpus_allowed_list") == "1", within=10)
+    await eventually(lambda: _observed(api).get("cgroupy", {}).get("by") == "cgroup", within=15)
+    await eventually(lambda: _observed(api).get("wrapped", {}).get("by") == "numa-exec", within=15)
     observed = _observed(api)
 
     # What the kernel says, and what the agent reported: the same.
@@ -170,9 +171,9 @@ async def test_a_node_whose_kubelet_runs_the_static_cpu_manager_is_left_alone(
     state.write_text('{"policyName":"static","defaultCpuSet":"0-1","checksum":1}')
     run = start(FixedLayout(), socket=kubelet.socket, cgroup_root=root, cgroup_binding=True,
                 cpu_manager_state=state)
-    await until(lambda: run.agent.binder is not None, within=10)
+    await eventually(lambda: run.agent.binder is not None, within=10)
     server = cgroup_tree.start(cgroup_tree.pod(uid), uid, "server", container_id=cid)
-    await until(lambda: _observed(api).get("server", {}).get("binding") == "none", within=15)
+    await eventually(lambda: _observed(api).get("server", {}).get("binding") == "none", within=15)
     await run.agent.binder.idle()  # type: ignore[union-attr]
     assert server.status("Cpus_allowed_list") == "0-1"
     assert (server.directory / "cpuset.cpus").read_text().strip() == "0-1"

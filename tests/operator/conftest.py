@@ -85,21 +85,6 @@ def tune_for_tests(settings: kopf.OperatorSettings) -> None:
     settings.posting.enabled = False
 
 
-async def eventually(check: Callable[[], Any], within: float = 5.0, message: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy (and return it), or fail."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        with contextlib.suppress(KeyError, AssertionError, TypeError):
-            result = check()
-            if result:
-                return result
-        if asyncio.get_running_loop().time() > deadline:
-            result = check()
-            assert result, message or f"condition not met within {within} s"
-            return result
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 def cluster(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
     kmock.resources.load_bundled()
