@@ -10,7 +10,7 @@ import kmock
 from gpunuma import names
 from gpunuma.operator.placement import pod_annotations as placement_of
 from gpunuma.operator.placement import unbound_containers
-from tests.operator.conftest import Runner, condition, eventually, two_socket_spec
+from tests.operator.conftest import Runner, condition, two_socket_spec
 from tests.operator.test_operator import (
     ALLOCATION,
     create,
@@ -19,6 +19,7 @@ from tests.operator.test_operator import (
     pod_annotations,
     running_pod,
 )
+from tests.polling import eventually
 
 UNBOUND = {"cpus": "0-127", "mems": "0-1", "policy": "default", "localMemoryShare": 0.48,
            "binding": "none", "by": "none",
