@@ -25,41 +25,31 @@ NODE_EVENTS_NAMESPACE = "default"  # where `kubectl describe node` looks for a N
 async def post_node_event(
     client: KubeClient, now: dt.datetime, node: NodeView, kind: str, reason: str, message: str,
 ) -> None:
-    stamp = format_rfc3339(now)
-    body = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        # Named like kubectl's events (object.random hex) rather than by generateName, which
-        # not every API emulator implements.
-        "metadata": {"name": f"{node.name}.{secrets.token_hex(8)}",
-                     "namespace": NODE_EVENTS_NAMESPACE},
-        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node.name,
-                           "uid": node.uid or node.name},
-        "type": kind,
-        "reason": reason,
-        "message": message[:1024],
-        "source": {"component": EVENT_SOURCE},
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
-    try:
-        await client.create(paths.events(NODE_EVENTS_NAMESPACE), body)
-    except ApiError as exc:
-        logger.warning("node %s: could not post event %s: %s", node.name, reason, exc)
+    involved = {"apiVersion": "v1", "kind": "Node", "name": node.name, "uid": node.uid or node.name}
+    await _post(client, now, NODE_EVENTS_NAMESPACE, node.name, involved, kind, reason, message)
 
 
 async def post_pod_event(
     client: KubeClient, now: dt.datetime, namespace: str, name: str, uid: str, kind: str,
     reason: str, message: str,
 ) -> None:
+    involved = {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": name,
+                "uid": uid}
+    await _post(client, now, namespace, name, involved, kind, reason, message)
+
+
+async def _post(
+    client: KubeClient, now: dt.datetime, namespace: str, name: str,
+    involved: dict[str, str], kind: str, reason: str, message: str,
+) -> None:
     stamp = format_rfc3339(now)
     body = {
         "apiVersion": "v1",
         "kind": "Event",
+        # Named like kubectl's events (object.random hex) rather than by generateName, which
+        # not every API emulator implements.
         "metadata": {"name": f"{name}.{secrets.token_hex(8)}", "namespace": namespace},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": namespace,
-                           "name": name, "uid": uid},
+        "involvedObject": involved,
         "type": kind,
         "reason": reason,
         "message": message[:1024],
@@ -71,4 +61,5 @@ async def post_pod_event(
     try:
         await client.create(paths.events(namespace), body)
     except ApiError as exc:
-        logger.warning("pod %s/%s: could not post event %s: %s", namespace, name, reason, exc)
+        logger.warning("%s %s: could not post event %s: %s", involved["kind"].lower(), name,
+                       reason, exc)
