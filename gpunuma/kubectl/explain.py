@@ -150,7 +150,8 @@ def _observed_verdict(binding: str, annotations: Mapping[str, str]) -> str:
         return (f"CPUs bound to NUMA node(s) {nodes}, CPUs {cpus}; memory not bound "
                 "(observed; see Placement)")
     if binding == "unknown":
-        return "bound state unknown: the agent has not found every container's processes yet"
+        return (f"planned for NUMA node(s) {nodes}, CPUs {cpus}; not observed: the node's agent "
+                "has not found every container's processes (see Placement)")
     return f"not bound: observed running on CPUs {cpus} (see Placement for why)"
 
 

@@ -7,7 +7,8 @@ container: the devices, their NUMA nodes, the CPUs it really runs on, ``binding`
 (union of the GPU nodes of the containers that are bound there, ascending; empty when none is),
 ``gpunuma.io/cpuset`` (union of the CPUs the containers run on) and ``gpunuma.io/binding`` (the
 weakest binding of its containers). An entry without ``observed`` (an agent older than
-observation) is taken at its plan, as before. The JSON is
+observation) or whose processes were not found (``binding: unknown``) is taken at its plan, as
+before. The JSON is
 rendered canonically (sorted keys, no spaces) so that an unchanged placement compares equal to the
 annotation already on the pod and is never rewritten.
 """
@@ -92,17 +93,19 @@ def pod_annotations(allocations: object, namespace: str, pod: str) -> dict[str, 
         item: dict[str, Any] = {"gpus": gpus, "numaNodes": sorted(nodes),
                                 "cpus": format_cpulist(cpus)}
         seen = observed.get(name)
-        if seen is None:  # not observed: the plan, as agents before observation reported it
+        if seen is None or seen["binding"] == "unknown":
+            # Not observed (an agent before observation), or its processes not found yet (not
+            # started; no cgroup hierarchy): the plan, with gpunuma.io/binding saying "unknown".
             bound_nodes |= nodes
             running_cpus |= cpus
-        else:
+        if seen is not None:
             item["binding"] = seen["binding"]
             item["by"] = str(seen.get("by", "none"))
             if seen.get("reason"):  # why it differs from the plan, for kubectl gpunuma explain
                 item["reason"] = str(seen["reason"])
             if seen["binding"] in ("full", "cpu-only"):
                 bound_nodes |= nodes
-            actual = _observed_cpus(seen)
+            actual = _observed_cpus(seen) if seen["binding"] != "unknown" else None
             if actual is not None:
                 running_cpus |= actual
                 if actual != cpus:

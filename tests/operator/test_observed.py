@@ -115,3 +115,13 @@ async def test_a_node_where_the_agent_stands_aside_says_so_in_status_and_one_eve
     [event] = node_events(cluster, "CgroupBindingStaticCPUManager")
     assert event["involvedObject"]["kind"] == "Node"
     assert "static" in event["message"]
+
+
+def test_a_container_whose_processes_were_not_found_keeps_the_plan_marked_unknown() -> None:
+    unknown = {"binding": "unknown", "by": "none", "reason": "the container has not started"}
+    annotations = placement_of([entry("main", unknown), entry("side", BOUND)], "ml", "train-0")
+    assert annotations is not None
+    assert annotations[names.ANNOTATION_NUMA_NODES] == "1"
+    assert annotations[names.ANNOTATION_CPUSET] == "32-63"
+    assert annotations[names.ANNOTATION_BINDING] == "unknown"
+    assert json.loads(annotations[names.ANNOTATION_PLACEMENT])["main"]["binding"] == "unknown"
