@@ -33,6 +33,9 @@ ANNOTATION_SKIPPED: Final = PREFIX + "skipped"
 ANNOTATION_CGROUP_BOUND: Final = PREFIX + "cgroup-bound"
 # Pod-level outcome the operator writes from what the agent observed: full, cpu-only or none.
 ANNOTATION_BINDING: Final = PREFIX + "binding"
+ANNOTATION_WARNINGS: Final = PREFIX + "warnings"
+# "true": some container runs under numa-exec; "false": the webhook changed the pod but bound none
+# of its containers (all skipped), and its warnings are in ANNOTATION_WARNINGS.
 LABEL_MANAGED: Final = PREFIX + "managed"
 ANNOTATION_PLACEMENT: Final = PREFIX + "placement"
 ANNOTATION_NUMA_NODES: Final = PREFIX + "numa-nodes"

@@ -42,6 +42,7 @@ from gpunuma.agent.observer import Observer
 from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
 from gpunuma.agent.publisher import LayoutPublisher, layout_spec
 from gpunuma.agent.resourceslices import device_identities, list_node_slices
+from gpunuma.buildinfo import register_build_info
 from gpunuma.discovery import DiscoveryUnavailable
 from gpunuma.kubeapi import ApiError, Connection, KubeClient
 from gpunuma.settings import AgentSettings, DiscoverySettings, parse_listen
@@ -93,6 +94,7 @@ class AgentMetrics:
             "gpunuma_agent_containers", "GPU containers by the binding observed on their main "
             "process (full, cpu-only, none, unknown)", ["binding"], registry=self.registry,
         )
+        register_build_info(self.registry, "agent")
 
     def observe_layout(self, layout: Layout) -> None:
         self.gpus.clear()

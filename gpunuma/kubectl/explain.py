@@ -32,6 +32,7 @@ from gpunuma.webhook.mutation import (
     MIRROR_POD_ANNOTATION,
     gpu_claims_used,
     gpu_requests,
+    is_launcher,
     listed_containers,
     selected_containers,
 )
@@ -78,8 +79,8 @@ def _numa_exec_lines(log: str | None) -> list[str]:
     return [line.strip() for line in log.splitlines() if line.lstrip().startswith(NUMA_EXEC_PREFIX)]
 
 # What became of one container, and what ``explain`` says about it.
-ContainerState = Literal["wrapped", "cgroup-bound", "skipped", "not-listed", "no-gpu", "selected-not-wrapped",
-                         "would-be-wrapped", "gpu-not-wrapped"]
+ContainerState = Literal["wrapped", "cgroup-bound", "skipped", "not-listed", "no-gpu",
+                         "selected-not-wrapped", "would-be-wrapped", "gpu-not-wrapped", "launcher"]
 _STATE_TEXT: dict[ContainerState, str] = {
     "wrapped": "wrapped: numa-exec runs in front of its command",
     "cgroup-bound": "cgroup-bound: no command, the node's agent binds its cgroup's cpuset",
@@ -90,6 +91,7 @@ _STATE_TEXT: dict[ContainerState, str] = {
     "selected-not-wrapped": "selected but not wrapped",
     "would-be-wrapped": "would be wrapped, had the webhook mutated the pod",
     "gpu-not-wrapped": "GPU container, not wrapped",
+    "launcher": f"gpunuma's init container: copies numa-exec into {names.LAUNCHER_MOUNT_PATH}",
 }
 
 
@@ -101,7 +103,7 @@ class _Container:
 
     @property
     def selected(self) -> bool:
-        return self.state not in ("not-listed", "no-gpu")
+        return self.state not in ("not-listed", "no-gpu", "launcher")
 
 
 def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -> list[_Container]:
@@ -120,7 +122,9 @@ def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -
         gpus.update({f"claim {claim}": "" for claim in gpu_claims_used(pod, container)})
         selected = name in chosen
         state: ContainerState
-        if name in wrapped:
+        if is_launcher(container):
+            state = "launcher"
+        elif name in wrapped:
             state = "wrapped"
         elif name in cgroup_bound:
             state = "cgroup-bound"

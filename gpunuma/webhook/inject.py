@@ -111,6 +111,8 @@ class InjectResult:
     """Denials and malformed documents; with any, nothing is written."""
     report: list[str] = field(default_factory=list)
     """One line per resource: what was done to it, or why nothing was."""
+    container_names: set[str] = field(default_factory=set)
+    """The containers of every pod read, to check ``--containers`` against."""
 
 
 # What is done to one pod (metadata + spec): returns the new pod, or None to leave it.
@@ -131,7 +133,13 @@ def inject_documents(
     def edit(pod: dict[str, Any], label: str, result: InjectResult) -> dict[str, Any] | None:
         return _mutate_pod(pod, label, settings, policy, containers, result)
 
-    return transform_documents(documents, edit, verb="injected")
+    result = transform_documents(documents, edit, verb="injected")
+    missing = [name for name in containers or () if name not in result.container_names]
+    if missing:
+        known = ", ".join(sorted(result.container_names)) or "none"
+        result.errors.append(f"--containers names {', '.join(map(repr, missing))}, which no pod "
+                             f"in the input has (its containers: {known})")
+    return result
 
 
 def uninject_documents(documents: Iterable[Any]) -> InjectResult:
@@ -279,6 +287,12 @@ def _mutate_pod(template: dict[str, Any], label: str, settings: MutationSettings
     if template.get("metadata") is None:
         template["metadata"] = {}
     metadata = template["metadata"]
+    spec = template.get("spec")
+    for key in ("initContainers", "containers"):
+        listed = spec.get(key) if isinstance(spec, dict) else None
+        result.container_names.update(
+            c["name"] for c in (listed if isinstance(listed, list) else ())
+            if isinstance(c, dict) and isinstance(c.get("name"), str))
     if policy is not None or containers:
         if metadata.get("annotations") is None:
             metadata["annotations"] = {}
@@ -304,6 +318,9 @@ def _mutate_pod(template: dict[str, Any], label: str, settings: MutationSettings
         if mutation.reason == "opted out":
             result.notes.append(f"{label}: left unchanged, it has {names.ANNOTATION_INJECT}: "
                                 "\"false\"")
+        elif mutation.reason == "no GPU containers" and containers:
+            result.notes.append(f"{label}: left unchanged, --containers names none of its "
+                                "containers")
         elif mutation.reason == "no GPU containers":
             result.notes.append(f"{label}: left unchanged, no container requests a GPU "
                                 "(name containers with --containers)")

@@ -29,7 +29,6 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import YAMLError
-from ruamel.yaml.events import DocumentStartEvent
 from ruamel.yaml.nodes import ScalarNode, SequenceNode
 from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.resolver import BaseResolver, VersionedResolver
@@ -78,7 +77,11 @@ def decode_plain(text: str) -> object:
         return _GO_WORDS[text]
     first = text[:1]
     if first == ".":
-        return float(text.replace("_", "")) if _GO_DOT_FLOAT.match(text) else text
+        if _GO_DOT_FLOAT.match(text):
+            number = float(text.replace("_", ""))
+            if not math.isinf(number):  # ParseFloat's range error: go-yaml keeps the string
+                return number
+        return text
     if first and first in "+-0123456789":
         if _TIMESTAMP_START.match(text):
             return text
@@ -205,6 +208,7 @@ class Document:
     value: Any
     _tree: Any = field(default=None, repr=False)
     _shared: set[int] = field(default_factory=set, repr=False)
+    _explicit_end: bool = field(default=False, repr=False)  # closed by "..."
 
     def render(self, value: Any) -> str:
         """The text of this document holding ``value``: the original text if it is the same."""
@@ -213,25 +217,36 @@ class Document:
         handler = _yaml()
         mapping, sequence, offset = _guess_indent(self.text)
         handler.indent(mapping=mapping, sequence=sequence, offset=offset)
-        handler.explicit_start = self.text.lstrip().startswith("---")
+        handler.explicit_start = self.text.lstrip().startswith(("---", "%"))
+        handler.explicit_end = self._explicit_end
         tree = _update(self._tree, self.value, value, self._shared)
         out = io.StringIO()
         handler.dump(tree, out)
         return out.getvalue()
 
 
+_BOUNDARY_LOADER = getattr(pyyaml, "CSafeLoader", pyyaml.SafeLoader)
+
+
 def read(text: str) -> tuple[str, list[Document]]:
     """The text before the first document (comments) and the documents of a YAML stream."""
-    handler = _yaml()
+    starts: list[int] = []
+    explicit_ends: list[bool] = []
+    # Only the documents' boundaries: libyaml's parser (YAML 1.1, as go-yaml's) finds them in a
+    # fraction of the time ruamel's pure-Python one takes; its marks count characters.
     try:
-        starts = [event.start_mark.index for event in handler.parse(io.StringIO(text))
-                  if isinstance(event, DocumentStartEvent)]
-    except YAMLError as exc:
+        for event in pyyaml.parse(text, Loader=_BOUNDARY_LOADER):
+            if isinstance(event, pyyaml.DocumentStartEvent) and event.start_mark is not None:
+                starts.append(_with_directives(text, event.start_mark.index))
+            elif isinstance(event, pyyaml.DocumentEndEvent):
+                explicit_ends.append(bool(event.explicit))
+    except pyyaml.YAMLError as exc:
         raise KubeYAMLError(str(exc)) from exc
     if not starts:
         return text, []
     documents = []
-    for start, end in zip(starts, [*starts[1:], len(text)], strict=True):
+    for start, end, explicit_end in zip(starts, [*starts[1:], len(text)], explicit_ends,
+                                        strict=True):
         piece = text[start:end]
         try:
             tree = _yaml().load(piece)
@@ -239,8 +254,18 @@ def read(text: str) -> tuple[str, list[Document]]:
             raise KubeYAMLError(str(exc)) from exc
         expansion = _Expansion()
         value = _to_plain(tree, expansion)
-        documents.append(Document(piece, value, tree, expansion.shared))
+        documents.append(Document(piece, value, tree, expansion.shared, explicit_end))
     return text[:starts[0]], documents
+
+
+def _with_directives(text: str, start: int) -> int:
+    """``start`` moved back over the ``%YAML``/``%TAG`` lines right before a ``---``."""
+    while start > 0:
+        line_start = text.rfind("\n", 0, start - 1) + 1
+        if not text.startswith("%", line_start):
+            break
+        start = line_start
+    return start
 
 
 # --- The value Kubernetes reads ----------------------------------------------------------------
@@ -271,7 +296,9 @@ def _to_plain(node: Any, expansion: _Expansion) -> Any:
     if isinstance(node, dict | list):
         if id(node) in expansion.open:
             raise KubeYAMLError("an alias refers to a node that contains it")
-        if id(node) in expansion.met:
+        anchor = getattr(node, "anchor", None)
+        if id(node) in expansion.met or getattr(anchor, "value", None):
+            # Aliased (or merged with "<<", which does not show here as a second visit).
             expansion.shared.add(id(node))
             expansion.count += 1
             if expansion.count > _EXPANSION_LIMIT:

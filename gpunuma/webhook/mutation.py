@@ -12,6 +12,7 @@ into an RFC 6902 patch by diffing, never by hand-written paths.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ __all__ = [
     "WARNING_LIMIT",
     "InvalidPod",
     "Mutation",
+    "admission_warning",
     "gpu_requests",
+    "is_launcher",
     "json_patch",
     "listed_containers",
     "mutate",
@@ -46,7 +49,8 @@ INSTALL_COMMAND: tuple[str, ...] = ("/numa-exec", "--install", names.LAUNCHER_MO
 _LEGACY_INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
 # The two as lists, to compare with a container's command (never handed out).
 _INSTALL_COMMANDS = (list(INSTALL_COMMAND), list(_LEGACY_INSTALL_COMMAND))
-# The launcher image's USER (the Dockerfile's 65532:65532), named only for pods that run as root.
+# The launcher image's USER (the Dockerfile's launcher stage: 65532:65532), named only for pods
+# that run as root.
 LAUNCHER_UID = 65532
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
 WARNING_LIMIT = 120
@@ -84,7 +88,8 @@ class Mutation:
     denial: str | None
     """Why the pod must not be created, with how to fix it; ``None`` when it is allowed."""
     warnings: tuple[str, ...]
-    """Short lines (at most WARNING_LIMIT characters) for the user who created the pod."""
+    """One line each for the user who created the pod, whole (admission cuts them to
+    WARNING_LIMIT characters, see ``admission_warning``)."""
     reason: str
     """A few words for logs: why this outcome (``mutated``, ``not opted in``, ``mirror pod``…)."""
     wrapped: tuple[str, ...] = ()
@@ -165,16 +170,16 @@ def mutate(
         if not command:
             skipped.append(name)
             continue
-        mount_clash = _mount_clash(container)
+        mount_clash = _mount_clash(container, volumes)
         if mount_clash is not None:
-            return unchanged("mount path clash", mount_clash)
+            return unchanged("mount path clash", *_skip_or_deny(policy, mount_clash, warnings))
         changed_containers[name] = _wrap(container, policy, warnings)
         wrapped.append(name)
 
     if wrapped:
         clash = _name_clash(containers, init_containers, volumes, spec)
         if clash is not None:
-            return unchanged("name clash", clash)
+            return unchanged("name clash", *_skip_or_deny(policy, clash, warnings))
     if skipped:
         if policy == "strict":
             return unchanged("strict policy, container without command", _strict_denial(skipped))
@@ -187,6 +192,13 @@ def mutate(
     _set_or_drop(new_annotations, names.ANNOTATION_WRAPPED, wrapped)
     _set_or_drop(new_annotations, names.ANNOTATION_SKIPPED, skipped)
     _set_or_drop(new_annotations, names.ANNOTATION_CGROUP_BOUND, cgroup_bound)
+    # Warnings go back to whoever created the pod; a controller (ReplicaSet, Job…) drops them.
+    # Kept on the pod, the operator turns them into Events on the pod's owner (no API call here).
+    # Only ever added to: a second pass (reinvocation, inject twice) may no longer see what the
+    # first warned about (an env var it replaced), and must not patch the pod again for that.
+    kept = [line for line in annotations.get(names.ANNOTATION_WARNINGS, "").split("\n") if line]
+    _set_or_drop(new_annotations, names.ANNOTATION_WARNINGS,
+                 [*kept, *(w for w in warnings if w not in kept)], separator="\n")
     new_metadata = dict(metadata or {})
     new_metadata["annotations"] = new_annotations
     new_spec = dict(spec)
@@ -195,15 +207,18 @@ def mutate(
         # Only a pod with something bound gets the label the operator selects on: a pod whose
         # GPU containers were all skipped is not bound, so it has no placement to report.
         new_metadata["labels"] = {**labels, names.LABEL_MANAGED: "true"}
+    elif warnings:
+        # Unbound, with something to say: the operator watches this label (any value) for Events.
+        new_metadata["labels"] = {**labels, names.LABEL_MANAGED: "false"}
     if wrapped:
         # Ours runs first, before any wrapped init container. One already there is kept as it is
         # (on reinvocation the API server has defaulted its fields), only moved to the front
         # should another webhook have put something before it.
-        existing = next((c for c in init_containers if _is_launcher(c)), None)
+        existing = next((c for c in init_containers if is_launcher(c)), None)
         launcher = _runs_as_pod_user(existing or _launcher_container(
             settings, best_effort=_is_best_effort(containers, init_containers)), spec)
         new_spec["initContainers"] = [launcher, *(changed_containers.get(c["name"], c)
-                                                  for c in init_containers if not _is_launcher(c))]
+                                                  for c in init_containers if not is_launcher(c))]
         if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
             new_spec["volumes"] = [*volumes, dict(_LAUNCHER_VOLUME)]
     elif any(c["name"] in changed_containers for c in init_containers):
@@ -310,7 +325,7 @@ def _select(
 ) -> set[str]:
     """Names of the containers to wrap: the annotation's list, else those that request GPUs or
     use a claim of ``gpu_claims`` (names of the pod's ``resourceClaims`` entries)."""
-    candidates = [c for c in (*init_containers, *containers) if not _is_launcher(c)]
+    candidates = [c for c in (*init_containers, *containers) if not is_launcher(c)]
     requested = listed_containers(annotations)
     if requested:
         known = {c["name"] for c in candidates}
@@ -390,7 +405,7 @@ def _name_clash(
                 f"container: rename that container, or opt the pod out with "
                 f"{names.ANNOTATION_INJECT}: \"false\"")
     for container in init_containers:
-        if container["name"] == ours and not _is_launcher(container):
+        if container["name"] == ours and not is_launcher(container):
             return (f"the pod has an init container named {ours!r} that gpunuma did not create: "
                     f"rename it, or opt the pod out with {names.ANNOTATION_INJECT}: \"false\"")
     for volume in volumes:
@@ -401,16 +416,61 @@ def _name_clash(
     return None
 
 
-def _mount_clash(container: Mapping[str, Any]) -> str | None:
+def _mount_clash(container: Mapping[str, Any], volumes: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why gpunuma's mount cannot be added to ``container`` without breaking it, or None.
+
+    The API server refuses a mount path used twice in a container or shared with a block
+    device's path; the container runtime cannot create a mount point inside our read-only
+    volume (a mount below ``/opt/gpunuma``), inside a device file, or inside a read-only volume
+    mounted above it. Paths are compared cleaned (``/opt/gpunuma/`` is ``/opt/gpunuma``).
+    """
+    name = container["name"]
+    fix = (f"move it, or leave the container out with {names.ANNOTATION_CONTAINERS}, or the pod "
+           f"with {names.ANNOTATION_INJECT}: \"false\"")
+    read_only_sources = {volume["name"] for volume in volumes
+                         if {"configMap", "secret", "downwardAPI", "projected"} & set(volume)}
     for mount in _named_list(container, "volumeMounts"):
-        ours_by_name = mount["name"] == names.LAUNCHER_VOLUME
-        ours_by_path = mount.get("mountPath") == names.LAUNCHER_MOUNT_PATH
-        if ours_by_name != ours_by_path:
-            return (f"container {container['name']!r} mounts {mount['name']!r} at "
-                    f"{mount.get('mountPath')!r}, but gpunuma mounts its volume "
-                    f"{names.LAUNCHER_VOLUME!r} at {names.LAUNCHER_MOUNT_PATH!r}: move that mount, "
-                    f"or leave the container out with {names.ANNOTATION_CONTAINERS}")
+        where = _below_launcher(mount.get("mountPath"))
+        if mount["name"] == names.LAUNCHER_VOLUME and where == "at":
+            continue  # ours, from an earlier pass
+        if mount["name"] == names.LAUNCHER_VOLUME or where in ("at", "below"):
+            return (f"container {name!r} mounts {mount['name']!r} at "
+                    f"{mount.get('mountPath')!r}, where gpunuma mounts its volume "
+                    f"{names.LAUNCHER_VOLUME!r} at {names.LAUNCHER_MOUNT_PATH!r}: {fix}")
+        if where == "above" and (mount.get("readOnly") is True
+                                 or mount["name"] in read_only_sources):
+            return (f"container {name!r} mounts the read-only volume {mount['name']!r} at "
+                    f"{mount.get('mountPath')!r}, so {names.LAUNCHER_MOUNT_PATH!r} cannot be "
+                    f"created for gpunuma's mount: {fix}")
+    for device in _named_list(container, "volumeDevices"):
+        where = _below_launcher(device.get("devicePath"))
+        if device["name"] == names.LAUNCHER_VOLUME or where is not None:
+            return (f"container {name!r} has the block device {device['name']!r} at "
+                    f"{device.get('devicePath')!r}, which overlaps {names.LAUNCHER_MOUNT_PATH!r} "
+                    f"where gpunuma mounts its volume: {fix}")
     return None
+
+
+def _below_launcher(path: object) -> str | None:
+    """Where ``path`` lies from /opt/gpunuma: "at", "below", "above" (an ancestor) or None."""
+    cleaned = posixpath.normpath("/" + str(path or "").lstrip("/"))
+    ours = names.LAUNCHER_MOUNT_PATH
+    if cleaned == ours:
+        return "at"
+    if cleaned.startswith(ours + "/"):
+        return "below"
+    if ours.startswith(cleaned.rstrip("/") + "/"):
+        return "above"
+    return None
+
+
+def _skip_or_deny(policy: str, clash: str, warnings: list[str]) -> tuple[str | None]:
+    """A clash denies the pod under ``strict``; otherwise the pod runs unbound, with a warning:
+    a pod that would start without gpunuma must start with it."""
+    if policy == "strict":
+        return (clash,)
+    warnings.append(warning_line(f"pod not bound: {clash}"))
+    return (None,)
 
 
 def _strict_denial(skipped: Sequence[str]) -> str:
@@ -519,15 +579,16 @@ def _is_windows(spec: Mapping[str, Any]) -> bool:
         isinstance(selector, dict) and selector.get("kubernetes.io/os") == "windows")
 
 
-def _is_launcher(container: Mapping[str, Any]) -> bool:
+def is_launcher(container: Mapping[str, Any]) -> bool:
     """Our init container: its name and the command only gpunuma gives it."""
     return (container.get("name") == names.LAUNCHER_INIT_CONTAINER
             and container.get("command") in _INSTALL_COMMANDS)
 
 
-def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str]) -> None:
+def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str], *,
+                 separator: str = ",") -> None:
     if values:
-        annotations[key] = ",".join(values)
+        annotations[key] = separator.join(values)
     else:
         annotations.pop(key, None)
 
@@ -594,6 +655,13 @@ def _quote(value: str, limit: int = 24) -> str:
 
 
 def warning_line(text: str) -> str:
-    """``text`` as one admission warning: prefixed, on one line, at most WARNING_LIMIT long."""
-    line = "gpunuma: " + " ".join(text.split())
+    """``text`` as one warning for the user: prefixed and on one line, whole.
+
+    ``gpunuma inject`` prints it as it is; admission cuts it with ``admission_warning``.
+    """
+    return "gpunuma: " + " ".join(text.split())
+
+
+def admission_warning(line: str) -> str:
+    """``line`` cut to WARNING_LIMIT characters, which the API server passes on whole."""
     return line if len(line) <= WARNING_LIMIT else line[: WARNING_LIMIT - 1] + "…"

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import orjson
 
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook.mutation import InvalidPod, mutate, warning_line
+from gpunuma.webhook.mutation import InvalidPod, admission_warning, mutate, warning_line
 
 __all__ = ["API_VERSION", "KIND", "Admission", "BadRequest", "Memory", "Outcome", "admit"]
 
@@ -200,7 +200,7 @@ def _answer(
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
     if warnings:
-        response["warnings"] = warnings
+        response["warnings"] = [admission_warning(warning) for warning in warnings]
     return response
 
 

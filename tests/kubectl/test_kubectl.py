@@ -401,3 +401,13 @@ def test_the_emulated_objects_are_valid_for_the_api_server(cluster: Any) -> None
             kubernetes_validate.validate(body, "1.30.0", strict=True)
         checked += 1
     assert checked >= 15
+
+
+def test_explain_names_gpunumas_own_init_container_for_what_it_is() -> None:
+    pod = pod_object("ml", "train-0", [gpu_container("app", ["run"])],
+                     annotations={names.ANNOTATION_INJECT: "true"})
+    injected = mutate(pod, MutationSettings()).pod
+    text = explain(injected, {"metadata": {"name": "ml"}})
+    assert f"  {names.LAUNCHER_INIT_CONTAINER}   -                  gpunuma's init container: copies " \
+           f"numa-exec into {names.LAUNCHER_MOUNT_PATH}\n" in text
+    assert "not selected" not in text

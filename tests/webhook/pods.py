@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import posixpath
 from collections import Counter
 from typing import Any
 
@@ -246,3 +247,79 @@ def assert_valid_pod(pod: dict[str, Any]) -> None:
         assert all(k == 1 for k in paths.values()), f"{container['name']}: shared mount path"
         policy_env = [e for e in container.get("env", []) if e["name"] == "GPUNUMA_POLICY"]
         assert len(policy_env) <= 1
+
+
+def api_violations(pod: dict[str, Any]) -> list[str]:
+    """What kube-apiserver's pod validation (pkg/apis/core/validation: validateContainers,
+    ValidateVolumeMounts, ValidateVolumeDevices) says is wrong with the names and paths of ``pod``:
+    unique container names (init, app and ephemeral together), unique volume names, mounts and
+    devices that name a volume (a device a PVC), mount and device paths unique per container, no
+    path both a mountPath and a devicePath, no name both a mount and a device, no ``..`` in a
+    devicePath. Exact strings, as the API server compares them."""
+    spec = pod["spec"]
+    found: list[str] = []
+    containers = [*spec.get("initContainers", []), *spec["containers"],
+                  *spec.get("ephemeralContainers", [])]
+    for name, count in Counter(c["name"] for c in containers).items():
+        if count > 1:
+            found.append(f"container name {name!r} is not unique")
+    volumes: dict[str, dict[str, Any]] = {}
+    for volume in spec.get("volumes", []):
+        if volume["name"] in volumes:
+            found.append(f"volume name {volume['name']!r} is not unique")
+        volumes[volume["name"]] = volume
+    for container in containers:
+        where = f"container {container['name']!r}"
+        mounts = container.get("volumeMounts", [])
+        devices = container.get("volumeDevices", [])
+        device_names = {d["name"] for d in devices}
+        device_paths = {d["devicePath"] for d in devices}
+        mount_paths = {m["mountPath"] for m in mounts}
+        for path, count in Counter(m["mountPath"] for m in mounts).items():
+            if count > 1:
+                found.append(f"{where}: mountPath {path!r} is not unique")
+        for mount in mounts:
+            if mount["name"] not in volumes:
+                found.append(f"{where}: mount of unknown volume {mount['name']!r}")
+            if mount["name"] in device_names:
+                found.append(f"{where}: {mount['name']!r} is a mount and a device")
+            if mount["mountPath"] in device_paths:
+                found.append(f"{where}: {mount['mountPath']!r} is a mountPath and a devicePath")
+        for name, count in Counter(d["name"] for d in devices).items():
+            if count > 1:
+                found.append(f"{where}: device name {name!r} is not unique")
+        for path, count in Counter(d["devicePath"] for d in devices).items():
+            if count > 1:
+                found.append(f"{where}: devicePath {path!r} is not unique")
+        for device in devices:
+            if "persistentVolumeClaim" not in volumes.get(device["name"], {}):
+                found.append(f"{where}: device {device['name']!r} is not a PVC volume")
+            if ".." in device["devicePath"].split("/"):
+                found.append(f"{where}: devicePath {device['devicePath']!r} has '..'")
+            if device["devicePath"] in mount_paths:
+                found.append(f"{where}: {device['devicePath']!r} is a devicePath and a mountPath")
+    return found
+
+
+def launcher_mount_conflicts(pod: dict[str, Any]) -> list[str]:
+    """Why the container runtime could not set up gpunuma's mount, paths cleaned: another mount
+    or a device at or below /opt/gpunuma, a device above it, or a read-only volume above it."""
+    spec = pod["spec"]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    ours = names.LAUNCHER_MOUNT_PATH
+    found = []
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        mounts = container.get("volumeMounts", [])
+        if not any(m["name"] == names.LAUNCHER_VOLUME for m in mounts):
+            continue
+        others = [(m["mountPath"], m) for m in mounts if m["name"] != names.LAUNCHER_VOLUME]
+        others += [(d["devicePath"], None) for d in container.get("volumeDevices", [])]
+        for path, mount in others:
+            cleaned = posixpath.normpath("/" + path.lstrip("/"))
+            at_or_below = cleaned == ours or cleaned.startswith(ours + "/")
+            above = ours.startswith(cleaned.rstrip("/") + "/")
+            read_only = mount is None or mount.get("readOnly") is True or bool(
+                {"configMap", "secret", "downwardAPI", "projected"} & set(volumes[mount["name"]]))
+            if at_or_below or (above and read_only):
+                found.append(f"container {container['name']!r}: {path!r} and gpunuma's mount")
+    return found

@@ -173,3 +173,28 @@ def test_bad_input_is_reported_with_what_is_wrong(stdin, args, message):
     assert result.returncode in (1, 2)
     assert result.stdout == ""
     assert message in result.stderr
+
+
+def test_containers_naming_no_container_is_an_error_not_a_gpu_note(tmp_path):
+    path = tmp_path / "pods.yaml"
+    path.write_text(yaml.safe_dump_all([pods.torchrun_worker(), pods.amd_pod()]))
+    result = run_inject("-f", str(path), "--containers", "traner")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "error: --containers names 'traner', which no pod in the input has" in result.stderr
+    assert "no container requests a GPU" not in result.stderr
+    # A name that one document has is fine; the others say it names none of theirs.
+    result = run_inject("-f", str(path), "--containers", "bench")
+    assert result.returncode == 0, result.stderr
+    assert "left unchanged, --containers names none of its containers" in result.stderr
+
+
+def test_notes_are_printed_whole_not_cut_to_the_admission_warning_limit():
+    pod = pods.vllm_server()
+    pod["spec"]["volumes"] = [*pod["spec"].get("volumes", []),
+                              {"name": names.LAUNCHER_VOLUME, "configMap": {"name": "mine"}}]
+    result = run_inject("-f", "-", stdin=yaml.safe_dump(pod))
+    assert result.returncode == 0, result.stderr
+    [note] = [line for line in result.stderr.splitlines() if "pod not bound" in line]
+    assert len(note) > 120
+    assert note.endswith('opt the pod out with gpunuma.io/inject: "false"')

@@ -16,6 +16,7 @@ from gpunuma.webhook.mutation import (
     WARNING_LIMIT,
     InvalidPod,
     Mutation,
+    admission_warning,
     gpu_requests,
     json_patch,
     mutate,
@@ -343,12 +344,27 @@ def test_a_gpu_container_without_command_is_skipped_with_a_warning():
     assert any("'main' not wrapped" in w and "ENTRYPOINT" in w for w in result.warnings)
 
 
-def test_a_pod_whose_only_gpu_container_has_no_command_gets_only_annotations():
+def test_a_pod_whose_only_gpu_container_has_no_command_gets_only_annotations_and_managed_false():
     pod = gpu_pod()
-    out = applied(pod, mutate(pod, SETTINGS))
+    result = mutate(pod, SETTINGS)
+    out = applied(pod, result)
     assert out["spec"] == pod["spec"]
     assert out["metadata"]["annotations"][names.ANNOTATION_SKIPPED] == "main"
-    assert names.LABEL_MANAGED not in out["metadata"].get("labels", {})
+    # Unbound: not "true" (no placement to report), but visible to the operator for its warnings.
+    assert out["metadata"]["labels"][names.LABEL_MANAGED] == "false"
+    assert out["metadata"]["annotations"][names.ANNOTATION_WARNINGS] == "\n".join(result.warnings)
+    assert mutate(out, SETTINGS).patch == []
+
+
+def test_warnings_are_kept_on_the_mutated_pod_for_the_operator_to_turn_into_events():
+    pod = gpu_pod(command=["python3"], annotations={**pods.OPT_IN, names.ANNOTATION_POLICY: "fast"})
+    result = mutate(pod, SETTINGS)
+    out = applied(pod, result)
+    assert out["metadata"]["labels"][names.LABEL_MANAGED] == "true"
+    assert result.warnings
+    assert out["metadata"]["annotations"][names.ANNOTATION_WARNINGS].split("\n") == list(result.warnings)
+    quiet = applied(gpu_pod(command=["python3"]), mutate(gpu_pod(command=["python3"]), SETTINGS))
+    assert names.ANNOTATION_WARNINGS not in quiet["metadata"]["annotations"]
 
 
 def test_strict_with_a_container_without_command_is_denied_with_how_to_fix_it():
@@ -368,39 +384,88 @@ def test_an_empty_command_counts_as_no_command():
 # --- Name clashes --------------------------------------------------------------------------------
 
 
-def test_a_foreign_volume_with_our_name_is_denied_not_replaced():
+def clash_outcome(pod: dict[str, Any], policy: str) -> str:
+    """The clash message: a denial under strict; under preferred, a warning and no change."""
+    pod["metadata"]["annotations"][names.ANNOTATION_POLICY] = policy
+    result = mutate(pod, SETTINGS)
+    assert result.changed is False
+    assert result.pod is pod
+    if policy == "strict":
+        assert result.denial is not None
+        return result.denial
+    assert result.denial is None
+    [warning] = result.warnings
+    assert warning.startswith("gpunuma: pod not bound: ")
+    return warning
+
+
+CLASH_POLICIES = pytest.mark.parametrize("policy", ["strict", "preferred", "cpu-only"])
+
+
+@CLASH_POLICIES
+def test_a_foreign_volume_with_our_name_is_refused_not_replaced(policy):
     pod = gpu_pod(command=["run"])
     pod["spec"]["volumes"] = [{"name": "gpunuma-launcher", "configMap": {"name": "mine"}}]
-    result = mutate(pod, SETTINGS)
-    assert result.denial is not None
-    assert "volume named 'gpunuma-launcher'" in result.denial
-    assert result.pod is pod
+    assert "volume named 'gpunuma-launcher'" in clash_outcome(pod, policy)
 
 
-def test_a_foreign_init_container_with_our_name_is_denied():
+@CLASH_POLICIES
+def test_a_foreign_init_container_with_our_name_is_refused(policy):
     pod = gpu_pod(command=["run"])
     pod["spec"]["initContainers"] = [{"name": "gpunuma-launcher", "image": "busybox",
                                       "command": ["true"]}]
-    result = mutate(pod, SETTINGS)
-    assert result.denial is not None
-    assert "init container named" in result.denial
+    assert "init container named" in clash_outcome(pod, policy)
 
 
-def test_an_app_container_with_our_name_is_denied():
+@CLASH_POLICIES
+def test_an_app_container_with_our_name_is_refused(policy):
     pod = gpu_pod(command=["run"])
     pod["spec"]["containers"].append({"name": "gpunuma-launcher", "image": "busybox"})
-    result = mutate(pod, SETTINGS)
-    assert result.denial is not None
-    assert "a container named" in result.denial
+    assert "a container named" in clash_outcome(pod, policy)
 
 
-def test_another_mount_at_our_path_is_denied():
+@CLASH_POLICIES
+@pytest.mark.parametrize("path", ["/opt/gpunuma", "/opt/gpunuma/", "//opt//gpunuma",
+                                  "/opt/./gpunuma", "/opt/gpunuma/cache", "/opt/gpunuma/a/b"])
+def test_another_mount_at_or_below_our_path_is_refused(policy, path):
     pod = gpu_pod(command=["run"])
     pod["spec"]["volumes"] = [{"name": "tools", "emptyDir": {}}]
-    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "tools", "mountPath": "/opt/gpunuma"}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "tools", "mountPath": path}]
+    assert f"mounts 'tools' at {path!r}" in clash_outcome(pod, policy)
+
+
+@CLASH_POLICIES
+@pytest.mark.parametrize("path", ["/opt/gpunuma", "/opt/gpunuma/", "/opt/gpunuma/disk", "/opt"])
+def test_a_block_device_overlapping_our_path_is_refused(policy, path):
+    # The API server refuses a devicePath equal to a mountPath; a device file cannot hold a
+    # mount point, and our read-only volume cannot hold a device file.
+    pod = gpu_pod(command=["run"])
+    pod["spec"]["volumes"] = [{"name": "raw", "persistentVolumeClaim": {"claimName": "raw"}}]
+    pod["spec"]["containers"][0]["volumeDevices"] = [{"name": "raw", "devicePath": path}]
+    assert "block device 'raw'" in clash_outcome(pod, policy)
+
+
+@CLASH_POLICIES
+@pytest.mark.parametrize("volume", [{"configMap": {"name": "c"}}, {"secret": {"secretName": "s"}},
+                                    {"emptyDir": {}, "readOnly": True}])
+def test_a_read_only_volume_above_our_path_is_refused(policy, volume):
+    volume = dict(volume)
+    read_only = volume.pop("readOnly", False)
+    pod = gpu_pod(command=["run"])
+    pod["spec"]["volumes"] = [{"name": "opt", **volume}]
+    mount = {"name": "opt", "mountPath": "/opt", **({"readOnly": True} if read_only else {})}
+    pod["spec"]["containers"][0]["volumeMounts"] = [mount]
+    assert "cannot be created" in clash_outcome(pod, policy)
+
+
+def test_a_writable_volume_above_our_path_or_a_neighbour_is_fine():
+    pod = gpu_pod(command=["run"])
+    pod["spec"]["volumes"] = [{"name": "opt", "emptyDir": {}}, {"name": "x", "emptyDir": {}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "opt", "mountPath": "/opt"},
+                                                    {"name": "x", "mountPath": "/opt/gpunumax"}]
     result = mutate(pod, SETTINGS)
-    assert result.denial is not None
-    assert "'/opt/gpunuma'" in result.denial
+    assert result.wrapped == ("main",)
+    assert result.warnings == ()
 
 
 def test_a_clash_in_a_pod_with_nothing_to_wrap_is_not_our_business():
@@ -478,14 +543,34 @@ def test_a_malformed_pod_raises_invalid_pod_naming_the_field(break_pod, message)
         mutate(pod, SETTINGS)
 
 
-def test_warnings_stay_under_the_limit_and_on_one_line():
+def test_warnings_are_whole_lines_and_admission_cuts_them_to_the_limit():
     long_name = "c" * 63
     pod = gpu_pod(annotations={**pods.OPT_IN, names.ANNOTATION_POLICY: "x" * 500 + "\n\x1b[2J",
                                names.ANNOTATION_CONTAINERS: "main," + long_name})
     result = mutate(pod, SETTINGS)
     assert len(result.warnings) == 3
     for warning in result.warnings:
-        assert len(warning) <= WARNING_LIMIT
         assert "\n" not in warning
         assert "\x1b" not in warning
         assert warning.startswith("gpunuma: ")
+        assert len(admission_warning(warning)) <= WARNING_LIMIT
+    # gpunuma inject prints them whole: only admission has a length limit.
+    clashing = gpu_pod(command=["run"])
+    clashing["spec"]["volumes"] = [{"name": "gpunuma-launcher", "configMap": {"name": "mine"}}]
+    [warning] = mutate(clashing, SETTINGS).warnings
+    assert len(warning) > WARNING_LIMIT
+    assert warning.endswith('opt the pod out with gpunuma.io/inject: "false"')
+
+
+def test_a_warning_the_second_pass_no_longer_sees_is_kept_so_the_pod_is_final():
+    # Found by hypothesis: the first pass warns that it replaced the container's GPUNUMA_POLICY;
+    # the second sees its own value and does not warn, yet must not patch the warnings away.
+    pod = gpu_pod(command=["python3"])
+    pod["spec"]["containers"][0]["env"] = [{"name": "GPUNUMA_POLICY", "value": "strict"}]
+    first = mutate(pod, SETTINGS)
+    out = applied(pod, first)
+    assert any("GPUNUMA_POLICY" in w for w in first.warnings)
+    second = mutate(out, SETTINGS)
+    assert not any("GPUNUMA_POLICY" in w for w in second.warnings)
+    assert second.patch == []
+    assert out["metadata"]["annotations"][names.ANNOTATION_WARNINGS] == "\n".join(first.warnings)

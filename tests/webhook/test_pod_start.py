@@ -30,10 +30,15 @@ OPENSHIFT_RANGE = (1000680000, 1000689999)
 
 def image_user(image: str) -> str:
     """The USER of each image in these tests; gpunuma's own is read from the Dockerfile."""
-    if image == SETTINGS.launcher_image:
-        users = [line.split()[1] for line in (REPO / "Dockerfile").read_text().splitlines()
-                 if line.startswith("USER ")]
-        return users[-1].split(":")[0]
+    if image == SETTINGS.launcher_image:  # the Dockerfile's `launcher` stage
+        stage, user = None, None
+        for line in (REPO / "Dockerfile").read_text().splitlines():
+            if line.startswith("FROM "):
+                stage = line.split()[-1] if " AS " in line else None
+            elif line.startswith("USER ") and stage == "launcher":
+                user = line.split()[1].split(":")[0]
+        assert user is not None, "the Dockerfile's launcher stage has no USER"
+        return user
     return {"root-image": "", "uid-image": "1000", "named-image": "nobody"}[image]
 
 
@@ -160,7 +165,7 @@ def _contexts(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def _specs(draw: st.DrawFn) -> dict[str, Any]:
+def security_specs(draw: st.DrawFn) -> dict[str, Any]:
     images = st.sampled_from(["root-image", "uid-image", "named-image"])
     spec: dict[str, Any] = {"containers": [gpu_container(draw(images), **draw(_contexts()))]}
     if draw(st.booleans()):
@@ -174,7 +179,7 @@ def _specs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_specs())
+@given(security_specs())
 def test_no_pod_that_starts_without_gpunuma_fails_to_start_with_it(spec):
     out = injected(spec)
     assert out["initContainers"][0]["name"] == names.LAUNCHER_INIT_CONTAINER

@@ -11,7 +11,8 @@ import copy
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import jsonpatch
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gpunuma import names
@@ -147,3 +148,78 @@ def test_a_remembered_answer_is_the_answer_the_mutation_gives(pod, namespace_opt
                            memory=MEMORY)
         assert remembered.response["response"] == {**fresh.response["response"], "uid": uid}
         assert remembered.outcome == fresh.outcome
+
+
+# --- Pods that collide with what gpunuma adds -----------------------------------------------------
+
+_CLASH_PATHS = ["/data", "/opt/gpunuma", "/opt/gpunuma/", "//opt/gpunuma", "/opt/./gpunuma",
+                "/opt/gpunuma/cache", "/opt", "/opt/gpunumax", "/dev/xvda", "/opt/gpunuma/../x"]
+_CLASH_NAMES = ["main", "side", names.LAUNCHER_INIT_CONTAINER]
+_VOLUME_SOURCES = [{"emptyDir": {}}, {"configMap": {"name": "c"}},
+                   {"persistentVolumeClaim": {"claimName": "pvc"}}]
+
+
+@st.composite
+def clashing_pods(draw: st.DrawFn) -> dict[str, Any]:
+    """Pods whose names and paths may collide with gpunuma's, valid or not (filtered later)."""
+    volume_names = draw(st.lists(st.sampled_from(["data", "raw", "opt", names.LAUNCHER_VOLUME]),
+                                 unique=True, max_size=3))
+    volumes = [{"name": n, **copy.deepcopy(draw(st.sampled_from(_VOLUME_SOURCES)))}
+               for n in volume_names]
+    if draw(st.booleans()):
+        volumes.append(copy.deepcopy(_launcher_pod_volumes()[0]))
+
+    def container(name: str) -> dict[str, Any]:
+        c: dict[str, Any] = {"name": name, "image": "pytorch", "command": ["run"]}
+        if draw(st.booleans()):
+            c["resources"] = {"limits": {"nvidia.com/gpu": 1}}
+        names_ = [v["name"] for v in volumes]
+        if names_:
+            c["volumeMounts"] = [{"name": draw(st.sampled_from(names_)), "mountPath": p,
+                                  **({"readOnly": True} if draw(st.booleans()) else {})}
+                                 for p in draw(st.lists(st.sampled_from(_CLASH_PATHS),
+                                                        unique=True, max_size=2))]
+            c["volumeDevices"] = [{"name": draw(st.sampled_from(names_)), "devicePath": p}
+                                  for p in draw(st.lists(st.sampled_from(_CLASH_PATHS),
+                                                         unique=True, max_size=1))]
+        return {k: v for k, v in c.items() if v != []}
+
+    container_names = draw(st.lists(st.sampled_from(_CLASH_NAMES), min_size=1, max_size=3,
+                                    unique=True))
+    spec: dict[str, Any] = {"containers": [container(n) for n in container_names]}
+    if draw(st.booleans()):
+        spec["initContainers"] = [{"name": draw(st.sampled_from(["init", *_CLASH_NAMES])),
+                                   "image": "busybox", "command": ["true"]}]
+    if draw(st.integers(0, 3)) == 0:
+        spec["ephemeralContainers"] = [{"name": draw(st.sampled_from(["debug", *_CLASH_NAMES])),
+                                        "image": "busybox"}]
+    if volumes:
+        spec["volumes"] = volumes
+    policy = draw(st.sampled_from(names.POLICIES))
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "annotations": {**pods.OPT_IN,
+                                                      names.ANNOTATION_POLICY: policy}},
+            "spec": spec}
+
+
+def _launcher_pod_volumes() -> list[dict[str, Any]]:
+    injected = mutate(pods.vllm_server(), SETTINGS).pod
+    return [v for v in injected["spec"]["volumes"] if v["name"] == names.LAUNCHER_VOLUME]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.filter_too_much])
+@given(pod=clashing_pods())
+def test_a_patch_never_makes_a_valid_pod_invalid(pod):
+    assume(not pods.api_violations(pod))
+    assume(not pods.launcher_mount_conflicts(pod))
+    policy = pod["metadata"]["annotations"][names.ANNOTATION_POLICY]
+    result = mutate(pod, SETTINGS)
+    if result.denial is not None:
+        assert policy == "strict", result.denial
+        return
+    out = jsonpatch.apply_patch(pod, result.patch)
+    assert pods.api_violations(out) == []
+    assert pods.launcher_mount_conflicts(out) == []
+    if not result.changed and any(w.startswith("gpunuma: pod not bound") for w in result.warnings):
+        assert policy != "strict"
