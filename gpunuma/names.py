@@ -29,6 +29,10 @@ ANNOTATION_CONTAINERS: Final = PREFIX + "containers"
 ANNOTATION_INJECTED: Final = PREFIX + "injected"
 ANNOTATION_WRAPPED: Final = PREFIX + "wrapped"
 ANNOTATION_SKIPPED: Final = PREFIX + "skipped"
+# Containers without `command` that the agent binds through their cgroup's cpuset (webhook).
+ANNOTATION_CGROUP_BOUND: Final = PREFIX + "cgroup-bound"
+# Pod-level outcome the operator writes from what the agent observed: full, cpu-only or none.
+ANNOTATION_BINDING: Final = PREFIX + "binding"
 ANNOTATION_WARNINGS: Final = PREFIX + "warnings"
 # "true": some container runs under numa-exec; "false": the webhook changed the pod but bound none
 # of its containers (all skipped), and its warnings are in ANNOTATION_WARNINGS.

@@ -218,6 +218,12 @@ def _gpu_resources() -> Any:
                    help="resource names that mean 'GPU', * globs allowed")
 
 
+def _cgroup_binding() -> Any:
+    """The one switch of the cgroup mechanism, a field of both the agent's and the mutation's."""
+    return setting(False, "--cgroup-binding", switch=True,
+                   help="the cgroup mechanism: containers without command are listed in "
+                   "gpunuma.io/cgroup-bound (webhook) and bound through their cgroup's cpuset "
+                   "(agent, which then needs the cgroup filesystem writable)")
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "plain"]
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
@@ -265,6 +271,7 @@ class MutationSettings:
         help="DRA: a container using a ResourceClaim whose name, or whose template's name, matches "
         "one of these globs is a GPU container; empty for none")
     version: str = __version__
+    cgroup_binding: bool = _cgroup_binding()
 
     def __post_init__(self) -> None:
         # Settings built in code do not pass through the parsers: the same rules apply.
@@ -331,6 +338,17 @@ class AgentSettings:
                                       help="kubeconfig to use instead of the in-cluster service "
                                       "account")
     gpu_resources: tuple[str, ...] = _gpu_resources()
+    # The host's cgroup filesystem (in the chart /host/sys/fs/cgroup, or /host/cgroup when it
+    # must be writable): observed bindings read it, the cgroup mechanism writes it.
+    cgroup_root: Path = setting(Path("/sys/fs/cgroup"), "--cgroup-root", parse=Path,
+                                help="where the host's cgroup filesystem is mounted")
+    cgroup_binding: bool = _cgroup_binding()
+    cpu_manager_state: Path = setting(
+        Path("/var/lib/kubelet/cpu_manager_state"), "--cpu-manager-state", parse=Path,
+        help="the kubelet's CPU manager checkpoint; under its static policy no cpuset is written")
+    memory_interval: float = setting(
+        300.0, "--memory-interval", parse=seconds,
+        help="seconds between two reads of a container's numa_maps (each walks its page tables)")
     logging: LoggingSettings = nested(LoggingSettings)
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "GpuIndex",
     "PodResources",
     "allocations",
+    "exclusive_cpus",
     "is_gpu_resource",
     "resource_vendor",
 ]
@@ -242,6 +243,17 @@ def _ids_by_resource(container: ContainerResources) -> dict[str, list[str]]:
     for devices in container.devices:
         grouped.setdefault(devices.resource_name, set()).update(devices.device_ids)
     return {resource: sorted(ids) for resource, ids in grouped.items() if ids}
+
+
+def exclusive_cpus(pods: Iterable[PodResources]) -> dict[tuple[str, str, str], frozenset[int]]:
+    """(namespace, pod, container) → the CPUs the kubelet's CPU manager confined it to."""
+    found = {}
+    for pod in pods:
+        for container in pod.containers:
+            cpus = _exclusive_cpus(pod, container)
+            if cpus:
+                found[pod.namespace, pod.name, container.name] = cpus
+    return found
 
 
 def _exclusive_cpus(pod: PodResources, container: ContainerResources) -> frozenset[int]:

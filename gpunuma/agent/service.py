@@ -23,6 +23,7 @@ import logging
 import random
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,7 +32,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from gpunuma.agent.allocations import PodResources, allocations
+from gpunuma.agent.allocations import PodResources, allocations, exclusive_cpus
+from gpunuma.agent.binder import BindRequest, CgroupBinder
+from gpunuma.agent.cgroupfs import detect_hierarchy
+from gpunuma.agent.cgroups import cpu_manager_policy
+from gpunuma.agent.inotify import InotifyUnavailable
+from gpunuma.agent.nodepods import NodePods
+from gpunuma.agent.observer import Observer
 from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
 from gpunuma.agent.publisher import LayoutPublisher, layout_spec
 from gpunuma.agent.resourceslices import device_identities, list_node_slices
@@ -82,6 +89,10 @@ class AgentMetrics:
         )
         self.allocations = Gauge(
             "gpunuma_agent_allocations", "Entries in spec.allocations", registry=self.registry,
+        )
+        self.containers = Gauge(
+            "gpunuma_agent_containers", "GPU containers by the binding observed on their main "
+            "process (full, cpu-only, none, unknown)", ["binding"], registry=self.registry,
         )
         register_build_info(self.registry, "agent")
 
@@ -170,6 +181,13 @@ class Agent:
         }
         self.layout: Layout | None = None
         self.pods: list[PodResources] = []
+        self.entries: list[dict[str, Any]] = []  # the last allocations, observed
+        self.node_pods = NodePods(kube, settings.node_name, clock=time.monotonic)
+        self.hierarchy = detect_hierarchy(settings.cgroup_root)
+        self.observer = Observer(self.hierarchy, settings.discovery.procfs_root,
+                                 clock=time.monotonic, memory_interval=settings.memory_interval)
+        self.binder: CgroupBinder | None = None
+        self.cgroup_binding: dict[str, str] | None = None  # spec.cgroupBinding when enabled
         self.dra_devices: dict[tuple[str, str, str], list[str]] = {}  # from ResourceSlices
         self._slices_read: float | None = None  # loop time of the last ResourceSlice read
         self._discovery: asyncio.Future[Layout] | None = None  # the discovery thread's result
@@ -191,6 +209,13 @@ class Agent:
         return health
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            if self.binder is not None:
+                await self.binder.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         next_discovery = next_allocations = publish_not_before = loop.time()
         while not stop.is_set():
@@ -323,10 +348,15 @@ class Agent:
         entries = (allocations(self.pods, self.layout, self.settings.gpu_resources,
                                self.dra_devices) if self.layout.gpus else [])
         self.metrics.allocations.set(len(entries))
+        if self.settings.cgroup_binding and self.layout.gpus:
+            self._update_binder()
+        entries = await self._observe(entries)
+        self.entries = entries
+        spec = layout_spec(self.layout, entries)
+        if self.cgroup_binding is not None:
+            spec["cgroupBinding"] = self.cgroup_binding
         try:
-            result = await self._publisher.publish(
-                layout_spec(self.layout, entries), heartbeat=self.settings.heartbeat
-            )
+            result = await self._publisher.publish(spec, heartbeat=self.settings.heartbeat)
         except ApiError as error:
             return stage.failed(str(error), persistent=not error.retryable)
         stage.succeeded()
@@ -335,6 +365,95 @@ class Agent:
             log = logger.debug if result == "heartbeat" else logger.info
             log("GPUNumaLayout %s: %s", self.settings.node_name, result)
         return None
+
+    async def _observe(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``entries`` with what each container's processes really have (``observed``)."""
+        assert self.layout is not None
+        if not entries:
+            self.metrics.containers.clear()
+            return entries
+        wanted = {(entry["namespace"], entry["pod"]) for entry in entries}
+        starting = any(entry["container"] not in info.container_ids
+                       for entry in entries
+                       if (info := self.node_pods.by_key.get((entry["namespace"], entry["pod"])))
+                       is not None)
+        if starting or any(key not in self.node_pods.by_key for key in wanted):
+            await self.node_pods.refresh()
+        written = ({path: bound.cpus for path, bound in self.binder.bound.items()}
+                   if self.binder is not None else {})
+        observed = await asyncio.to_thread(
+            self.observer.observe, entries, self.layout, dict(self.node_pods.by_key),
+            exclusive_cpus(self.pods), written)
+        counts: dict[str, int] = {}
+        for container in {(e["namespace"], e["pod"], e["container"]): e["observed"]["binding"]
+                          for e in observed}.values():
+            counts[container] = counts.get(container, 0) + 1
+        self.metrics.containers.clear()
+        for binding in ("full", "cpu-only", "none", "unknown"):
+            self.metrics.containers.labels(binding=binding).set(counts.get(binding, 0))
+        return observed
+
+    def _update_binder(self) -> None:
+        """Start the cgroup binder once, stand it aside under the static CPU manager policy."""
+        if self.hierarchy is None:
+            self.cgroup_binding = {"state": "unavailable", "message": "no cpuset cgroup "
+                                   f"hierarchy under {self.settings.cgroup_root} (--cgroup-root)"}
+            return
+        try:
+            policy = cpu_manager_policy(self.settings.cpu_manager_state.read_text())
+        except OSError:
+            policy = None  # no checkpoint: no CPU manager state to respect
+        reason = None
+        if policy == "static":
+            reason = (f"the kubelet's CPU manager policy is static ({self.settings.cpu_manager_state}"
+                      "): it owns every container's cpuset, so the agent writes none")
+        elif exclusive_cpus(self.pods):
+            # Exclusive CPUs exist only under the static policy. This catches a checkpoint the
+            # agent cannot read, or a stale view of one (a file bind mount keeps the old inode
+            # when the kubelet replaces the file).
+            reason = ("the kubelet gives containers exclusive CPUs (CPU manager policy static): "
+                      "it owns every container's cpuset, so the agent writes none")
+        if self.binder is None:
+            self.binder = CgroupBinder(self.hierarchy, self.settings.discovery.procfs_root,
+                                       self._resolve)
+            self.binder.pause(reason)
+            try:
+                self.binder.start()
+            except InotifyUnavailable as error:
+                self.binder = None
+                self.cgroup_binding = {"state": "unavailable", "message": str(error)}
+                return
+        else:
+            self.binder.pause(reason)
+            self.binder.recheck()
+        self.cgroup_binding = ({"state": "static-cpu-manager", "message": reason} if reason else
+                               {"state": "active", "message": f"binding through "
+                                f"{self.hierarchy.version} cpusets under {self.hierarchy.root}"})
+
+    async def _resolve(self, uid: str, container: str) -> BindRequest | None:
+        """What the binder binds a new container to; None when it was not selected."""
+        pod = await self.node_pods.pod_of_uid(uid)
+        if pod is None or container not in pod.cgroup_bound or self.layout is None:
+            return None
+        entries = [entry for entry in self.entries
+                   if (entry["namespace"], entry["pod"], entry["container"])
+                   == (pod.namespace, pod.name, container)]
+        if not entries and self._kubelet is not None:
+            # Started since the last poll: the kubelet allocated its devices before creating it.
+            try:
+                fresh = [item for item in await self._kubelet.list()
+                         if (item.namespace, item.name) == (pod.namespace, pod.name)]
+            except KubeletUnavailable:
+                fresh = []
+            entries = [entry for entry in allocations(fresh, self.layout,
+                                                      self.settings.gpu_resources,
+                                                      self.dra_devices)
+                       if entry["container"] == container]
+        nodes = frozenset(node for entry in entries for node in entry["numaNodes"])
+        local = frozenset().union(*(node.cpus for node in self.layout.numa_nodes
+                                    if node.id in nodes))
+        return BindRequest(pod.namespace, pod.name, container, pod.policy(container), local,
+                           nodes)
 
 
 def health_app(agent: Agent, *, stale_after: float) -> web.Application:

@@ -79,10 +79,11 @@ def _numa_exec_lines(log: str | None) -> list[str]:
     return [line.strip() for line in log.splitlines() if line.lstrip().startswith(NUMA_EXEC_PREFIX)]
 
 # What became of one container, and what ``explain`` says about it.
-ContainerState = Literal["wrapped", "skipped", "not-listed", "no-gpu", "selected-not-wrapped",
-                         "would-be-wrapped", "gpu-not-wrapped", "launcher"]
+ContainerState = Literal["wrapped", "cgroup-bound", "skipped", "not-listed", "no-gpu",
+                         "selected-not-wrapped", "would-be-wrapped", "gpu-not-wrapped", "launcher"]
 _STATE_TEXT: dict[ContainerState, str] = {
     "wrapped": "wrapped: numa-exec runs in front of its command",
+    "cgroup-bound": "cgroup-bound: no command, the node's agent binds its cgroup's cpuset",
     "skipped": ("skipped: no command (the webhook cannot see the image's ENTRYPOINT); "
                 "set command: in the pod spec"),
     "not-listed": f"not selected: not listed in {names.ANNOTATION_CONTAINERS}",
@@ -111,6 +112,8 @@ def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -
     chosen = selected_containers(pod, gpu_resources)
     wrapped = set(wrapped_of(pod))
     skipped = {name for name in annotations.get(names.ANNOTATION_SKIPPED, "").split(",") if name}
+    cgroup_bound = {name for name in annotations.get(names.ANNOTATION_CGROUP_BOUND, "").split(",")
+                    if name}
     injected = names.ANNOTATION_INJECTED in annotations
     report = []
     for container in all_containers(pod):
@@ -123,6 +126,8 @@ def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -
             state = "launcher"
         elif name in wrapped:
             state = "wrapped"
+        elif name in cgroup_bound:
+            state = "cgroup-bound"
         elif name in skipped or (injected and selected and not container.get("command")):
             state = "skipped"
         elif listed and not selected:
@@ -137,6 +142,40 @@ def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -
             state = "gpu-not-wrapped"
         report.append(_Container(name, gpus, state))
     return report
+
+
+def _observed_verdict(binding: str, annotations: Mapping[str, str]) -> str:
+    """The verdict from what the node's agent observed on the processes (the operator wrote it)."""
+    nodes = annotations.get(names.ANNOTATION_NUMA_NODES) or NONE
+    cpus = annotations.get(names.ANNOTATION_CPUSET) or NONE
+    if binding == "full":
+        return f"bound to NUMA node(s) {nodes}, CPUs {cpus} (observed: CPUs and memory)"
+    if binding == "cpu-only":
+        return (f"CPUs bound to NUMA node(s) {nodes}, CPUs {cpus}; memory not bound "
+                "(observed; see Placement)")
+    if binding == "unknown":
+        return (f"planned for NUMA node(s) {nodes}, CPUs {cpus}; not observed: the node's agent "
+                "has not found every container's processes (see Placement)")
+    return f"not bound: observed running on CPUs {cpus} (see Placement for why)"
+
+
+def _placement_lines(placement: Mapping[str, Any]) -> list[str]:
+    """The plan per container and, where the agent observed it, what the processes really have."""
+    entries = [(name, entry) for name, entry in sorted(placement.items()) if isinstance(entry, dict)]
+    rows = [[name, ",".join(map(str, entry.get("gpus") or [])) or NONE,
+             ",".join(map(str, entry.get("numaNodes") or [])) or NONE,
+             entry.get("plannedCpus") or entry.get("cpus") or NONE]
+            for name, entry in entries]
+    headers = ["NAME", "GPUS", "NUMA", "CPUS"]
+    if any("binding" in entry for _, entry in entries):
+        headers = ["NAME", "GPUS", "NUMA", "PLANNED CPUS", "OBSERVED CPUS", "BINDING", "BY"]
+        for row, (_, entry) in zip(rows, entries, strict=True):
+            observed = "binding" in entry
+            row += [entry.get("cpus") or NONE if observed else "(not observed)",
+                    entry.get("binding") or NONE, entry.get("by") or NONE]
+    lines = ["  " + line for line in format_table(headers, rows).splitlines()]
+    # Why what was observed differs from the plan, in the agent's words.
+    return lines + [f"  {name}: {entry['reason']}" for name, entry in entries if entry.get("reason")]
 
 
 def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = DEFAULT_GPU_RESOURCES,
@@ -157,6 +196,7 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
     injected_by = annotations.get(names.ANNOTATION_INJECTED)
     containers = _containers_report(pod, gpu_resources, opted_in or injected_by is not None)
     wrapped = [c.name for c in containers if c.state == "wrapped"]
+    bound_somehow = wrapped or [c.name for c in containers if c.state == "cgroup-bound"]
     selected = [c.name for c in containers if c.selected]
     placement = _placement(pod)
     logs = logs or {}
@@ -177,8 +217,10 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
             verdict = ("not bound: the webhook did not mutate this pod. It was created before gpunuma was "
                        "installed, or the webhook was unreachable (failurePolicy Ignore admits the pod "
                        "unchanged): check the gpunuma webhook pods, then recreate this pod")
-    elif not wrapped:
+    elif not bound_somehow:
         verdict = "not bound: no container could be wrapped (see Containers)"
+    elif annotations.get(names.ANNOTATION_BINDING):
+        verdict = _observed_verdict(annotations[names.ANNOTATION_BINDING], annotations)
     elif annotations.get(names.ANNOTATION_NUMA_NODES):
         verdict = (f"bound to NUMA node(s) {annotations[names.ANNOTATION_NUMA_NODES]}, "
                    f"CPUs {annotations.get(names.ANNOTATION_CPUSET) or NONE}")
@@ -204,10 +246,7 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
     lines += ["  " + line for line in format_table(["NAME", "GPU REQUEST", "STATUS"], rows).splitlines()]
     if placement:
         lines.append("Placement:")
-        rows = [[name, ",".join(map(str, entry.get("gpus") or [])) or NONE,
-                 ",".join(map(str, entry.get("numaNodes") or [])) or NONE, entry.get("cpus") or NONE]
-                for name, entry in sorted(placement.items()) if isinstance(entry, dict)]
-        lines += ["  " + line for line in format_table(["NAME", "GPUS", "NUMA", "CPUS"], rows).splitlines()]
+        lines += _placement_lines(placement)
     if wrapped:
         lines.append("numa-exec:")
         for name in wrapped:

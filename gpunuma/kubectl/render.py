@@ -123,6 +123,9 @@ def pod_rows(pods: Iterable[Obj], *, all_namespaces: bool) -> list[list[str]]:
             ",".join(wrapped_of(pod)) or NONE,
             annotations.get(names.ANNOTATION_NUMA_NODES) or waiting,
             annotations.get(names.ANNOTATION_CPUSET) or waiting,
+            # What the agent observed; none but a placement: from before observed bindings.
+            annotations.get(names.ANNOTATION_BINDING)
+            or (NONE if names.ANNOTATION_NUMA_NODES in annotations else waiting),
         ]
         rows.append([meta_of(pod).get("namespace", ""), *row] if all_namespaces else row)
     return rows
@@ -130,6 +133,7 @@ def pod_rows(pods: Iterable[Obj], *, all_namespaces: bool) -> list[list[str]]:
 _POD_COLUMNS = (
     Column("POD", "pod"), Column("NODE", "node"), Column("POLICY", "policy"),
     Column("WRAPPED", "wrapped", wide=True), Column("NUMA NODES", "numaNodes"), Column("CPUSET", "cpuset"),
+    Column("BINDING", "binding"),
 )
 
 

@@ -61,7 +61,7 @@ class Controller:
         self.writes = PatchOnce(self.client)
         self.layout_reconciler = LayoutReconciler(self.settings, self.client, self.cache,
                                                   self.writes, now)
-        self.pod_reconciler = PodReconciler(self.cache, self.writes)
+        self.pod_reconciler = PodReconciler(self.cache, self.writes, self.client, now)
         self.certificate_reconciler = CertificateReconciler(self.settings.certificates,
                                                             self.client, now)
         self.leadership = Leadership(self.settings, self.client, self.identity, self.priority,

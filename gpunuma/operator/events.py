@@ -18,7 +18,14 @@ from gpunuma.operator import paths
 from gpunuma.operator.cache import NodeView
 from gpunuma.rfc3339 import format_rfc3339
 
-__all__ = ["EVENT_SOURCE", "WARNING_REASON", "post_node_event", "post_pod_warnings", "warning_target"]
+__all__ = [
+    "EVENT_SOURCE",
+    "WARNING_REASON",
+    "post_node_event",
+    "post_pod_event",
+    "post_pod_warnings",
+    "warning_target",
+]
 
 logger = logging.getLogger("gpunuma.operator")
 
@@ -29,16 +36,31 @@ NODE_EVENTS_NAMESPACE = "default"  # where `kubectl describe node` looks for a N
 async def post_node_event(
     client: KubeClient, now: dt.datetime, node: NodeView, kind: str, reason: str, message: str,
 ) -> None:
+    involved = {"apiVersion": "v1", "kind": "Node", "name": node.name, "uid": node.uid or node.name}
+    await _post(client, now, NODE_EVENTS_NAMESPACE, node.name, involved, kind, reason, message)
+
+
+async def post_pod_event(
+    client: KubeClient, now: dt.datetime, namespace: str, name: str, uid: str, kind: str,
+    reason: str, message: str,
+) -> None:
+    involved = {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": name,
+                "uid": uid}
+    await _post(client, now, namespace, name, involved, kind, reason, message)
+
+
+async def _post(
+    client: KubeClient, now: dt.datetime, namespace: str, name: str,
+    involved: dict[str, str], kind: str, reason: str, message: str,
+) -> None:
     stamp = format_rfc3339(now)
     body = {
         "apiVersion": "v1",
         "kind": "Event",
         # Named like kubectl's events (object.random hex) rather than by generateName, which
         # not every API emulator implements.
-        "metadata": {"name": f"{node.name}.{secrets.token_hex(8)}",
-                     "namespace": NODE_EVENTS_NAMESPACE},
-        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node.name,
-                           "uid": node.uid or node.name},
+        "metadata": {"name": f"{name}.{secrets.token_hex(8)}", "namespace": namespace},
+        "involvedObject": involved,
         "type": kind,
         "reason": reason,
         "message": message[:1024],
@@ -48,9 +70,10 @@ async def post_node_event(
         "count": 1,
     }
     try:
-        await client.create(paths.events(NODE_EVENTS_NAMESPACE), body)
+        await client.create(paths.events(namespace), body)
     except ApiError as exc:
-        logger.warning("node %s: could not post event %s: %s", node.name, reason, exc)
+        logger.warning("%s %s: could not post event %s: %s", involved["kind"].lower(), name,
+                       reason, exc)
 
 
 WARNING_REASON = "GPUNumaNotBound"

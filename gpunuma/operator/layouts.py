@@ -21,9 +21,11 @@ from gpunuma.operator.events import post_node_event
 from gpunuma.operator.labels import label_patch
 from gpunuma.operator.staleness import judge_heartbeat
 from gpunuma.operator.status import (
+    CONDITION_CGROUP_BINDING,
     CONDITION_LABELED,
     CONDITION_STALE,
     Condition,
+    cgroup_binding_condition,
     desired_status,
     find_condition,
     merge_patch,
@@ -45,6 +47,7 @@ class LayoutReconciler:
     writes: PatchOnce
     clock: Callable[[], dt.datetime]
     _stale_reported: dict[str, bool] = field(default_factory=dict)
+    _cgroup_reported: dict[str, str | None] = field(default_factory=dict)
 
     async def reconcile(self, layout: LayoutView) -> None:
         """Bring the Node's labels and the layout's status in line with the layout's spec."""
@@ -85,8 +88,12 @@ class LayoutReconciler:
                     labeled = Condition(CONDITION_LABELED, "True", "LabelsApplied",
                                         f"{len(desired)} gpunuma.io labels on node {layout.name}")
         before = find_condition(layout.status.get("conditions"), CONDITION_STALE)
-        status = desired_status(layout.status, [labeled, stale], applied, layout.generation, now)
+        cgroup = cgroup_binding_condition(layout.spec.get("cgroupBinding"))
+        cgroup_before = find_condition(layout.status.get("conditions"), CONDITION_CGROUP_BINDING)
+        wanted = [labeled, stale] if cgroup is None else [labeled, stale, cgroup]
+        status = desired_status(layout.status, wanted, applied, layout.generation, now)
         await self._patch_status(layout, status)
+        await self._cgroup_event(layout.name, cgroup, (cgroup_before or {}).get("reason"))
         # One Event per transition: what this process last reported wins over the status it
         # reads (which may lag behind its own write); after a restart, the status tells.
         recorded = before is not None and before.get("status") == "True"
@@ -109,6 +116,7 @@ class LayoutReconciler:
                     logger.warning("node %s: could not remove labels: %s", name, exc)
         self.writes.forget(("layout", name))
         self._stale_reported.pop(name, None)
+        self._cgroup_reported.pop(name, None)
 
     async def _fetch_node(self, name: str) -> NodeView | None:
         """A Node not (yet) in the cache: at start-up the Node watch may not have delivered it
@@ -151,6 +159,21 @@ class LayoutReconciler:
             raise
         if body is not None and body.get("metadata") and layout.name in self.cache.layouts:
             self.cache.layouts[layout.name] = LayoutView.from_body(body)
+
+    async def _cgroup_event(self, node: str, cgroup: Condition | None,
+                            recorded: str | None) -> None:
+        """One Warning per change when the agent's cgroup mechanism stands aside (the kubelet's
+        static CPU manager owns cpusets) or cannot run; as for staleness, what this process last
+        reported wins over the status it reads."""
+        if cgroup is None:
+            return
+        reported = self._cgroup_reported.get(node, recorded)
+        self._cgroup_reported[node] = cgroup.reason
+        view = self.cache.nodes.get(node)
+        if cgroup.status == "False" and reported != cgroup.reason and view is not None:
+            await post_node_event(self.client, self.clock(), view, "Warning",
+                                  f"CgroupBinding{cgroup.reason}",
+                                  f"gpunuma cgroup binding: {cgroup.message}")
 
     async def _stale_event(self, node: str, stale: bool, message: str) -> None:
         view = self.cache.nodes.get(node)

@@ -1,8 +1,14 @@
 """Pod placement annotations (DESIGN §3) from a layout's ``spec.allocations``. Pure.
 
-The agent reports one allocation entry per (pod, container, resource). A pod gets
-``gpunuma.io/placement`` (JSON, per container: the devices, their NUMA nodes, the CPUs),
-``gpunuma.io/numa-nodes`` (union, ascending) and ``gpunuma.io/cpuset`` (union cpulist). The JSON is
+The agent reports one allocation entry per (pod, container, resource), with what the container's
+processes were observed to have (``observed``). A pod gets ``gpunuma.io/placement`` (JSON, per
+container: the devices, their NUMA nodes, the CPUs it really runs on, ``binding`` and ``by``,
+``plannedCpus`` where the plan differs and the agent's ``reason``), ``gpunuma.io/numa-nodes``
+(union of the GPU nodes of the containers that are bound there, ascending; empty when none is),
+``gpunuma.io/cpuset`` (union of the CPUs the containers run on) and ``gpunuma.io/binding`` (the
+weakest binding of its containers). An entry without ``observed`` (an agent older than
+observation) or whose processes were not found (``binding: unknown``) is taken at its plan, as
+before. The JSON is
 rendered canonically (sorted keys, no spaces) so that an unchanged placement compares equal to the
 annotation already on the pod and is never rewritten.
 """
@@ -16,7 +22,16 @@ from typing import Any
 from gpunuma import names
 from gpunuma.topology import CpuListError, format_cpulist, parse_cpulist
 
-__all__ = ["AllocationError", "annotation_patch", "pod_annotations", "pods_with_allocations"]
+__all__ = [
+    "AllocationError",
+    "annotation_patch",
+    "pod_annotations",
+    "pods_with_allocations",
+    "unbound_containers",
+]
+
+# Weakest first: a pod is as bound as its least bound container.
+_BINDINGS = ("none", "unknown", "cpu-only", "full")
 
 class AllocationError(ValueError):
     """An ``spec.allocations`` entry that does not have the agent's shape."""
@@ -44,6 +59,7 @@ def pods_with_allocations(allocations: object) -> frozenset[tuple[str, str]]:
 def pod_annotations(allocations: object, namespace: str, pod: str) -> dict[str, str] | None:
     """The three placement annotations for one pod, or ``None`` when it has no allocation."""
     containers: dict[str, tuple[list[str], set[int], set[int]]] = {}
+    observed: dict[str, Mapping[str, Any]] = {}
     for index, entry in _entries(allocations):
         path = f"spec.allocations[{index}]"
         if not isinstance(entry, Mapping):
@@ -65,19 +81,68 @@ def pod_annotations(allocations: object, namespace: str, pod: str) -> dict[str, 
             cpus.update(parse_cpulist(cpus_text))
         except CpuListError as exc:
             raise AllocationError(f"{path}.cpus: {exc}") from None
+        seen = entry.get("observed")
+        if isinstance(seen, Mapping) and seen.get("binding") in _BINDINGS:
+            observed.setdefault(container, seen)
     if not containers:
         return None
-    placement = {
-        name: {"gpus": gpus, "numaNodes": sorted(nodes), "cpus": format_cpulist(cpus)}
-        for name, (gpus, nodes, cpus) in containers.items()
-    }
-    all_nodes = sorted({node for _, nodes, _ in containers.values() for node in nodes})
-    all_cpus = {cpu for _, _, cpus in containers.values() for cpu in cpus}
-    return {
+    placement: dict[str, dict[str, Any]] = {}
+    bound_nodes: set[int] = set()
+    running_cpus: set[int] = set()
+    for name, (gpus, nodes, cpus) in containers.items():
+        item: dict[str, Any] = {"gpus": gpus, "numaNodes": sorted(nodes),
+                                "cpus": format_cpulist(cpus)}
+        seen = observed.get(name)
+        if seen is None or seen["binding"] == "unknown":
+            # Not observed (an agent before observation), or its processes not found yet (not
+            # started; no cgroup hierarchy): the plan, with gpunuma.io/binding saying "unknown".
+            bound_nodes |= nodes
+            running_cpus |= cpus
+        if seen is not None:
+            item["binding"] = seen["binding"]
+            item["by"] = str(seen.get("by", "none"))
+            if seen.get("reason"):  # why it differs from the plan, for kubectl gpunuma explain
+                item["reason"] = str(seen["reason"])
+            if seen["binding"] in ("full", "cpu-only"):
+                bound_nodes |= nodes
+            actual = _observed_cpus(seen) if seen["binding"] != "unknown" else None
+            if actual is not None:
+                running_cpus |= actual
+                if actual != cpus:
+                    item["cpus"], item["plannedCpus"] = format_cpulist(actual), item["cpus"]
+        placement[name] = item
+    result = {
         names.ANNOTATION_PLACEMENT: json.dumps(placement, sort_keys=True, separators=(",", ":")),
-        names.ANNOTATION_NUMA_NODES: ",".join(map(str, all_nodes)),
-        names.ANNOTATION_CPUSET: format_cpulist(all_cpus),
+        names.ANNOTATION_NUMA_NODES: ",".join(map(str, sorted(bound_nodes))),
+        names.ANNOTATION_CPUSET: format_cpulist(running_cpus),
     }
+    if observed:
+        result[names.ANNOTATION_BINDING] = min(
+            (str(seen["binding"]) for seen in observed.values()), key=_BINDINGS.index)
+    return result
+
+
+def _observed_cpus(observed: Mapping[str, Any]) -> set[int] | None:
+    text = observed.get("cpus")
+    if not isinstance(text, str):
+        return None
+    try:
+        return set(parse_cpulist(text))
+    except CpuListError:
+        return None
+
+
+def unbound_containers(allocations: object, namespace: str, pod: str) -> dict[str, str]:
+    """Containers of the pod observed with ``binding: none`` → the agent's reason."""
+    found: dict[str, str] = {}
+    for _, entry in _entries(allocations):
+        if not isinstance(entry, Mapping) or (entry.get("namespace"), entry.get("pod")) != (
+                namespace, pod):
+            continue
+        seen = entry.get("observed")
+        if isinstance(seen, Mapping) and seen.get("binding") == "none":
+            found[str(entry.get("container"))] = str(seen.get("reason") or "not bound")
+    return found
 
 
 def annotation_patch(

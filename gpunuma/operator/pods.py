@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gpunuma import names
-from gpunuma.kubeapi import ApiError
+from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.operator import paths
 from gpunuma.operator.cache import Cache
+from gpunuma.operator.events import post_pod_event
 from gpunuma.operator.placement import (
     AllocationError,
     annotation_patch,
     pod_annotations,
     pods_with_allocations,
+    unbound_containers,
 )
 from gpunuma.operator.writes import PatchOnce
 
@@ -26,6 +30,9 @@ logger = logging.getLogger("gpunuma.operator")
 class PodReconciler:
     cache: Cache
     writes: PatchOnce
+    # For the NotNumaBound Event; None posts none.
+    client: KubeClient | None = None
+    clock: Callable[[], dt.datetime] | None = None
     _allocations_seen: dict[str, object] = field(default_factory=dict)
     failures: int = 0  # pod patches the API server refused (a vanished pod is none): /metrics
 
@@ -74,6 +81,18 @@ class PodReconciler:
         if body is None:
             return
         logger.info("pod %s/%s: placement %s", namespace, name, desired[names.ANNOTATION_NUMA_NODES])
+        if (desired.get(names.ANNOTATION_BINDING) == "none"
+                and pod.annotations.get(names.ANNOTATION_BINDING) != "none"
+                and names.ANNOTATION_INJECTED in pod.annotations
+                and self.client is not None and self.clock is not None):
+            # An opted-in pod ended up unbound: once per transition, with each container's reason.
+            unbound = unbound_containers(layout.spec.get("allocations"), namespace, name)
+            detail = "; ".join(f"{container}: {reason}"
+                               for container, reason in sorted(unbound.items()))
+            await post_pod_event(self.client, self.clock(), namespace, name,
+                                 str((body.get("metadata") or {}).get("uid", "")), "Warning",
+                                 "NotNumaBound",
+                                 f"gpunuma: not bound to its GPUs' NUMA node(s): {detail}")
         if body.get("metadata"):
             self.cache.observe_pod(body)
 

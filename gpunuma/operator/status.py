@@ -16,9 +16,11 @@ from typing import Any, Literal
 from gpunuma.rfc3339 import format_rfc3339
 
 __all__ = [
+    "CONDITION_CGROUP_BINDING",
     "CONDITION_LABELED",
     "CONDITION_STALE",
     "Condition",
+    "cgroup_binding_condition",
     "desired_status",
     "find_condition",
     "merge_patch",
@@ -26,6 +28,8 @@ __all__ = [
 
 CONDITION_LABELED = "Labeled"
 CONDITION_STALE = "Stale"
+# Present only on nodes whose agent runs the cgroup mechanism.
+CONDITION_CGROUP_BINDING = "CgroupBinding"
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -108,3 +112,16 @@ def merge_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -
         elif before != value or key not in old:
             patch[key] = value
     return patch
+
+
+_CGROUP_REASONS = {"active": ("True", "Active"), "static-cpu-manager": ("False", "StaticCPUManager"),
+                   "unavailable": ("False", "Unavailable")}
+
+
+def cgroup_binding_condition(state: object) -> Condition | None:
+    """The ``CgroupBinding`` condition from the agent's ``spec.cgroupBinding``; None without one."""
+    if not isinstance(state, Mapping) or state.get("state") not in _CGROUP_REASONS:
+        return None
+    status, reason = _CGROUP_REASONS[str(state["state"])]
+    return Condition(CONDITION_CGROUP_BINDING, status, reason,  # type: ignore[arg-type]
+                     str(state.get("message") or ""))

@@ -94,6 +94,7 @@ class Mutation:
     """A few words for logs: why this outcome (``mutated``, ``not opted in``, ``mirror pod``…)."""
     wrapped: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
+    cgroup_bound: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -152,6 +153,7 @@ def mutate(
 
     wrapped: list[str] = []
     skipped: list[str] = []
+    cgroup_bound: list[str] = []
     changed_containers: dict[str, dict[str, Any]] = {}
     for container in (*init_containers, *containers):
         name = container["name"]
@@ -160,6 +162,11 @@ def mutate(
         command = container.get("command")
         if command is not None and not _is_string_list(command):
             raise InvalidPod(f"container {name!r}: command must be a list of strings")
+        if not command and settings.cgroup_binding:
+            # The agent binds it through its cgroup; the env says which policy, as for numa-exec.
+            changed_containers[name] = _with_policy(container, policy, warnings)
+            cgroup_bound.append(name)
+            continue
         if not command:
             skipped.append(name)
             continue
@@ -184,6 +191,7 @@ def mutate(
     new_annotations[names.ANNOTATION_INJECTED] = settings.version
     _set_or_drop(new_annotations, names.ANNOTATION_WRAPPED, wrapped)
     _set_or_drop(new_annotations, names.ANNOTATION_SKIPPED, skipped)
+    _set_or_drop(new_annotations, names.ANNOTATION_CGROUP_BOUND, cgroup_bound)
     # Warnings go back to whoever created the pod; a controller (ReplicaSet, Job…) drops them.
     # Kept on the pod, the operator turns them into Events on the pod's owner (no API call here).
     # Only ever added to: a second pass (reinvocation, inject twice) may no longer see what the
@@ -195,11 +203,14 @@ def mutate(
     new_metadata["annotations"] = new_annotations
     new_spec = dict(spec)
     new_spec["containers"] = [changed_containers.get(c["name"], c) for c in containers]
-    if wrapped:
-        # Only a pod with something to run numa-exec gets the launcher and the label the operator
-        # selects on: a pod whose GPU containers were all skipped is not bound, so it has no
-        # placement to report.
+    if wrapped or cgroup_bound:
+        # Only a pod with something bound gets the label the operator selects on: a pod whose
+        # GPU containers were all skipped is not bound, so it has no placement to report.
         new_metadata["labels"] = {**labels, names.LABEL_MANAGED: "true"}
+    elif warnings:
+        # Unbound, with something to say: the operator watches this label (any value) for Events.
+        new_metadata["labels"] = {**labels, names.LABEL_MANAGED: "false"}
+    if wrapped:
         # Ours runs first, before any wrapped init container. One already there is kept as it is
         # (on reinvocation the API server has defaulted its fields), only moved to the front
         # should another webhook have put something before it.
@@ -210,15 +221,15 @@ def mutate(
                                                   for c in init_containers if not is_launcher(c))]
         if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
             new_spec["volumes"] = [*volumes, dict(_LAUNCHER_VOLUME)]
-    elif warnings:
-        # Unbound, with something to say: the operator watches this label (any value) for Events.
-        new_metadata["labels"] = {**labels, names.LABEL_MANAGED: "false"}
+    elif any(c["name"] in changed_containers for c in init_containers):
+        new_spec["initContainers"] = [changed_containers.get(c["name"], c) for c in init_containers]
     new_pod = {**pod, "metadata": new_metadata, "spec": new_spec}
 
     patch = json_patch(pod, new_pod)
     return Mutation(
         new_pod if patch else pod, patch, None, tuple(warnings),
         "mutated" if patch else "already mutated", tuple(wrapped), tuple(skipped),
+        tuple(cgroup_bound),
     )
 
 
@@ -476,7 +487,6 @@ def _strict_denial(skipped: Sequence[str]) -> str:
 
 def _wrap(container: Mapping[str, Any], policy: str, warnings: list[str]) -> dict[str, Any]:
     """A copy of ``container`` running under numa-exec, with the launcher volume and the policy."""
-    name = container["name"]
     wrapped = dict(container)
     command = list(container["command"])
     if command[0] != names.LAUNCHER_PATH:
@@ -488,6 +498,14 @@ def _wrap(container: Mapping[str, Any], policy: str, warnings: list[str]) -> dic
             {"name": names.LAUNCHER_VOLUME, "mountPath": names.LAUNCHER_MOUNT_PATH,
              "readOnly": True},
         ]
+    return _with_policy(wrapped, policy, warnings)
+
+
+def _with_policy(container: Mapping[str, Any], policy: str, warnings: list[str]) -> dict[str, Any]:
+    """A copy of ``container`` whose ``GPUNUMA_POLICY`` is ``policy`` (numa-exec and the agent
+    read it there)."""
+    name = container["name"]
+    wrapped = dict(container)
     env = _named_list(container, "env")
     policy_entry = {"name": POLICY_ENV, "value": policy}
     if not any(entry["name"] == POLICY_ENV for entry in env):

@@ -29,9 +29,10 @@ from gpunuma.agent.allocations import (
     PodResources,
     allocations,
 )
+from gpunuma.agent.observe import MemoryPolicy, NumaMaps, TaskState, classify, local_share
 from gpunuma.agent.publisher import layout_object, layout_spec
 from gpunuma.settings import DEFAULT_GPU_RESOURCES
-from gpunuma.topology import Layout, Problem
+from gpunuma.topology import Layout, Problem, parse_cpulist
 from tests.fixtures import machines
 
 CRD_PATH = (Path(__file__).resolve().parents[2] / "charts" / "gpunuma" / "files" / "crds"
@@ -87,7 +88,17 @@ def _realistic_allocations(layout: Layout) -> list[dict[str, Any]]:
         ContainerResources("dra", claims=(ClaimDevice("ml", "gpu", "gpu.nvidia.com", "p", "gpu-0"),)),
     ))]
     dra = {("gpu.nvidia.com", "p", "gpu-0"): [layout.gpus[0].pci_bus_id]}
-    return allocations(pods, layout, DEFAULT_GPU_RESOURCES, dra)
+    entries = allocations(pods, layout, DEFAULT_GPU_RESOURCES, dra)
+    # What the agent observes of a process pinned to its GPU's CPUs whose memory is not bound.
+    for entry in entries:
+        nodes = frozenset(entry["numaNodes"])
+        local = frozenset(parse_cpulist(entry["cpus"]))
+        task = TaskState(local, frozenset({0}), local, NumaMaps(MemoryPolicy("default"), {0: 3}),
+                         local_share({0: 3}, nodes))
+        entry["observed"] = classify(task, gpu_nodes=nodes, local_cpus=local,
+                                     all_cpus=frozenset(range(100000)), wrapped=False,
+                                     cgroup_written=local, exclusive_cpus=frozenset())
+    return entries
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +116,8 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
         if name == "workstation":  # one failing device, as a vendor backend reports it
             layout = layout.with_errors([Problem("0000:01:00.0", "nvml", "GPU is lost")])
         spec = {**layout_spec(layout, _realistic_allocations(layout)), "heartbeatTime": HEARTBEAT}
+        if layout.gpus:
+            spec["cgroupBinding"] = {"state": "active", "message": "binding through v1 cpusets"}
         result[name] = layout_object(f"node-{name.replace('_', '-')}", "0b8f7c1e-uid", spec)
     return result
 
@@ -186,6 +199,9 @@ def test_every_spec_field_of_the_schema_is_one_the_agent_writes(
     (lambda s: s["allocations"][0].update(numaNodes="0"), "numaNodes as a string"),
     (lambda s: s["allocations"][0].pop("cpus"), "allocation without cpus"),
     (lambda s: s["summary"].update(gpus=None), "null where no null is allowed"),
+    (lambda s: s["allocations"][0]["observed"].update(binding="partial"), "unknown binding"),
+    (lambda s: s["allocations"][0]["observed"].update(localMemoryShare=1.5), "share over 1"),
+    (lambda s: s["cgroupBinding"].update(state="on"), "unknown cgroup binding state"),
     (lambda s: s.update(heartbeatTime="yesterday"), "heartbeat not RFC 3339"),
     (lambda s: s.pop("heartbeatTime"), "no heartbeat"),
 ])

@@ -320,7 +320,7 @@ def test_the_webhook_has_no_api_access_at_all(scenario: tuple[str, Rendered]) ->
     assert spec["automountServiceAccountToken"] is False
 
 
-def test_the_agent_may_write_only_gpunumalayouts_read_its_node_and_list_resourceslices(
+def test_the_agent_may_write_only_gpunumalayouts_read_its_node_list_slices_and_pods(
     default: Rendered,
 ) -> None:
     bindings = bindings_of(default, f"{RELEASE}-agent")
@@ -331,9 +331,10 @@ def test_the_agent_may_write_only_gpunumalayouts_read_its_node_and_list_resource
     writes = {(g, r) for g, r, v in grants if v in WRITE_VERBS}
     assert writes == {(names.CRD_GROUP, names.CRD_PLURAL)}
     assert {(g, r, v) for g, r, v in grants if r == "nodes"} == {("", "nodes", "get")}
-    # Listing DRA ResourceSlices is the one list: which GPU a ResourceClaim's device is.
+    # Two lists: DRA ResourceSlices (which GPU a ResourceClaim's device is) and its node's pods
+    # (field selector), for the UIDs and container ids of observed bindings.
     assert {(g, r, v) for g, r, v in grants if v in ("list", "watch")} == {
-        ("resource.k8s.io", "resourceslices", "list")}
+        ("resource.k8s.io", "resourceslices", "list"), ("", "pods", "list")}
 
 
 def test_the_operator_reads_secrets_only_in_its_namespace_and_only_its_own(default: Rendered) -> None:
@@ -370,14 +371,18 @@ def test_operator_and_webhook_pods_pass_the_restricted_level(
     assert restricted_violations(rendered.pod_spec(component)) == []
 
 
-def test_the_agent_breaks_baseline_only_by_its_host_mounts(default: Rendered) -> None:
+def test_the_agent_breaks_baseline_only_by_its_host_mounts_and_sys_ptrace(default: Rendered) -> None:
     spec = default.pod_spec("agent")
     host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     assert host_paths == {"/sys", "/proc", "/var/lib/kubelet/pod-resources"}
-    assert all(v.startswith("HostPath volumes") for v in baseline_violations(spec))
+    for violation in baseline_violations(spec):
+        # SYS_PTRACE reads numa_maps for observed bindings (agent.observeMemory).
+        assert violation.startswith("HostPath volumes") or violation.endswith(
+            "adds ['SYS_PTRACE']"), violation
     # Against restricted, only the mounts and running as root (kubelet.sock is root's 0755).
     for violation in restricted_violations(spec):
-        assert violation.startswith(("HostPath volumes", "volume types", "running as non-root")), violation
+        assert violation.startswith(("HostPath volumes", "volume types", "running as non-root",
+                                     "capabilities: ")), violation
 
 
 def test_the_agent_runs_with_the_least_it_needs(default: Rendered) -> None:
@@ -387,7 +392,8 @@ def test_the_agent_runs_with_the_least_it_needs(default: Rendered) -> None:
     assert context["allowPrivilegeEscalation"] is False
     assert context["privileged"] is False
     assert context["readOnlyRootFilesystem"] is True
-    assert context["capabilities"] == {"drop": ["ALL"]}
+    # SYS_PTRACE alone, to read numa_maps (agent.observeMemory, on by default).
+    assert context["capabilities"] == {"drop": ["ALL"], "add": ["SYS_PTRACE"]}
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}
     assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
     mounts = {m["name"]: m for m in container["volumeMounts"]}

@@ -95,6 +95,8 @@ async def test_a_dra_pods_gpu_reaches_the_layout_through_the_real_api_server(
                 break
             assert process.alive(), process.tail()
             await asyncio.sleep(0.1)
+        # kwok pods have no processes: what the agent observed of them is "unknown".
+        assert {entry.pop("observed")["binding"] for entry in allocations} == {"unknown"}
         assert allocations == [
             {"namespace": "ml", "pod": "no-bus-id", "container": "main",
              "resource": "gpu.nvidia.com", "claim": "gpu", "deviceIds": [f"{NODE}/gpu-6"],

@@ -155,4 +155,6 @@ def _loop(cluster: ControlPlane, release: Release, documents: dict[str, dict[str
                                      cluster.admin_kubeconfig, shims)
     assert explain.returncode == 0, explain.stderr
     assert "Phase:       Running" in explain.stdout
-    assert f"bound to NUMA node(s) 1, CPUs {numa1}" in explain.stdout
+    # kwok runs no processes: the agent finds none to observe, and explain says so beside the plan.
+    assert (f"planned for NUMA node(s) 1, CPUs {numa1}; not observed: the node's agent has not "
+            "found every container's processes") in explain.stdout

@@ -41,19 +41,19 @@ gpu-old (node gone)   1      1      1                 0:0                       
 """)
 
 PODS_TABLE = """\
-POD          NODE    POLICY      NUMA NODES   CPUSET
-batch-0      -       cpu-only    -            -
-notebook-0   gpu-b   -           <pending>    <pending>
-trainer-0    gpu-a   strict      1            56-111,168-223
-vllm-0       gpu-a   preferred   <pending>    <pending>
+POD          NODE    POLICY      NUMA NODES   CPUSET           BINDING
+batch-0      -       cpu-only    -            -                -
+notebook-0   gpu-b   -           <pending>    <pending>        <pending>
+trainer-0    gpu-a   strict      1            56-111,168-223   -
+vllm-0       gpu-a   preferred   <pending>    <pending>        <pending>
 """
 
 PODS_TABLE_WIDE = """\
-POD          NODE    POLICY      WRAPPED   NUMA NODES   CPUSET
-batch-0      -       cpu-only    job       -            -
-notebook-0   gpu-b   -           -         <pending>    <pending>
-trainer-0    gpu-a   strict      trainer   1            56-111,168-223
-vllm-0       gpu-a   preferred   server    <pending>    <pending>
+POD          NODE    POLICY      WRAPPED   NUMA NODES   CPUSET           BINDING
+batch-0      -       cpu-only    job       -            -                -
+notebook-0   gpu-b   -           -         <pending>    <pending>        <pending>
+trainer-0    gpu-a   strict      trainer   1            56-111,168-223   -
+vllm-0       gpu-a   preferred   server    <pending>    <pending>        <pending>
 """
 
 
@@ -127,10 +127,11 @@ async def test_pods_across_all_namespaces_adds_the_namespace_column(
     code, out, _ = await kubectl(capsys, kubeconfig, "pods", "-A")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["NAMESPACE", "POD", "NODE", "POLICY", "NUMA", "NODES", "CPUSET"]
+    assert lines[0].split() == ["NAMESPACE", "POD", "NODE", "POLICY", "NUMA", "NODES", "CPUSET",
+                               "BINDING"]
     assert [line.split()[:2] for line in lines[1:]] == [
         ["ml", "batch-0"], ["ml", "notebook-0"], ["ml", "trainer-0"], ["ml", "vllm-0"], ["research", "sim-0"]]
-    assert lines[-1].split() == ["research", "sim-0", "gpu-c", "preferred", "0,1,2,3", "0-95"]
+    assert lines[-1].split() == ["research", "sim-0", "gpu-c", "preferred", "0,1,2,3", "0-95", "-"]
 
 
 @pytest.mark.parametrize("argv", [("pods", "-n", "research"), ("--context", "research", "pods"),
@@ -141,7 +142,7 @@ async def test_pods_follows_the_namespace_flag_and_the_chosen_context(
 ) -> None:
     code, out, _ = await kubectl(capsys, kubeconfig, *argv)
     assert code == 0
-    assert out.splitlines()[1].split() == ["sim-0", "gpu-c", "preferred", "0,1,2,3", "0-95"]
+    assert out.splitlines()[1].split() == ["sim-0", "gpu-c", "preferred", "0,1,2,3", "0-95", "-"]
     assert len(out.splitlines()) == 2
 
 

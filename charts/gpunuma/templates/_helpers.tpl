@@ -224,9 +224,16 @@ env:
   liveness: GPUNUMA_LIVENESS
   metricsListen: GPUNUMA_METRICS_LISTEN
   shutdownDelay: GPUNUMA_SHUTDOWN_DELAY
+  cgroupRoot: GPUNUMA_CGROUP_ROOT
+  cgroupBinding: GPUNUMA_CGROUP_BINDING
+  cpuManagerState: GPUNUMA_CPU_MANAGER_STATE
+  memoryInterval: GPUNUMA_MEMORY_INTERVAL
 paths:
   hostSys: /host/sys
   hostProc: /host/proc
+  hostSysCgroup: /host/sys/fs/cgroup
+  hostCgroup: /host/cgroup
+  cpuManagerState: /host/kubelet/cpu_manager_state
   tlsDir: /etc/gpunuma/tls
   mutate: /mutate
   mutateNamespace: /mutate-namespace
