@@ -121,11 +121,6 @@ def test_the_webhook_wraps_the_container_of_a_gpu_claim_in_a_pod_the_api_server_
     # No controller-manager here: the ServiceAccount admission plugin needs "default" to exist.
     cluster.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})
-    # kube-apiserver asks its proxy for the Service by name (<service>.<namespace>.svc:443), not by
-    # ClusterIP, which is the route the webhook fixture sets.
-    assert cluster.proxy is not None
-    by_name = f"{webhook.server_name}:443"
-    cluster.proxy.route(by_name, webhook.port)
     try:
         created = cluster.request("POST", f"/api/v1/namespaces/{namespace}/pods", {
             "apiVersion": "v1", "kind": "Pod",
@@ -148,5 +143,4 @@ def test_the_webhook_wraps_the_container_of_a_gpu_claim_in_a_pod_the_api_server_
         assert router["command"] == ["envoy"]
         assert created["spec"]["initContainers"][0]["name"] == "gpunuma-launcher"
     finally:
-        cluster.proxy.route(by_name, None)
         cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")
