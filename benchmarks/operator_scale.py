@@ -109,7 +109,7 @@ def start_operator(url: str, directory: str) -> tuple[subprocess.Popen[bytes], I
     log = Path(directory, "operator.log").open("w+")  # noqa: SIM115 - closed by stop_operator
     process = subprocess.Popen(
         [sys.executable, "-m", "gpunuma", "operator", "--standalone", "--liveness", "",
-         "--certificates", "cert-manager", "--log-format", "plain"],
+         "--metrics-listen", "", "--certificates", "cert-manager", "--log-format", "plain"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     return process, log

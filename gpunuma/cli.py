@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from gpunuma import __version__, names
 from gpunuma.settings import (
     AgentSettings,
+    CheckSettings,
+    CleanupSettings,
     DiscoverySettings,
     MutationSettings,
     OperatorSettings,
@@ -187,6 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(operator, OperatorSettings)
     operator.set_defaults(handler=_run_operator)
 
+    cleanup = commands.add_parser(
+        "cleanup-nodes",
+        help="remove every gpunuma.io/* Node label and annotation (the chart's post-delete hook)",
+        description="Remove the gpunuma.io/* labels the operator manages and the "
+        "gpunuma.io/managed-labels annotation from every Node. Run after the operator is gone.",
+    )
+    add_settings(cleanup, CleanupSettings)
+    cleanup.set_defaults(handler=_run_cleanup_nodes)
+
+    check = commands.add_parser(
+        "check", help="say whether the installed release works (like linkerd check)",
+        description="Check the release: the GPUNumaLayout CRD is served, agents report, the "
+        "operator acts, and the webhook answers with a certificate its caBundle trusts. Exit 1 "
+        "if a check fails. The chart's `helm test` runs it inside the cluster.",
+    )
+    add_settings(check, CheckSettings)
+    check.set_defaults(handler=_run_check)
+
     inject = commands.add_parser(
         "inject",
         help="apply the webhook's mutation to manifests offline (like istioctl kube-inject)",
@@ -236,15 +256,15 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 def _run_agent(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
+    from gpunuma import logs
     from gpunuma.agent.service import run_agent
     from gpunuma.kubeapi import ApiError
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(run_agent(settings_from_args(AgentSettings, args)))
+        settings = settings_from_args(AgentSettings, args)
+        logs.configure(settings.logging)
+        return asyncio.run(run_agent(settings))
     except (ApiError, ValueError, OSError) as exc:
         print(f"gpunuma agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -257,6 +277,7 @@ def _run_install_launcher(args: argparse.Namespace) -> int:
 
 
 def _run_webhook(args: argparse.Namespace) -> int:
+    from gpunuma import logs
     from gpunuma.webhook.server import main as webhook_main
 
     try:
@@ -264,6 +285,7 @@ def _run_webhook(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"gpunuma webhook: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    logs.configure(settings.logging)
     return webhook_main(settings)
 
 
@@ -276,6 +298,69 @@ def _run_operator(args: argparse.Namespace) -> int:
         print(f"gpunuma operator: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return operator_main(settings)
+
+
+def _connection(kubeconfig: Path | None) -> Any:
+    """A kubeconfig when given; in a pod its service account; else ~/.kube/config."""
+    from gpunuma.kubeapi import Connection
+
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return Connection.in_cluster()
+    return Connection.from_kubeconfig(kubeconfig or Path.home() / ".kube" / "config")
+
+
+def _run_cleanup_nodes(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gpunuma import logs
+    from gpunuma.kubeapi import ApiError, KubeClient
+    from gpunuma.operator.cleanup import remove_node_labels
+
+    settings = settings_from_args(CleanupSettings, args)
+    logs.configure(settings.logging)
+
+    async def run() -> int:
+        try:
+            client = KubeClient(_connection(settings.kubeconfig), user_agent="gpunuma-cleanup")
+        except ApiError as exc:
+            print(f"gpunuma cleanup-nodes: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            result = await remove_node_labels(client)
+        except ApiError as exc:
+            print(f"gpunuma cleanup-nodes: cannot list nodes: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await client.close()
+        print(f"gpunuma cleanup-nodes: cleaned {len(result.cleaned)} node(s), "
+              f"{result.untouched} had nothing of gpunuma, {len(result.failed)} failed")
+        return 1 if result.failed else 0
+
+    return asyncio.run(run())
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gpunuma.check import format_report, run_checks
+    from gpunuma.kubeapi import ApiError, KubeClient
+
+    settings = settings_from_args(CheckSettings, args)
+
+    async def run() -> int:
+        try:
+            client = KubeClient(_connection(settings.kubeconfig), user_agent="gpunuma-check")
+        except ApiError as exc:
+            print(f"gpunuma check: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            results = await run_checks(client, settings)
+        finally:
+            await client.close()
+        sys.stdout.write(format_report(results))
+        return 0 if all(result.ok for result in results) else 1
+
+    return asyncio.run(run())
 
 
 def _add_manifest_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,9 @@ ANNOTATION_CONTAINERS: Final = PREFIX + "containers"
 ANNOTATION_INJECTED: Final = PREFIX + "injected"
 ANNOTATION_WRAPPED: Final = PREFIX + "wrapped"
 ANNOTATION_SKIPPED: Final = PREFIX + "skipped"
+ANNOTATION_WARNINGS: Final = PREFIX + "warnings"
+# "true": some container runs under numa-exec; "false": the webhook changed the pod but bound none
+# of its containers (all skipped), and its warnings are in ANNOTATION_WARNINGS.
 LABEL_MANAGED: Final = PREFIX + "managed"
 ANNOTATION_PLACEMENT: Final = PREFIX + "placement"
 ANNOTATION_NUMA_NODES: Final = PREFIX + "numa-nodes"

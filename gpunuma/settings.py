@@ -46,11 +46,16 @@ __all__ = [
     "DEFAULT_GPU_RESOURCES",
     "DEFAULT_KUBELET_SOCKET",
     "DEFAULT_LAUNCHER_IMAGE",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
     "AgentSettings",
     "Backend",
     "CertificateMode",
     "CertificateSettings",
+    "CheckSettings",
+    "CleanupSettings",
     "DiscoverySettings",
+    "LoggingSettings",
     "MutationSettings",
     "OperatorSettings",
     "Option",
@@ -165,6 +170,11 @@ def listen_address(text: str) -> str:
     return text
 
 
+def optional_listen_address(text: str) -> str | None:
+    """Empty means none (the server is off)."""
+    return listen_address(text) if text else None
+
+
 def parse_listen(text: str) -> tuple[str | None, int]:
     """A ``--listen`` value, ``HOST:PORT``, as aiohttp's host and port.
 
@@ -206,6 +216,22 @@ def _gpu_resources() -> Any:
     """The one GPU-resources setting, a field of both the agent's and the mutation's settings."""
     return setting(DEFAULT_GPU_RESOURCES, "--gpu-resources", parse=csv, metavar="NAME,…",
                    help="resource names that mean 'GPU', * globs allowed")
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "plain"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+LOG_FORMATS: tuple[LogFormat, ...] = ("json", "plain")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """How a long-running component logs (``gpunuma.logs``); one nested branch for each."""
+
+    level: LogLevel = setting("info", "--log-level", choices=LOG_LEVELS,
+                              help="least severe records logged")
+    format: LogFormat = setting("json", "--log-format", choices=LOG_FORMATS,
+                                help="json (one object per line) or plain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +294,7 @@ class WebhookSettings:
         "endpoints still route here",
     )
     mutation: MutationSettings = nested(MutationSettings)
+    logging: LoggingSettings = nested(LoggingSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +331,7 @@ class AgentSettings:
                                       help="kubeconfig to use instead of the in-cluster service "
                                       "account")
     gpu_resources: tuple[str, ...] = _gpu_resources()
+    logging: LoggingSettings = nested(LoggingSettings)
 
 
 # none: no webhook is installed, so there is no certificate to manage.
@@ -401,12 +429,67 @@ class OperatorSettings:
         "http://0.0.0.0:8080/healthz", "--liveness", parse=optional_text, metavar="URL",
         help="liveness endpoint, empty to disable",
     )
-    log_format: Literal["json", "plain"] = setting("json", "--log-format",
-                                                   choices=("json", "plain"),
-                                                   help="json or plain")
+    metrics_listen: str | None = setting(
+        ":8082", "--metrics-listen", parse=optional_listen_address, metavar="HOST:PORT",
+        help="Prometheus /metrics; empty to disable",
+    )
+    logging: LoggingSettings = nested(LoggingSettings)
     certificates: CertificateSettings = nested(CertificateSettings)
 
     def __post_init__(self) -> None:
         if self.stale_after_heartbeats < 1:
             raise ValueError(f"--stale-after must be at least 1 heartbeat, got "
                              f"{self.stale_after_heartbeats}")
+
+
+def _kubeconfig() -> Any:
+    return setting(None, "--kubeconfig", parse=Path,
+                   shown_default="in a pod its service account, else ~/.kube/config",
+                   help="kubeconfig to use instead of the in-cluster service account")
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupSettings:
+    """``gpunuma cleanup-nodes`` (the chart's post-delete hook)."""
+
+    kubeconfig: Path | None = _kubeconfig()
+    logging: LoggingSettings = nested(LoggingSettings)
+
+
+CHECKS: tuple[str, ...] = ("agents", "operator", "webhook")
+
+
+def check_names(text: str) -> frozenset[str]:
+    chosen = frozenset(csv(text))
+    unknown = sorted(chosen - set(CHECKS))
+    if unknown:
+        raise ValueError(f"{','.join(unknown)}: choose from {', '.join(CHECKS)}")
+    return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSettings:
+    """``gpunuma check``: where the release's parts are and how fresh agents must be."""
+
+    kubeconfig: Path | None = _kubeconfig()
+    heartbeat_interval_s: float = setting(
+        600.0, "--heartbeat-interval", parse=seconds, metavar="SECONDS",
+        help="the agents' --heartbeat",
+    )
+    stale_after_heartbeats: int = setting(
+        3, "--stale-after", parse=integer, metavar="N",
+        help="missed heartbeats after which an agent counts as silent",
+    )
+    peering_name: str = setting("gpunuma", "--peering-name",
+                                help="the operator's ClusterKopfPeering")
+    webhook_configuration: str = setting("gpunuma", "--webhook-configuration",
+                                         help="the release's MutatingWebhookConfiguration")
+    webhook_address: str | None = setting(
+        None, "--webhook-address", parse=optional_text, metavar="HOST:PORT",
+        help="connect here instead of the webhook Service's name (a port-forward); the "
+        "certificate is still checked for the Service's name",
+    )
+    skip: frozenset[str] = setting(frozenset(), "--skip", parse=check_names,
+                                   metavar="agents,operator,webhook", shown_default="none",
+                                   help="checks to leave out, for a release without those parts")
+    timeout_s: float = 10.0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane the test suite runs against (tests/cluster/): etcd,
-# kube-apiserver, kwok and helm, each from its wrapper module under hack/controlplane/<binary>/
-# (a go.mod whose `tool` line names the upstream main package, with the versions pinned by go.sum).
+# kube-apiserver, kubectl (of the same release), kwok and helm, each from its wrapper module under
+# hack/controlplane/<binary>/ (a go.mod whose `tool` line names the upstream main package, with the
+# versions pinned by go.sum).
 #
 # Usage: hack/build-controlplane.sh [DEST]
 #   DEST defaults to $GPUNUMA_CONTROLPLANE_DIR, else ${XDG_CACHE_HOME:-$HOME/.cache}/gpunuma/controlplane
@@ -15,7 +16,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 dest="${1:-${GPUNUMA_CONTROLPLANE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gpunuma/controlplane}}"
-binaries=(etcd kube-apiserver kwok helm)
+binaries=(etcd kube-apiserver kubectl kwok helm)
 
 if ! command -v go >/dev/null 2>&1; then
   echo "build-controlplane: 'go' is not on PATH: install Go >= 1.26 (https://go.dev/dl/) and retry" >&2
@@ -34,7 +35,7 @@ module_version() {
 version_ldflags() {
   local version
   case "$1" in
-    kube-apiserver)
+    kube-apiserver | kubectl)
       version="$(module_version "$1" k8s.io/kubernetes)"
       local major="${version#v}" && major="${major%%.*}"
       local minor="${version#v*.}" && minor="${minor%%.*}"

@@ -89,6 +89,8 @@ def documented_commands() -> Iterator[tuple[str, str]]:
                 continue
             text = block.group(2).replace("\\\n", " ")
             for raw in text.splitlines():
+                if block.group(1) in {"", "console"} and not raw.startswith("$ "):
+                    continue  # output, not a command
                 line = raw.removeprefix("$ ").strip()
                 if "gpunuma " not in line:
                     continue
@@ -153,3 +155,11 @@ def test_no_help_text_points_at_a_document_users_do_not_have() -> None:
         assert "DESIGN" not in text, text
         for page in re.findall(r"docs/[\w.-]+\.md", text):
             assert (ROOT / page).exists(), page
+
+
+def test_the_readme_contents_list_every_section() -> None:
+    text = FENCE.sub("", (ROOT / "README.md").read_text())
+    sections = [slug(h) for h in re.findall(r"^## (.+)$", text, re.M) if h != "Contents"]
+    contents = text[text.index("## Contents"):].split("\n## ", 1)[0]
+    listed = re.findall(r"\]\(#([^)]+)\)", contents)
+    assert listed == sections, "README.md's Contents must list its sections, in order"

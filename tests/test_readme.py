@@ -145,3 +145,37 @@ def test_the_quickstart_on_a_machine_without_gpus_runs_unpinned_and_says_why(tmp
     assert plan["exec"] == "python3 train.py"
     assert "gpunuma: policy=preferred" in completed.stderr
     assert "no GPU found" in completed.stderr
+
+
+def test_the_bind_a_pod_example_is_what_the_webhook_and_kubectl_gpunuma_explain_produce() -> None:
+    """The README's pod, mutated by the webhook's own function, placed as the operator writes it,
+    then explained by the plugin's own function: every line the README shows comes out."""
+    import yaml
+
+    from gpunuma import names
+    from gpunuma.kubectl.explain import explain
+    from gpunuma.settings import MutationSettings
+    from gpunuma.webhook.mutation import mutate
+
+    section = README[README.index("\n## Bind a pod\n"):README.index("\n## Troubleshooting\n")]
+    manifest = re.search(r"<<'EOF'\n(.*?)\nEOF\n", section, re.S)
+    assert manifest is not None
+    pod = yaml.safe_load(manifest.group(1))
+    pod["metadata"]["namespace"] = "default"
+    mutation = mutate(pod, MutationSettings())
+    assert mutation.denial is None
+    assert mutation.wrapped == ("main",)
+    placed = mutation.pod
+    placed["spec"]["nodeName"] = "gpu-a"
+    placed["status"] = {"phase": "Running"}
+    placed["metadata"]["annotations"].update({
+        names.ANNOTATION_NUMA_NODES: "0", names.ANNOTATION_CPUSET: "0-55,112-167",
+        names.ANNOTATION_PLACEMENT: '{"main": {"gpus": ["GPU-0"], "numaNodes": [0], '
+                                    '"cpus": "0-55,112-167"}}'})
+    shown = re.search(r"^```\n(Pod: .*?)^```", section, re.S | re.M)
+    assert shown is not None
+    numa_exec_line = shown.group(1).splitlines()[-1].removeprefix("  main: ")
+    output = explain(placed, None, logs={"main": numa_exec_line + "\n"}).splitlines()
+    for line in shown.group(1).splitlines():
+        if line != "…":
+            assert line in output, f"README line not produced: {line!r}\n" + "\n".join(output)

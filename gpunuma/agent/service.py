@@ -35,6 +35,7 @@ from gpunuma.agent.allocations import PodResources, allocations
 from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
 from gpunuma.agent.publisher import LayoutPublisher, layout_spec
 from gpunuma.agent.resourceslices import device_identities, list_node_slices
+from gpunuma.buildinfo import register_build_info
 from gpunuma.discovery import DiscoveryUnavailable
 from gpunuma.kubeapi import ApiError, Connection, KubeClient
 from gpunuma.settings import AgentSettings, DiscoverySettings, parse_listen
@@ -82,6 +83,7 @@ class AgentMetrics:
         self.allocations = Gauge(
             "gpunuma_agent_allocations", "Entries in spec.allocations", registry=self.registry,
         )
+        register_build_info(self.registry, "agent")
 
     def observe_layout(self, layout: Layout) -> None:
         self.gpus.clear()

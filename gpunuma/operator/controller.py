@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpunuma import names
 from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.operator.cache import Cache, LayoutView, NodeView, PodView
+from gpunuma.operator.events import post_pod_warnings, warning_target
 from gpunuma.operator.layouts import LayoutReconciler
 from gpunuma.operator.leadership import Leadership
 from gpunuma.operator.pods import PodReconciler
@@ -31,6 +33,9 @@ __all__ = ["Controller", "LayoutView", "NodeView", "PodView"]
 logger = logging.getLogger("gpunuma.operator")
 
 PEERING_RETRY_S = 2.0  # how soon the loop looks again while kopf has not joined the peering
+# Warning Events already posted, as (object, warnings): one per ReplicaSet, not one per replica.
+# Bounded: forgetting them costs one repeated Event per object, never memory.
+WARNED_LIMIT = 10_000
 
 
 @dataclass
@@ -42,6 +47,12 @@ class Controller:
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     cache: Cache = field(default_factory=Cache)
     _locks: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    # For /metrics (gpunuma.operator.metrics): reconciles and failed ones by kind (layout, pod,
+    # certificates), and whether the last periodic round found this replica the active one.
+    reconciles: Counter[str] = field(default_factory=Counter)
+    reconcile_errors: Counter[str] = field(default_factory=Counter)
+    active: bool = False
+    warned: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         def now() -> dt.datetime:  # late-bound: tests move the clock of a running controller
@@ -93,6 +104,28 @@ class Controller:
             self.writes.forget(("pod", f"{view.namespace}/{view.name}"))
         return view
 
+    # The webhook's warnings ----------------------------------------------------------------------
+
+    async def report_warnings(self, body: Mapping[str, Any]) -> None:
+        """The webhook's warnings about a pod (``gpunuma.io/warnings``) as a Warning Event on the
+        pod's controller, or the pod: a controller that creates pods drops admission warnings, so
+        without this nobody would see them. Once per object and text; the webhook itself makes
+        no API call in the admission path."""
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        text = annotations.get(names.ANNOTATION_WARNINGS)
+        if not text:
+            return
+        target = warning_target(body)
+        key = (target["uid"] or "/".join((target["namespace"], target["kind"], target["name"])), text)
+        if key in self.warned:
+            return
+        if len(self.warned) >= WARNED_LIMIT:
+            self.warned.clear()
+        # Claimed before the await: the replicas of one ReplicaSet arrive concurrently.
+        self.warned.add(key)
+        if not await post_pod_warnings(self.client, self.clock(), body, target):
+            self.warned.discard(key)  # refused: the next event of such a pod tries again
+
     # Reconciling --------------------------------------------------------------------------------
 
     async def reconcile_layout(self, name: str) -> None:
@@ -101,9 +134,11 @@ class Controller:
             layout = self.cache.layouts.get(name)
             if layout is None:
                 return
+            self.reconciles["layout"] += 1
             try:
                 await self.layout_reconciler.reconcile(layout)
             except ApiError as exc:
+                self.reconcile_errors["layout"] += 1
                 logger.warning("layout %s: %s", name, exc)
 
     async def forget_layout(self, body: Mapping[str, Any]) -> None:
@@ -118,10 +153,16 @@ class Controller:
         await self.pod_reconciler.reconcile_node(node)
 
     async def reconcile_pod(self, namespace: str, name: str, *, node: str) -> None:
+        self.reconciles["pod"] += 1
         await self.pod_reconciler.reconcile(namespace, name, node=node)
 
     async def reconcile_certificates(self) -> Outcome:
-        return await self.certificate_reconciler.reconcile()
+        outcome = await self.certificate_reconciler.reconcile()
+        if outcome != "skipped":
+            self.reconciles["certificates"] += 1
+        if outcome == "failed":
+            self.reconcile_errors["certificates"] += 1
+        return outcome
 
     # The periodic loop: staleness and certificates --------------------------------------------
 
@@ -144,7 +185,8 @@ class Controller:
         ``check_interval_s``; every ``PEERING_RETRY_S`` until kopf has announced this replica."""
         while True:
             try:
-                if await self.is_active():
+                self.active = await self.is_active()
+                if self.active:
                     await self.check_once()
             except Exception:  # the loop must outlive any one bad round; kopf keeps running too
                 logger.exception("periodic check failed; retrying in %s s",

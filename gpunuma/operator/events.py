@@ -1,4 +1,5 @@
-"""Kubernetes Events about Nodes, where ``kubectl describe node`` shows them.
+"""Kubernetes Events: about Nodes, where ``kubectl describe node`` shows them, and the webhook's
+warnings about a pod, on the object that created it.
 
 An Event is a courtesy: a failure to post one is logged and never fails a reconcile.
 """
@@ -8,13 +9,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+from collections.abc import Mapping
+from typing import Any
 
+from gpunuma import names
 from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.operator import paths
 from gpunuma.operator.cache import NodeView
 from gpunuma.rfc3339 import format_rfc3339
 
-__all__ = ["EVENT_SOURCE", "post_node_event"]
+__all__ = ["EVENT_SOURCE", "WARNING_REASON", "post_node_event", "post_pod_warnings", "warning_target"]
 
 logger = logging.getLogger("gpunuma.operator")
 
@@ -47,3 +51,55 @@ async def post_node_event(
         await client.create(paths.events(NODE_EVENTS_NAMESPACE), body)
     except ApiError as exc:
         logger.warning("node %s: could not post event %s: %s", node.name, reason, exc)
+
+
+WARNING_REASON = "GPUNumaNotBound"
+
+
+def warning_target(pod: Mapping[str, Any]) -> dict[str, str]:
+    """The object an Event about ``pod``'s warnings belongs on: its controller (the ReplicaSet,
+    Job, StatefulSet… that created it and that ``kubectl describe`` shows), else the pod itself."""
+    meta = pod.get("metadata") or {}
+    namespace = str(meta.get("namespace", ""))
+    for owner in meta.get("ownerReferences") or []:
+        if owner.get("controller") and owner.get("kind") and owner.get("name"):
+            return {"apiVersion": str(owner.get("apiVersion", "")), "kind": str(owner["kind"]),
+                    "name": str(owner["name"]), "uid": str(owner.get("uid", "")),
+                    "namespace": namespace}
+    return {"apiVersion": "v1", "kind": "Pod", "name": str(meta.get("name", "")),
+            "uid": str(meta.get("uid", "")), "namespace": namespace}
+
+
+async def post_pod_warnings(
+    client: KubeClient, now: dt.datetime, pod: Mapping[str, Any], target: Mapping[str, str],
+) -> bool:
+    """One Warning Event on ``target`` with the webhook's warnings about ``pod``; False if the API
+    server refused it (logged: an Event is a courtesy)."""
+    meta = pod.get("metadata") or {}
+    text = str((meta.get("annotations") or {}).get(names.ANNOTATION_WARNINGS, ""))
+    warnings = [line.strip() for line in text.splitlines() if line.strip()]
+    if not warnings:
+        return True
+    stamp = format_rfc3339(now)
+    about = "" if target["kind"] == "Pod" else f"pod {meta.get('name', '')}: "
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{target['name']}.{secrets.token_hex(8)}",
+                     "namespace": target["namespace"]},
+        "involvedObject": dict(target),
+        "type": "Warning",
+        "reason": WARNING_REASON,
+        "message": (about + "; ".join(warnings))[:1024],
+        "source": {"component": EVENT_SOURCE},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    try:
+        await client.create(paths.events(target["namespace"]), body)
+    except ApiError as exc:
+        logger.warning("%s %s/%s: could not post the webhook's warnings: %s", target["kind"],
+                       target["namespace"], target["name"], exc)
+        return False
+    return True

@@ -16,19 +16,25 @@ that Node once (``LayoutReconciler._fetch_node``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from gpunuma import names
 from gpunuma.kubeapi import Connection
 from gpunuma.operator.controller import Controller
+from gpunuma.operator.metrics import start_metrics_server
 
 __all__ = ["LAYOUT_RESOURCE", "register"]
 
+logger = logging.getLogger("gpunuma.operator")
+
 LAYOUT_RESOURCE = (names.CRD_GROUP, names.CRD_VERSION, names.CRD_PLURAL)
-MANAGED = {names.LABEL_MANAGED: "true"}
+# Every pod the webhook changed: "true" (bound: placement) and "false" (nothing bound: warnings).
+MANAGED = {names.LABEL_MANAGED: kopf.PRESENT}
 
 
 def register(
@@ -42,6 +48,7 @@ def register(
     connect with it.
     """
     tasks: list[asyncio.Task[None]] = []
+    servers: list[web.AppRunner] = []
 
     @kopf.on.login(registry=registry)
     def gpunuma_login(**_: Any) -> Any:
@@ -53,12 +60,20 @@ def register(
     @kopf.on.startup(registry=registry)
     async def gpunuma_startup(**_: Any) -> None:
         tasks.append(asyncio.create_task(controller.run_periodically(), name="gpunuma-periodic"))
+        listen = controller.settings.metrics_listen
+        if listen:
+            try:
+                servers.append(await start_metrics_server(controller, listen))
+            except OSError as exc:  # a taken port costs the metrics, not the operator
+                logger.error("operator: cannot serve /metrics on %s: %s", listen, exc)
 
     @kopf.on.cleanup(registry=registry)
     async def gpunuma_cleanup(**_: Any) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for server in servers:
+            await server.cleanup()
         await controller.client.close()
 
     # The liveness endpoint shows these: how much the operator tracks and what it has sent.
@@ -102,6 +117,10 @@ def register(
 
     @kopf.on.event("", "v1", "pods", labels=MANAGED, when=in_scope, registry=registry)
     async def gpunuma_pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+        if type != "DELETED":
+            await controller.report_warnings(body)
+        if (body.get("metadata", {}).get("labels") or {}).get(names.LABEL_MANAGED) != "true":
+            return  # nothing bound, no placement to write
         pod = controller.observe_pod(body, deleted=type == "DELETED")
         if type != "DELETED" and pod.node:
             await controller.reconcile_pod(pod.namespace, pod.name, node=pod.node)

@@ -27,6 +27,7 @@ class PodReconciler:
     cache: Cache
     writes: PatchOnce
     _allocations_seen: dict[str, object] = field(default_factory=dict)
+    failures: int = 0  # pod patches the API server refused (a vanished pod is none): /metrics
 
     async def reconcile_node(self, node: str) -> None:
         """After a layout event: the pods on that node, if its allocations changed."""
@@ -67,6 +68,7 @@ class PodReconciler:
             if exc.status == 404:
                 self.cache.drop_pod(node, namespace, name)
             else:
+                self.failures += 1
                 logger.warning("pod %s/%s: %s", namespace, name, exc)
             return
         if body is None:

@@ -19,13 +19,14 @@ from typing import Any
 
 import kopf
 
-from gpunuma import names
+from gpunuma import logs, names
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.controller import Controller
 from gpunuma.operator.handlers import register
 from gpunuma.settings import OperatorSettings
 
-__all__ = ["build", "default_login", "kopf_settings", "main", "operator_namespace", "serve"]
+__all__ = ["build", "configure_logging", "default_login", "kopf_settings", "main",
+           "operator_namespace", "serve"]
 
 logger = logging.getLogger("gpunuma.operator")
 
@@ -48,7 +49,8 @@ def kopf_settings(settings: OperatorSettings, priority: int) -> kopf.OperatorSet
     tuned.peering.standalone = settings.standalone
     tuned.peering.mandatory = not settings.standalone
     # The webhook labels every pod it mutates; the API server sends us only those.
-    tuned.watching.label_selectors["v1", "pods"] = f"{names.LABEL_MANAGED}=true"
+    # Every pod it changed: managed=true for placements, managed=false for warnings only.
+    tuned.watching.label_selectors["v1", "pods"] = names.LABEL_MANAGED
     if settings.certificates.mode == "self-managed":
         tuned.watching.field_selectors[
             "admissionregistration.k8s.io", "mutatingwebhookconfigurations"
@@ -120,11 +122,20 @@ def operator_namespace(default: str = DEFAULT_NAMESPACE) -> str:
         return default
 
 
-def main(settings: OperatorSettings) -> int:
+def configure_logging(settings: OperatorSettings) -> None:
+    """kopf's formatters (they name the object a line is about), our level, and no success lines."""
     kopf.configure(
-        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
-        verbose=False,
+        log_format=kopf.LogFormat.JSON if settings.logging.format == "json" else kopf.LogFormat.FULL,
+        debug=settings.logging.level == "debug",
     )
+    logging.getLogger().setLevel(logs.level_number(settings.logging.level))
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, logs.DropHandlerSuccesses) for f in objects.filters):
+        objects.addFilter(logs.DropHandlerSuccesses())
+
+
+def main(settings: OperatorSettings) -> int:
+    configure_logging(settings)
     logger.info("gpunuma operator starting: pods in %s, stale after %d × %g s, certificates %s",
                 ", ".join(settings.pod_namespaces) or "all namespaces",
                 settings.stale_after_heartbeats, settings.heartbeat_interval_s,

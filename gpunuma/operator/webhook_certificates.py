@@ -43,6 +43,8 @@ class CertificateReconciler:
     client: KubeClient
     clock: Callable[[], dt.datetime]
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # When the certificates in the Secrets expire ("serving", "ca"), as of the last round: /metrics.
+    not_after: dict[str, dt.datetime] = field(default_factory=dict)
 
     async def reconcile(self) -> Outcome:
         if self.settings.mode != "self-managed":
@@ -73,6 +75,7 @@ class CertificateReconciler:
                                                                   certs.namespace), certs)
         if decision is None:
             assert current is not None
+            self._record_expiry(current)
             await self._patch_ca_bundle(ca_bundle(current))
             return "unchanged"
         pki, reason = decision
@@ -82,9 +85,14 @@ class CertificateReconciler:
         serving_data, authority_data = pki_to_secrets(pki)
         await self._write_secret(f"{certs.secret_name}-ca", authority, authority_data, "Opaque")
         await self._write_secret(certs.secret_name, serving, serving_data, "kubernetes.io/tls")
+        self._record_expiry(pki)
         logger.info("webhook certificates: %s (leaf valid until %s)", reason,
                     format_rfc3339(pki.leaf_cert.not_valid_after_utc))
         return "written"
+
+    def _record_expiry(self, pki: Pki) -> None:
+        self.not_after = {"serving": pki.leaf_cert.not_valid_after_utc,
+                          "ca": pki.ca_cert.not_valid_after_utc}
 
     async def _write_secret(
         self, name: str, existing: Mapping[str, Any] | None, data: dict[str, str], kind: str,

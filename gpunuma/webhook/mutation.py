@@ -184,6 +184,13 @@ def mutate(
     new_annotations[names.ANNOTATION_INJECTED] = settings.version
     _set_or_drop(new_annotations, names.ANNOTATION_WRAPPED, wrapped)
     _set_or_drop(new_annotations, names.ANNOTATION_SKIPPED, skipped)
+    # Warnings go back to whoever created the pod; a controller (ReplicaSet, Job…) drops them.
+    # Kept on the pod, the operator turns them into Events on the pod's owner (no API call here).
+    # Only ever added to: a second pass (reinvocation, inject twice) may no longer see what the
+    # first warned about (an env var it replaced), and must not patch the pod again for that.
+    kept = [line for line in annotations.get(names.ANNOTATION_WARNINGS, "").split("\n") if line]
+    _set_or_drop(new_annotations, names.ANNOTATION_WARNINGS,
+                 [*kept, *(w for w in warnings if w not in kept)], separator="\n")
     new_metadata = dict(metadata or {})
     new_metadata["annotations"] = new_annotations
     new_spec = dict(spec)
@@ -203,6 +210,9 @@ def mutate(
                                                   for c in init_containers if not is_launcher(c))]
         if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
             new_spec["volumes"] = [*volumes, dict(_LAUNCHER_VOLUME)]
+    elif warnings:
+        # Unbound, with something to say: the operator watches this label (any value) for Events.
+        new_metadata["labels"] = {**labels, names.LABEL_MANAGED: "false"}
     new_pod = {**pod, "metadata": new_metadata, "spec": new_spec}
 
     patch = json_patch(pod, new_pod)
@@ -557,9 +567,10 @@ def is_launcher(container: Mapping[str, Any]) -> bool:
             and container.get("command") in _INSTALL_COMMANDS)
 
 
-def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str]) -> None:
+def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str], *,
+                 separator: str = ",") -> None:
     if values:
-        annotations[key] = ",".join(values)
+        annotations[key] = separator.join(values)
     else:
         annotations.pop(key, None)
 

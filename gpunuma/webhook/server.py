@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gpunuma import __version__
+from gpunuma.buildinfo import register_build_info
 from gpunuma.settings import WebhookSettings, parse_listen
 from gpunuma.webhook.review import Admission, BadRequest, Memory, admit
 
@@ -138,6 +139,7 @@ class _Metrics:
             "gpunuma_webhook_certificate_reloads", "Certificate changes seen on disk, by result",
             ["result"], registry=registry,
         )
+        register_build_info(registry, "webhook")
         # Resolved once: a labels() lookup per request takes a lock.
         self.by_outcome = {outcome: self.requests.labels(outcome) for outcome in
                            ("patched", "unchanged", "denied", "error", "invalid")}

@@ -34,7 +34,7 @@ from gpunuma.settings import DEFAULT_GPU_RESOURCES
 from gpunuma.topology import Layout, Problem
 from tests.fixtures import machines
 
-CRD_PATH = (Path(__file__).resolve().parents[2] / "charts" / "gpunuma" / "crds"
+CRD_PATH = (Path(__file__).resolve().parents[2] / "charts" / "gpunuma" / "files" / "crds"
             / "gpunumalayouts.gpunuma.io.yaml")
 HEARTBEAT = "2026-11-21T05:00:00Z"
 

@@ -15,7 +15,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "gpunuma"
-CRDS = CHART / "crds"
+# crds/: the kopf peering CRDs Helm installs once; files/crds/: gpunuma's own, templated (crd.yaml).
+CRD_DIRECTORIES = (CHART / "crds", CHART / "files" / "crds")
+# APIs of optional operators a render may use (cert-manager, Prometheus Operator): a cluster that
+# serves them, as `helm install` sees one; render(..., api_versions=()) is a cluster without them.
+OPTIONAL_APIS = ("cert-manager.io/v1", "monitoring.coreos.com/v1")
 RELEASE = "gpunuma"
 NAMESPACE = "gpu-system"
 
@@ -65,9 +69,22 @@ def load_chart() -> Any:
     return helm_python.Chart.load(CHART)
 
 
-def render(chart: Any, values: Mapping[str, Any] | None = None, *, namespace: str = NAMESPACE) -> Rendered:
-    files: dict[str, str] = chart.render(dict(values or {}), name=RELEASE, namespace=namespace,
-                                         is_install=True)
+def render(chart: Any, values: Mapping[str, Any] | None = None, *, namespace: str = NAMESPACE,
+           api_versions: tuple[str, ...] = OPTIONAL_APIS, is_upgrade: bool = False) -> Rendered:
+    """Render as `helm install` (or upgrade) would, on a cluster serving ``api_versions``.
+
+    helm-python's ``Chart.render`` does not expose the API versions, which the chart's
+    ``.Capabilities.APIVersions.Has`` checks read; the engine underneath takes them.
+    """
+    import json
+
+    from helm_python import _native
+
+    options = {"name": RELEASE, "namespace": namespace, "is_install": not is_upgrade,
+               "is_upgrade": is_upgrade, "api_versions": list(api_versions)}
+    rendered = _native.call_string("helm_render", chart._raw(), json.dumps(dict(values or {})),
+                                   json.dumps(options))
+    files: dict[str, str] = json.loads(rendered)
     documents: list[dict[str, Any]] = []
     notes = ""
     for path, text in sorted(files.items()):
@@ -79,8 +96,8 @@ def render(chart: Any, values: Mapping[str, Any] | None = None, *, namespace: st
 
 
 def crds() -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every CustomResourceDefinition shipped in crds/ (whoever wrote the file)."""
-    for path in sorted(CRDS.glob("*.yaml")):
+    """Every CustomResourceDefinition the chart ships, in crds/ or files/crds/."""
+    for path in sorted(p for directory in CRD_DIRECTORIES for p in directory.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 yield path, doc

@@ -443,10 +443,16 @@ def test_the_privileged_namespace_label_is_asked_for_only_when_the_agent_runs(
 
 # --- components and options ----------------------------------------------------------------------
 
-def test_the_agent_gets_nvml_through_the_nvidia_runtime_by_default(default: Rendered) -> None:
-    spec = default.pod_spec("agent")
-    assert spec["runtimeClassName"] == "nvidia"
+def test_the_agent_asks_for_nvml_but_no_runtime_class_by_default(default: Rendered) -> None:
+    # A RuntimeClass the cluster lacks keeps every agent pod from starting (CRI-O, OpenShift, AMD
+    # nodes): the default is the node's runtime, which is NVIDIA's where the GPU Operator runs.
+    assert "runtimeClassName" not in default.pod_spec("agent")
     assert default.env("agent")["NVIDIA_VISIBLE_DEVICES"] == "all"
+
+
+def test_the_agent_runtime_class_is_the_value_set(chart: Any) -> None:
+    rendered = render(chart, {"agent": {"runtimeClassName": "nvidia"}})
+    assert rendered.pod_spec("agent")["runtimeClassName"] == "nvidia"
 
 
 def test_with_nvml_off_the_agent_has_no_runtime_class_and_sees_no_gpus(chart: Any) -> None:
@@ -506,10 +512,15 @@ def test_every_container_requests_resources(scenario: tuple[str, Rendered]) -> N
                 assert container["resources"]["limits"]["memory"]
 
 
-def test_service_monitors_scrape_the_agent_and_the_webhook_with_its_ca(chart: Any) -> None:
+def test_service_monitors_scrape_every_component_and_the_webhook_with_its_ca(chart: Any) -> None:
     rendered = render(chart, SCENARIOS["service-monitor"])
     monitors = {m["metadata"]["name"]: m for m in rendered.of_kind("ServiceMonitor")}
-    assert set(monitors) == {f"{RELEASE}-agent", f"{RELEASE}-webhook"}
+    assert set(monitors) == {f"{RELEASE}-agent", f"{RELEASE}-operator", f"{RELEASE}-webhook"}
+    operator_service = rendered.one("Service", f"{RELEASE}-operator-metrics")
+    operator_ports = {p["name"]: p["containerPort"]
+                      for p in rendered.pod_spec("operator")["containers"][0]["ports"]}
+    assert operator_service["spec"]["ports"][0]["port"] == operator_ports["metrics"]
+    assert rendered.env("operator")["GPUNUMA_METRICS_LISTEN"] == f":{operator_ports['metrics']}"
     agent_service = rendered.one("Service", f"{RELEASE}-agent-metrics")
     agent_pod_labels = rendered.workload("agent")["spec"]["template"]["metadata"]["labels"]
     assert agent_service["spec"]["selector"].items() <= agent_pod_labels.items()

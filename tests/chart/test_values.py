@@ -78,7 +78,7 @@ def test_a_disruption_budget_that_blocks_every_drain_is_refused(chart: Any) -> N
 
 def test_a_service_monitor_with_nothing_to_scrape_is_refused(chart: Any) -> None:
     message = failure(chart, {"serviceMonitor": {"enabled": True}, "agent": {"enabled": False},
-                              "webhook": {"enabled": False}})
+                              "operator": {"enabled": False}, "webhook": {"enabled": False}})
     assert "nothing to scrape" in message
 
 

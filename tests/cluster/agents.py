@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.controlplane import REPO, Process, free_port
+from tests.cluster.controlplane import REPO, Process, free_port, kubectl_path
 from tests.fixtures import machines
 
 
@@ -74,7 +74,7 @@ def kubectl_gpunuma(args: Sequence[str], kubeconfig: Path,
         shim.chmod(0o755)
     env = gpunuma_env({"KUBECONFIG": str(kubeconfig)})
     env["PATH"] = os.pathsep.join([str(shim_dir), env.get("PATH", "")])
-    return subprocess.run(["kubectl", "gpunuma", *args], capture_output=True, text=True,
+    return subprocess.run([kubectl_path(), "gpunuma", *args], capture_output=True, text=True,
                           env=env, timeout=60, check=False)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.render import CHART, CRDS, NAMESPACE, RELEASE
+from tests.chart.render import CHART, NAMESPACE, RELEASE, crds
 from tests.cluster import agents
 from tests.cluster.controlplane import (
     BINARIES,
@@ -72,11 +72,12 @@ RELEASE_VALUES = ("--set", "agent.nvml.enabled=false")
 
 @pytest.fixture(scope="session")
 def release(cluster: ControlPlane) -> Release:
-    """`helm install` of the chart (CRDs from crds/ first, as Helm does), CRDs established."""
+    """`helm install` of the chart (the kopf CRDs from crds/ first, as Helm does; gpunuma's own
+    CRD with the release, templates/crd.yaml), CRDs established."""
     require_binaries("helm")
     cluster.helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
                  *RELEASE_VALUES)
-    for path in sorted(CRDS.glob("*.yaml")):
+    for path in sorted({path for path, _ in crds()}):
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(path))
     return Release(cluster, RELEASE, NAMESPACE)
 

@@ -58,6 +58,19 @@ def binaries_dir() -> Path:
     return Path(cache) / "gpunuma" / "controlplane"
 
 
+def kubectl_path() -> str:
+    """kubectl of the API server's own release (built by the script), else the one on PATH."""
+    import shutil
+
+    built = binaries_dir() / "kubectl"
+    if os.access(built, os.X_OK):
+        return str(built)
+    found = shutil.which("kubectl")
+    if found is None:
+        raise RuntimeError(f"no kubectl in {binaries_dir()} or on PATH: run {BUILD_SCRIPT}")
+    return found
+
+
 def missing_binaries(names: Iterable[str]) -> list[str]:
     return [name for name in names if not os.access(binaries_dir() / name, os.X_OK)]
 
@@ -509,13 +522,8 @@ class ControlPlane:
     def kubectl(self, *args: str, kubeconfig: Path | None = None, stdin: str | None = None,
                 check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this server (as the admin unless ``kubeconfig`` says otherwise)."""
-        import shutil
-
-        kubectl = shutil.which("kubectl")
-        if kubectl is None:
-            raise RuntimeError("kubectl is not on PATH (https://kubernetes.io/docs/tasks/tools/)")
         result = subprocess.run(
-            [kubectl, f"--kubeconfig={kubeconfig or self.admin_kubeconfig}", *args],
+            [kubectl_path(), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}", *args],
             input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n"

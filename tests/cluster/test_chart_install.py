@@ -1,8 +1,10 @@
 """`helm install`, `upgrade` and `uninstall` of the chart against the real API server.
 
-Helm installs crds/ first and then every object; the API server validates each one in full
-(Pod templates, RBAC, the webhook configuration, whose matchConditions CEL it compiles). Each
-combination gets a release of its own, with its own kopf peering name (a cluster-scoped object).
+Helm installs crds/ first and then every object (gpunuma's CRD is one: the session's release owns
+it, so the other releases here set crds.enabled=false, as a second release in a cluster must); the
+API server validates each one in full (Pod templates, RBAC, the webhook configuration, whose
+matchConditions CEL it compiles). Each combination gets a release of its own, with its own kopf
+peering name (a cluster-scoped object).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def _mwc(cluster: ControlPlane, name: str) -> dict[str, Any]:
     return found
 
 
+# A second release in the session's cluster: the session's release owns the GPUNumaLayout CRD. No
+# post-delete hook either: this control plane runs no Job controller, so `helm uninstall` would
+# wait for the cleanup Job until its timeout.
+OTHER_RELEASE = ("--set", "crds.enabled=false", "--set", "cleanup.enabled=false")
+
 COMBINATIONS = {
     "defaults": [],
     "webhook-disabled": ["--set", "webhook.enabled=false"],
@@ -55,7 +62,7 @@ def test_every_supported_combination_installs_and_uninstalls(
     name = f"c-{combination}"[:30]
     namespace = cluster.namespace(f"chart-{combination}")
     cluster.helm("install", name, str(CHART), "--namespace", namespace,
-                 "--set", f"operator.peering.name={name}", *COMBINATIONS[combination])
+                 "--set", f"operator.peering.name={name}", *OTHER_RELEASE, *COMBINATIONS[combination])
     try:
         documents = _check_release(cluster, name, namespace, combination)
     finally:
@@ -75,7 +82,7 @@ def test_an_upgrade_changes_the_configuration_and_keeps_the_operators_ca_bundle(
     name = "c-upgrade"
     namespace = cluster.namespace("chart-upgrade")
     cluster.helm("install", name, str(CHART), "--namespace", namespace,
-                 "--set", f"operator.peering.name={name}")
+                 "--set", f"operator.peering.name={name}", *OTHER_RELEASE)
     configuration = _mwc_name(cluster, name)
     webhooks = _mwc(cluster, configuration)["webhooks"]
     bundle = "LS0tLS1CRUdJTi0tLS0t"  # what the operator would have patched in
@@ -85,7 +92,8 @@ def test_an_upgrade_changes_the_configuration_and_keeps_the_operators_ca_bundle(
                              f"mutatingwebhookconfigurations/{configuration}",
                     patch, content_type="application/json-patch+json")
     cluster.helm("upgrade", name, str(CHART), "--namespace", namespace,
-                 "--set", f"operator.peering.name={name}", "--set", "webhook.timeoutSeconds=7")
+                 "--set", f"operator.peering.name={name}", *OTHER_RELEASE,
+                 "--set", "webhook.timeoutSeconds=7")
     webhooks = _mwc(cluster, configuration)["webhooks"]
     assert [w["timeoutSeconds"] for w in webhooks] == [7, 7]
     assert [w["clientConfig"].get("caBundle") for w in webhooks] == [bundle, bundle]
@@ -136,7 +144,8 @@ def test_a_mode_whose_crds_the_cluster_lacks_is_refused_with_the_charts_message(
     name = "c-missing-crds"
     namespace = cluster.namespace("chart-missing-crds")
     result = cluster.helm("install", name, str(CHART), "--namespace", namespace,
-                          "--set", f"operator.peering.name={name}", *values, check=False)
+                          "--set", f"operator.peering.name={name}", *OTHER_RELEASE, *values,
+                          check=False)
     if result.returncode == 0:
         cluster.helm("uninstall", name, "--namespace", namespace)
     assert result.returncode != 0

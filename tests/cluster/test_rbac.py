@@ -1,8 +1,8 @@
 """The chart's RBAC, asked of the real API server with tokens of the chart's own ServiceAccounts.
 
-The table is README.md's ("What each identity may do"): every row is one SelfSubjectAccessReview
-(what `kubectl auth can-i` sends) made with that identity's token, so the README cannot drift from
-the chart. The webhook's account may do nothing at all.
+The table is docs/permissions.md's ("What each identity may do"): every row is one
+SelfSubjectAccessReview (what `kubectl auth can-i` sends) made with that identity's token, so the
+documentation cannot drift from the chart. The webhook's account may do nothing at all.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 from tests.chart.render import REPO
 from tests.cluster.conftest import Release
 
-README_HEADING = "### What each identity may do"
+README_HEADING = "## What each identity may do"
+PAGE = "docs/permissions.md"
 
 # API group of each resource the table names.
 GROUPS = {
@@ -50,9 +51,9 @@ class Row:
 
 
 def readme_rows(release: str, namespace: str) -> list[Row]:
-    """The README table's rows, ``<release>`` and ``<namespace>`` filled in."""
-    text = (REPO / "README.md").read_text()
-    assert README_HEADING in text, f"README.md lost its section {README_HEADING!r}"
+    """The permissions table's rows, ``<release>`` and ``<namespace>`` filled in."""
+    text = (REPO / PAGE).read_text()
+    assert README_HEADING in text, f"{PAGE} lost its section {README_HEADING!r}"
     section = text.split(README_HEADING, 1)[1]
     rows: list[Row] = []
     for line in section.splitlines():
@@ -68,10 +69,10 @@ def readme_rows(release: str, namespace: str) -> list[Row]:
         match = re.fullmatch(
             r"(?P<verb>[a-z]+) (?P<resource>[a-z]+)(?:/(?P<sub>[a-z]+))?"
             r"(?: (?P<name>[a-z0-9.-]+))?(?: -n (?P<ns>[a-z0-9-]+))?", request)
-        assert match, f"README RBAC row not understood: {line}"
+        assert match, f"permissions table row not understood: {line}"
         rows.append(Row(identity, match["verb"], match["resource"], match["sub"] or "",
                         match["name"] or "", match["ns"] or "", answer == "yes"))
-    assert rows, "README RBAC table is empty"
+    assert rows, "the permissions table is empty"
     return rows
 
 
@@ -95,7 +96,8 @@ def test_each_identity_may_do_exactly_what_the_readme_table_says(release: Releas
              "spec": {"resourceAttributes": attributes}}, token=tokens[row.identity])
         if review["status"]["allowed"] != row.allowed:
             wrong.append(str(row))
-    assert not wrong, "the API server answers differently from README's table:\n" + "\n".join(wrong)
+    assert not wrong, (f"the API server answers differently from {PAGE}'s table:\n"
+                       + "\n".join(wrong))
 
 
 @pytest.mark.parametrize("verb", ["get", "list", "watch", "create", "update", "patch", "delete"])

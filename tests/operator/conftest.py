@@ -71,6 +71,7 @@ def fast_settings(**overrides: Any) -> OperatorSettings:
     base: dict[str, Any] = {
         "standalone": True,
         "liveness_endpoint": None,
+        "metrics_listen": None,  # tests that scrape set 127.0.0.1:<free port>
         "check_interval_s": 3600.0,  # tests that need the periodic loop set it
         "certificates": CertificateSettings(namespace="gpunuma-system"),
     }

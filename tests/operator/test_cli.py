@@ -20,7 +20,7 @@ def test_the_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -
     assert settings.certificates.leaf_validity_days == 365
     assert settings.certificates.renew_before_days == 30
     assert settings.priority is None
-    assert settings.log_format == "json"
+    assert (settings.logging.level, settings.logging.format) == ("info", "json")
 
 
 def test_flags_and_environment_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -300,7 +300,7 @@ async def test_a_pod_without_the_managed_label_is_never_patched(
     # The API server is asked for managed pods only (kmock ignores the selector; a real one not).
     pod_reads = [r for r in list(cluster) if r.url.path == "/api/v1/pods"]
     assert pod_reads
-    assert {r.url.query.get("labelSelector") for r in pod_reads} == {"gpunuma.io/managed=true"}
+    assert {r.url.query.get("labelSelector") for r in pod_reads} == {"gpunuma.io/managed"}
 
 
 async def test_deleted_pods_and_nodes_leave_nothing_behind_in_the_operator(

@@ -344,12 +344,27 @@ def test_a_gpu_container_without_command_is_skipped_with_a_warning():
     assert any("'main' not wrapped" in w and "ENTRYPOINT" in w for w in result.warnings)
 
 
-def test_a_pod_whose_only_gpu_container_has_no_command_gets_only_annotations():
+def test_a_pod_whose_only_gpu_container_has_no_command_gets_only_annotations_and_managed_false():
     pod = gpu_pod()
-    out = applied(pod, mutate(pod, SETTINGS))
+    result = mutate(pod, SETTINGS)
+    out = applied(pod, result)
     assert out["spec"] == pod["spec"]
     assert out["metadata"]["annotations"][names.ANNOTATION_SKIPPED] == "main"
-    assert names.LABEL_MANAGED not in out["metadata"].get("labels", {})
+    # Unbound: not "true" (no placement to report), but visible to the operator for its warnings.
+    assert out["metadata"]["labels"][names.LABEL_MANAGED] == "false"
+    assert out["metadata"]["annotations"][names.ANNOTATION_WARNINGS] == "\n".join(result.warnings)
+    assert mutate(out, SETTINGS).patch == []
+
+
+def test_warnings_are_kept_on_the_mutated_pod_for_the_operator_to_turn_into_events():
+    pod = gpu_pod(command=["python3"], annotations={**pods.OPT_IN, names.ANNOTATION_POLICY: "fast"})
+    result = mutate(pod, SETTINGS)
+    out = applied(pod, result)
+    assert out["metadata"]["labels"][names.LABEL_MANAGED] == "true"
+    assert result.warnings
+    assert out["metadata"]["annotations"][names.ANNOTATION_WARNINGS].split("\n") == list(result.warnings)
+    quiet = applied(gpu_pod(command=["python3"]), mutate(gpu_pod(command=["python3"]), SETTINGS))
+    assert names.ANNOTATION_WARNINGS not in quiet["metadata"]["annotations"]
 
 
 def test_strict_with_a_container_without_command_is_denied_with_how_to_fix_it():
@@ -545,3 +560,17 @@ def test_warnings_are_whole_lines_and_admission_cuts_them_to_the_limit():
     [warning] = mutate(clashing, SETTINGS).warnings
     assert len(warning) > WARNING_LIMIT
     assert warning.endswith('opt the pod out with gpunuma.io/inject: "false"')
+
+
+def test_a_warning_the_second_pass_no_longer_sees_is_kept_so_the_pod_is_final():
+    # Found by hypothesis: the first pass warns that it replaced the container's GPUNUMA_POLICY;
+    # the second sees its own value and does not warn, yet must not patch the warnings away.
+    pod = gpu_pod(command=["python3"])
+    pod["spec"]["containers"][0]["env"] = [{"name": "GPUNUMA_POLICY", "value": "strict"}]
+    first = mutate(pod, SETTINGS)
+    out = applied(pod, first)
+    assert any("GPUNUMA_POLICY" in w for w in first.warnings)
+    second = mutate(out, SETTINGS)
+    assert not any("GPUNUMA_POLICY" in w for w in second.warnings)
+    assert second.patch == []
+    assert out["metadata"]["annotations"][names.ANNOTATION_WARNINGS] == "\n".join(first.warnings)

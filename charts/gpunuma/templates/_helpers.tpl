@@ -67,19 +67,88 @@ annotations:
 {{- end -}}
 {{- end -}}
 
-{{- define "gpunuma.launcherImage" -}}
-{{- if .Values.launcher.image.digest -}}
-{{ .Values.launcher.image.repository }}@{{ .Values.launcher.image.digest }}
+{{/*
+An image reference from {registry, repository, tag, digest}: include with (dict "image" X "ctx" $).
+The registry is the image's own, else global.imageRegistry; the digest wins over the tag; the tag
+defaults to the chart's appVersion.
+*/}}
+{{- define "gpunuma.imageRef" -}}
+{{- $global := .ctx.Values.global | default dict -}}
+{{- $registry := .image.registry | default $global.imageRegistry | default "" | trimSuffix "/" -}}
+{{- $repository := .image.repository -}}
+{{- if $registry }}{{ $repository = printf "%s/%s" $registry $repository }}{{ end -}}
+{{- if .image.digest -}}
+{{ $repository }}@{{ .image.digest }}
 {{- else -}}
-{{ .Values.launcher.image.repository }}:{{ default .Chart.AppVersion .Values.launcher.image.tag }}
+{{ $repository }}:{{ default .ctx.Chart.AppVersion .image.tag }}
 {{- end -}}
 {{- end -}}
 
 {{- define "gpunuma.image" -}}
-{{- if .Values.image.digest -}}
-{{ .Values.image.repository }}@{{ .Values.image.digest }}
-{{- else -}}
-{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{ include "gpunuma.imageRef" (dict "image" .Values.image "ctx" .) }}
+{{- end -}}
+
+{{/* The init container image the webhook injects: launcher.image (the static numa-exec). */}}
+{{- define "gpunuma.launcherImage" -}}
+{{ include "gpunuma.imageRef" (dict "image" .Values.launcher.image "ctx" .) }}
+{{- end -}}
+
+{{/* A component's ServiceAccount: include with (dict "ctx" $ "component" "agent"). */}}
+{{- define "gpunuma.serviceAccountName" -}}
+{{- $account := (get .ctx.Values .component).serviceAccount -}}
+{{- default (printf "%s-%s" (include "gpunuma.fullname" .ctx) .component) $account.name -}}
+{{- end -}}
+
+{{/* The ServiceAccount object of a component, unless serviceAccount.create is false. */}}
+{{- define "gpunuma.serviceAccount" -}}
+{{- $account := (get .ctx.Values .component).serviceAccount -}}
+{{- if $account.create -}}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ include "gpunuma.serviceAccountName" . }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "gpunuma.componentLabels" . | nindent 4 }}
+  {{- $annotations := merge (dict) ($account.annotations | default dict) (.ctx.Values.commonAnnotations | default dict) }}
+  {{- with $annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+automountServiceAccountToken: {{ .automount }}
+---
+{{- end -}}
+{{- end -}}
+
+{{/* The chart's env entries for a component's log level and format, then its extraEnv. */}}
+{{- define "gpunuma.logEnv" -}}
+{{- $component := get .ctx.Values .component -}}
+{{- $i := include "gpunuma.interface" .ctx | fromYaml -}}
+{{- with include "gpunuma.optionalEnv" (list $i.env.logLevel $component.logLevel) }}
+{{ . }}
+{{- end }}
+{{- with include "gpunuma.optionalEnv" (list $i.env.logFormat $component.logFormat) }}
+{{ . }}
+{{- end }}
+{{- with $component.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* topologySpreadConstraints with the component's selector filled in where a constraint has none. */}}
+{{- define "gpunuma.topologySpreadConstraints" -}}
+{{- $constraints := list -}}
+{{- $selector := include "gpunuma.selectorLabels" . | fromYaml -}}
+{{- range (get .ctx.Values .component).topologySpreadConstraints -}}
+{{- $constraint := deepCopy . -}}
+{{- if not $constraint.labelSelector -}}
+{{- $_ := set $constraint "labelSelector" (dict "matchLabels" $selector) -}}
+{{- end -}}
+{{- $constraints = append $constraints $constraint -}}
+{{- end -}}
+{{- with $constraints -}}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
 {{- end -}}
 {{- end -}}
 
@@ -151,7 +220,9 @@ env:
   staleAfterHeartbeats: GPUNUMA_STALE_AFTER
   podNamespaces: GPUNUMA_POD_NAMESPACES
   logFormat: GPUNUMA_LOG_FORMAT
+  logLevel: GPUNUMA_LOG_LEVEL
   liveness: GPUNUMA_LIVENESS
+  metricsListen: GPUNUMA_METRICS_LISTEN
   shutdownDelay: GPUNUMA_SHUTDOWN_DELAY
 paths:
   hostSys: /host/sys
@@ -189,6 +260,18 @@ capabilities:
   drop: [ALL]
 seccompProfile:
   type: RuntimeDefault
+{{- end -}}
+
+{{/* The restricted contexts with a component's podSecurityContext / securityContext merged over
+them (the user's keys win): include with (dict "ctx" $ "component" "webhook"). */}}
+{{- define "gpunuma.podSecurityContext" -}}
+{{- $defaults := include "gpunuma.restrictedPodSecurityContext" .ctx | fromYaml -}}
+{{- toYaml (mustMergeOverwrite $defaults (deepCopy ((get .ctx.Values .component).podSecurityContext | default dict))) -}}
+{{- end -}}
+
+{{- define "gpunuma.containerSecurityContext" -}}
+{{- $defaults := include "gpunuma.restrictedContainerSecurityContext" .ctx | fromYaml -}}
+{{- toYaml (mustMergeOverwrite $defaults (deepCopy ((get .ctx.Values .component).securityContext | default dict))) -}}
 {{- end -}}
 
 {{- define "gpunuma.imagePullSecrets" -}}
