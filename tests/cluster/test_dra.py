@@ -1,6 +1,8 @@
 """A DRA pod end to end on the real control plane: the real ``gpunuma agent`` process with the
 chart's agent identity, a gRPC kubelet that reports the pod's ResourceClaim device, the DRA
 driver's ResourceSlices served by kube-apiserver (resource.k8s.io/v1), the GPUNumaLayout it writes.
+(Admission of a DRA pod by the real webhook is in test_webhook.py, with the other tests that start
+the session's webhook: once it runs, every opted-in pod of the session goes through it.)
 """
 
 from __future__ import annotations
@@ -108,42 +110,3 @@ async def test_a_dra_pods_gpu_reaches_the_layout_through_the_real_api_server(
     finally:
         process.stop()
     assert_every_request_allowed(release, "agent")  # the chart lets it list ResourceSlices
-
-
-def test_the_webhook_wraps_the_container_of_a_gpu_claim_in_a_pod_the_api_server_creates(
-    release: Release, webhook: Any,
-) -> None:
-    """The API server sends the pod to the real webhook over TLS; the container that uses the GPU
-    claim is wrapped, the one with only a NIC claim is not, and the stored pod is what the server
-    validated."""
-    cluster = release.cluster
-    namespace = "dra-webhook"
-    cluster.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                   "metadata": {"name": namespace}})
-    # No controller-manager here: the ServiceAccount admission plugin needs "default" to exist.
-    cluster.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})
-    # The webhook fixture routes the Service (<service>.<namespace>.svc:443) to the webhook.
-    try:
-        created = cluster.request("POST", f"/api/v1/namespaces/{namespace}/pods", {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "vllm-dra", "annotations": {"gpunuma.io/inject": "true"}},
-            "spec": {
-                "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"},
-                                   {"name": "rdma", "resourceClaimName": "ib-nic"}],
-                "containers": [
-                    {"name": "server", "image": "vllm/vllm-openai:v0.6.3",
-                     "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-                     "resources": {"claims": [{"name": "gpu"}, {"name": "rdma"}]}},
-                    {"name": "router", "image": "envoyproxy/envoy:v1.31.0",
-                     "command": ["envoy"], "resources": {"claims": [{"name": "rdma"}]}},
-                ]},
-        })
-        annotations = created["metadata"]["annotations"]
-        assert annotations.get("gpunuma.io/wrapped") == "server", (annotations, webhook.requests())
-        server, router = created["spec"]["containers"]
-        assert server["command"][:2] == ["/opt/gpunuma/numa-exec", "--"]
-        assert router["command"] == ["envoy"]
-        assert created["spec"]["initContainers"][0]["name"] == "gpunuma-launcher"
-    finally:
-        cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")

@@ -68,6 +68,32 @@ def test_an_opted_in_pod_comes_back_mutated_and_valid(release: Release, webhook:
     assert after["invalid"] == before["invalid"]
 
 
+def test_the_container_of_a_gpu_claim_is_wrapped_and_a_nic_claims_is_not(
+    release: Release, webhook: Webhook,
+) -> None:
+    """DRA: the pod names its claims, not their DeviceClass; the webhook selects the container
+    whose claim (here its template) is named like a GPU claim (--gpu-claims, default *gpu*)."""
+    cluster = release.cluster
+    namespace = cluster.namespace("wh-dra")
+    pod = create(cluster, namespace, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "vllm-dra", "annotations": {"gpunuma.io/inject": "true"}},
+        "spec": {
+            "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"},
+                               {"name": "rdma", "resourceClaimName": "ib-nic"}],
+            "containers": [
+                {"name": "server", "image": "vllm/vllm-openai:v0.6.3",
+                 "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+                 "resources": {"claims": [{"name": "gpu"}, {"name": "rdma"}]}},
+                {"name": "router", "image": "envoyproxy/envoy:v1.31.0",
+                 "command": ["envoy"], "resources": {"claims": [{"name": "rdma"}]}},
+            ]},
+    })
+    assert is_mutated(pod), pod["spec"]
+    assert pod["metadata"]["annotations"]["gpunuma.io/wrapped"] == "server"
+    assert pod["spec"]["containers"][1]["command"] == ["envoy"]
+
+
 def test_pods_that_did_not_opt_in_never_reach_the_webhook(
     release: Release, webhook: Webhook,
 ) -> None:
