@@ -34,14 +34,10 @@ from gpunuma.operator.certificates import (
     plan,
     service_dns_names,
 )
+from gpunuma.operator.derived import Derivations, Derived
 from gpunuma.operator.labels import label_patch
 from gpunuma.operator.peering import is_active_peer
-from gpunuma.operator.placement import (
-    AllocationError,
-    annotation_patch,
-    pod_annotations,
-    pods_with_allocations,
-)
+from gpunuma.operator.placement import AllocationError, annotation_patch, pods_with_allocations
 from gpunuma.operator.staleness import judge_heartbeat
 from gpunuma.operator.status import (
     CONDITION_LABELED,
@@ -52,7 +48,6 @@ from gpunuma.operator.status import (
     merge_patch,
 )
 from gpunuma.settings import OperatorSettings
-from gpunuma.topology import Layout, LayoutDocumentError, node_labels
 
 __all__ = ["Controller", "LayoutView", "NodeView", "PodView"]
 
@@ -161,6 +156,7 @@ class Controller:
     _sent: dict[tuple[str, str], _Sent] = field(default_factory=dict)
     _allocations_seen: dict[str, object] = field(default_factory=dict)
     _stale_reported: dict[str, bool] = field(default_factory=dict)
+    derivations: Derivations = field(default_factory=Derivations)
     # Whether kopf's keep-alive has put this replica in the peering object (always, standalone).
     peering_joined: bool = False
 
@@ -224,13 +220,11 @@ class Controller:
             heartbeat.reason, heartbeat.message,
         )
         applied: dict[str, str] | None = None
-        try:
-            desired: dict[str, str] | None = node_labels(Layout.from_document(layout.spec))
-        except LayoutDocumentError as exc:
-            desired = None
-            labeled = Condition(CONDITION_LABELED, "False", "InvalidLayout",
-                                f"spec is not a valid layout document: {exc}")
-        if desired is not None:
+        derived = self._derived(layout)
+        desired = None if derived.labels is None else dict(derived.labels)
+        if desired is None:
+            labeled = Condition(CONDITION_LABELED, "False", "InvalidLayout", derived.invalid or "")
+        else:
             if heartbeat.stale:
                 desired[names.LABEL_STALE] = "true"
             node = self.nodes.get(layout.name) or await self._fetch_node(layout.name)
@@ -369,6 +363,12 @@ class Controller:
         self._sent.pop(("layout", view.name), None)
         self._allocations_seen.pop(view.name, None)
         self._stale_reported.pop(view.name, None)
+        self.derivations.forget(view.name)
+
+    def _derived(self, layout: LayoutView) -> Derived:
+        # Parsed once per generation of the layout, however many rounds and pods read it.
+        return self.derivations.of(layout.name, layout.generation, layout.resource_version,
+                                   layout.spec)
 
     # Allocations → pod annotations -------------------------------------------------------------
 
@@ -395,7 +395,7 @@ class Controller:
         if pod is None or layout is None or pod.phase != "Running":
             return
         try:
-            desired = pod_annotations(layout.spec.get("allocations"), namespace, name)
+            desired = self._derived(layout).placement(namespace, name)
         except AllocationError as exc:
             logger.warning("layout %s: %s", node, exc)
             return
