@@ -43,6 +43,12 @@ POLICY_ENV = "GPUNUMA_POLICY"
 INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
 WARNING_LIMIT = 120
+# gpunuma.io/containers holds container names (at most 63 characters each): 16 KiB is 256 of the
+# longest. A longer value is not read at all (the API server refuses annotations over 256 KiB
+# after admission anyway), so a 3 MB value costs a length check, not a million names.
+MAX_CONTAINERS_ANNOTATION = 16 * 1024
+# Names listed in a warning or a denial; the rest are counted.
+_NAMES_SHOWN = 5
 
 _LAUNCHER_VOLUME: dict[str, Any] = {
     "name": names.LAUNCHER_VOLUME,
@@ -346,7 +352,9 @@ def listed_containers(annotations: Mapping[str, str]) -> list[str]:
     """The names in ``gpunuma.io/containers``; empty when it is absent or lists none (then the
     containers requesting GPUs are selected)."""
     listed = annotations.get(names.ANNOTATION_CONTAINERS) or ""
-    return [name.strip() for name in listed.split(",") if name.strip()]
+    if len(listed) > MAX_CONTAINERS_ANNOTATION:
+        return []
+    return list(dict.fromkeys(name.strip() for name in listed.split(",") if name.strip()))
 
 
 def gpu_requests(container: Mapping[str, Any], gpu_resources: Sequence[str]) -> dict[str, str]:
@@ -365,14 +373,19 @@ def _select(
 ) -> set[str]:
     """Names of the containers to wrap: the annotation's list, else those that request GPUs."""
     candidates = [c for c in (*init_containers, *containers) if not _is_launcher(c)]
+    listed = annotations.get(names.ANNOTATION_CONTAINERS) or ""
+    if len(listed) > MAX_CONTAINERS_ANNOTATION:
+        warnings.append(warning_line(f"{names.ANNOTATION_CONTAINERS} ignored: {len(listed)} "
+                                     f"characters, over {MAX_CONTAINERS_ANNOTATION}"))
     requested = listed_containers(annotations)
     if requested:
         known = {c["name"] for c in candidates}
-        for name in requested:
-            if name not in known:
-                warnings.append(warning_line(f"{names.ANNOTATION_CONTAINERS} names "
-                                             f"{_quote(name)}, which is not a container of this "
-                                             "pod"))
+        unknown = [name for name in requested if name not in known]
+        if unknown:
+            warnings.append(warning_line(
+                f"{names.ANNOTATION_CONTAINERS} names {_some(unknown)}, not containers of this "
+                "pod" if len(unknown) > 1 else f"{names.ANNOTATION_CONTAINERS} names "
+                f"{_quote(unknown[0])}, which is not a container of this pod"))
         return {name for name in requested if name in known}
     pattern = gpu_resource_pattern(tuple(gpu_resources))
     return {c["name"] for c in candidates if _requests_gpu(c, pattern)}
@@ -452,7 +465,7 @@ def _mount_clash(container: Mapping[str, Any]) -> str | None:
 
 
 def _strict_denial(skipped: Sequence[str]) -> str:
-    listed = ", ".join(repr(name) for name in skipped)
+    listed = _some(skipped, limit=63)
     return (f"{names.ANNOTATION_POLICY} is \"strict\" but container(s) {listed} have no command, "
             "so gpunuma cannot put numa-exec in front of the image's ENTRYPOINT. Fix: set "
             "command (and args) in the pod spec to what the image runs; or list only the other "
@@ -599,6 +612,13 @@ def _is_string_list(value: object) -> bool:
 def _quote(value: str, limit: int = 24) -> str:
     """A user's string made safe and short for a warning line: printable, quoted, truncated."""
     return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def _some(values: Sequence[str], limit: int = 24) -> str:
+    """The first few values quoted, and how many more there are."""
+    shown = ", ".join(_quote(value, limit) for value in values[:_NAMES_SHOWN])
+    more = len(values) - _NAMES_SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def warning_line(text: str) -> str:
