@@ -3,9 +3,10 @@
 The webhook answers the API server, but its port is reachable from the pod network, and a client
 there must not be able to take it down (issue #16). Each bound here has a reason:
 
-- **connections**: at most ``MAX_CONNECTIONS`` (each costs ~280 KB: TLS and parser buffers). At the
-  cap a new connection evicts the oldest one that is not inside a request (an idle keep-alive or
-  one still dribbling its headers); only when every connection is inside a request is it refused;
+- **connections**: at most ``MAX_CONNECTIONS``, TLS handshakes in progress included (each costs
+  ~300 KB: TLS and parser buffers). At the cap a new connection evicts one that is set up and
+  not inside a request — first one that never carried a request, else the oldest; when there is
+  none, the new one is closed before its handshake;
 - **time**: a TLS handshake gets ``HANDSHAKE_TIMEOUT_S``; from its start, or from the end of its
   last response, a connection has ``HEADER_TIMEOUT_S`` to deliver a request's headers (idle
   keep-alives are closed by the same timer); a body gets ``BODY_TIMEOUT_S`` to arrive whole;
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import weakref
 from typing import Any
 
 from aiohttp import web
@@ -81,10 +83,16 @@ class BodyBudget:
         self.used -= size
 
 
-class _Refused(asyncio.Protocol):
-    """A connection over the cap: closed as soon as it is made."""
+class _Handler(RequestHandler):
+    """aiohttp's protocol, weakly referenceable (its own __slots__ leave that out)."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    __slots__ = ("__weakref__",)
+
+
+def _abort(transport: asyncio.BaseTransport) -> None:
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
+    else:
         transport.close()
 
 
@@ -104,6 +112,12 @@ class GuardedSite(web.BaseSite):
         self.max_connections = max_connections
         self.evicted = 0
         self.refused = 0
+        # Every protocol handed out whose connection still exists: asyncio drops its reference
+        # when the connection ends, TLS handshakes that fail included (those never reach
+        # connection_made or connection_lost, so only the reference count can tell).
+        self._live: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Connections that have carried at least one request (the server's handler adds them).
+        self.served: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
     def name(self) -> str:
@@ -118,21 +132,39 @@ class GuardedSite(web.BaseSite):
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
         )
 
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not gone, TLS handshakes in progress included."""
+        return len(self._live)
+
     def _protocol(self) -> asyncio.BaseProtocol:
         server = self._runner.server
         assert server is not None
-        connections: list[RequestHandler] = server.connections
-        if len(connections) >= self.max_connections:
-            idle = next((c for c in connections if c not in self._busy), None)
+        if len(self._live) >= self.max_connections:
+            # An idle connection that never carried a request goes first (an attacker holding
+            # connections open), then the oldest idle one. A client that sends requests, like
+            # the API server, keeps its keep-alive connections.
+            idle_ones = [c for c in server.connections
+                         if c not in self._busy and c.transport is not None]
+            idle = next((c for c in idle_ones if c not in self.served),
+                        idle_ones[0] if idle_ones else None)
             if idle is None:
                 self.refused += 1
-                return _Refused()
+                # Raised here, asyncio closes the accepted socket before any TLS handshake (and
+                # reports it only in debug mode): a refused client costs an accept, nothing more.
+                raise ConnectionRefusedError("the webhook is at its connection cap")
             self.evicted += 1
+            # abort, not close: a TLS close waits (up to 30 s) for the peer's close_notify with
+            # the connection's buffers held, and a client that reconnects at once would pile up
+            # such half-closed connections faster than they go.
+            assert idle.transport is not None
+            _abort(idle.transport)
             idle.force_close()
-            # connection_lost removes it from the list later; take it out of the count now, so
-            # that a burst does not evict more than it replaces.
-            connections.remove(idle)
-        return server()
+            self._live.discard(idle)
+        protocol = _Handler(server, loop=asyncio.get_running_loop(),
+                            **server._kwargs)  # what web.Server() does, with weak references
+        self._live.add(protocol)
+        return protocol
 
 
 class QuietServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -47,6 +47,11 @@ WARNING_LIMIT = 120
 # longest. A longer value is not read at all (the API server refuses annotations over 256 KiB
 # after admission anyway), so a 3 MB value costs a length check, not a million names.
 MAX_CONTAINERS_ANNOTATION = 16 * 1024
+# Containers (init ones included) of a pod the webhook mutates. Real pods have a handful; a pod of
+# thousands costs the webhook 100+ ms of CPU per review (issue #16: four clients looping such pods
+# starved every other admission), so it is left alone: admitted unchanged under preferred and
+# cpu-only, denied under strict, which promises a binding.
+MAX_CONTAINERS = 256
 # Names listed in a warning or a denial; the rest are counted.
 _NAMES_SHOWN = 5
 
@@ -135,6 +140,15 @@ def mutate(
     init_containers = _named_list(spec, "initContainers")
     volumes = _named_list(spec, "volumes")
     policy = _policy(annotations, settings.default_policy, warnings)
+    if (count := len(containers) + len(init_containers)) > MAX_CONTAINERS:
+        too_many = (f"the pod has {count} containers, more than the {MAX_CONTAINERS} gpunuma "
+                    "binds")
+        if policy == "strict":
+            return unchanged("too many containers", f"{names.ANNOTATION_POLICY} is \"strict\" but "
+                             f"{too_many}. Fix: split the pod, or use {names.ANNOTATION_POLICY}: "
+                             "\"preferred\"")
+        warnings.append(warning_line(f"pod not bound: {too_many}"))
+        return unchanged("too many containers")
     selected = _select(annotations, init_containers, containers, settings.gpu_resources, warnings)
     if not selected:
         return unchanged("no GPU containers")

@@ -274,6 +274,8 @@ class WebhookServer:
             self._in_flight += 1
             self._idle.clear()
             self.busy.add(request.protocol)
+            if self.site is not None:
+                self.site.served.add(request.protocol)
             declared = request.content_length
             # A body of unknown length may be as large as the largest allowed.
             large = declared is None or declared > SMALL_BODY_BYTES

@@ -50,6 +50,13 @@ async def server(certificates: Certificates, monkeypatch: pytest.MonkeyPatch
         yield webhook
 
 
+@pytest.fixture
+async def patient_server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
+    """The server with its real timeouts: idle connections stay until evicted."""
+    async for webhook in _serving(certificates, reload_interval=3600):
+        yield webhook
+
+
 async def _connect(server: WebhookServer, certificates: Certificates
                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.wait_for(asyncio.open_connection(
@@ -111,14 +118,33 @@ def test_many_warnings_are_deduplicated_and_capped_with_a_count() -> None:
 def test_a_strict_denial_of_thousands_of_containers_stays_short() -> None:
     pod = pods.vllm_server()
     template = {k: v for k, v in pod["spec"]["containers"][0].items() if k != "command"}
-    pod["spec"]["containers"] = [{**template, "name": f"worker-{i}"} for i in range(5_000)]
+    pod["spec"]["containers"] = [{**template, "name": f"worker-{i}" + "x" * 50}
+                                 for i in range(250)]
     pod["metadata"]["annotations"][names.ANNOTATION_POLICY] = "strict"
     response = admit(_review_bytes(pod), SETTINGS, namespace_opted_in=False).response["response"]
     assert response["allowed"] is False
     message = response["status"]["message"]
     assert len(message) <= MAX_DENIAL_CHARS
-    assert "'worker-0'" in message
-    assert "and 4995 more" in message
+    assert "'worker-0" in message
+    assert "and 245 more" in message
+
+
+@pytest.mark.parametrize("policy", ["preferred", "strict"])
+def test_a_pod_of_thousands_of_containers_is_not_mutated(policy: str) -> None:
+    """Bounded CPU per review: such a pod is not worked through container by container."""
+    pod = pods.vllm_server()
+    template = pod["spec"]["containers"][0]
+    pod["spec"]["containers"] = [{**template, "name": f"c{i}"} for i in range(10_000)]
+    pod["metadata"]["annotations"][names.ANNOTATION_POLICY] = policy
+    response = admit(_review_bytes(pod), SETTINGS, namespace_opted_in=False).response["response"]
+    assert "patch" not in response
+    if policy == "strict":
+        assert response["allowed"] is False
+        assert "10000 containers" in response["status"]["message"]
+    else:
+        assert response["allowed"] is True
+        assert response["warnings"] == [
+            "gpunuma: pod not bound: the pod has 10000 containers, more than the 256 gpunuma binds"]
 
 
 # --- (d) the answer memory, in bytes ---------------------------------------------------------------
@@ -167,8 +193,9 @@ async def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closes(
 
 
 async def test_at_the_connection_cap_an_idle_connection_makes_room(
-    server: WebhookServer, certificates: Certificates,
+    patient_server: WebhookServer, certificates: Certificates,
 ) -> None:
+    server = patient_server
     assert server.site is not None
     server.site.max_connections = 4
     idle = [await _connect(server, certificates) for _ in range(4)]
@@ -322,3 +349,26 @@ def test_guard_constants_fit_the_chart() -> None:
     """Eviction and bounded bodies keep the worst case under the chart's 256 Mi limit: 256
     connections at ~280 KB and 16 MiB of large bodies (see benchmarks/webhook_attacks.py)."""
     assert guard.MAX_CONNECTIONS * 280 * 1024 + guard.LARGE_BODIES_BYTES < 128 * 1024 * 1024
+
+
+async def test_at_the_cap_a_connection_that_sent_requests_outlives_idle_ones(
+    patient_server: WebhookServer, certificates: Certificates,
+) -> None:
+    server = patient_server
+    """The API server's keep-alive connections are not what an attacker's idle ones evict."""
+    assert server.site is not None
+    server.site.max_connections = 3
+    reader, writer = await _connect(server, certificates)
+    writer.write(_request(_review_bytes(pods.amd_pod(), uid="first")))
+    await writer.drain()
+    assert (await _response(reader))[0] == 200
+    held = []
+    for _ in range(4):  # idle connections arriving after it, each evicting an idle one
+        held.append(await _connect(server, certificates))
+        await asyncio.sleep(0.2)  # the server side of the handshake finishes after the client's
+    writer.write(_request(_review_bytes(pods.amd_pod(), uid="second")))
+    await writer.drain()
+    assert (await _response(reader))[0] == 200
+    assert server.site.evicted >= 2
+    for _, other in (*held, (reader, writer)):
+        other.close()
