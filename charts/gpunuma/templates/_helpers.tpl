@@ -31,6 +31,7 @@ changes one line.
 {{- end -}}
 {{- define "gpunuma.webhook.certificateName" -}}{{ include "gpunuma.webhook.fullname" . }}{{- end -}}
 {{- define "gpunuma.webhook.issuerName" -}}{{ include "gpunuma.webhook.fullname" . }}-selfsigned{{- end -}}
+{{- define "gpunuma.webhook.caName" -}}{{ include "gpunuma.webhook.fullname" . }}-ca{{- end -}}
 
 {{- define "gpunuma.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
