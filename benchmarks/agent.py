@@ -12,8 +12,8 @@ Printed, each against a baseline measured in the same run:
   discovery pass and per kubelet poll, counted from the agent's metrics and the kubelet's calls);
 - the agent's resident memory (VmRSS, and its peak VmHWM) against a bare Python interpreter
   started the same way; target under 100 MiB. kmock speaks plain HTTP, so the agent runs with
-  ``--kubeconfig``, which loads the ``kubernetes`` package (about 20 MiB) that the in-cluster
-  path does without: the figure is an upper bound for the DaemonSet.
+  ``--kubeconfig``, which loads lightkube's kubeconfig loader that the in-cluster path does
+  without: the figure is an upper bound for the DaemonSet.
 """
 
 from __future__ import annotations

@@ -1,51 +1,143 @@
-"""The ``gpunuma`` command: one argparse entry for every component (DESIGN §2).
+"""The ``gpunuma`` command: one argparse entry for every component (docs/design.md §2).
 
 Each subcommand imports its component only when it runs, so that ``gpunuma install-launcher`` (run in
 every injected pod's init container) starts without loading kopf, the Kubernetes client or NVML.
-Every flag that a Deployment would set also reads a ``GPUNUMA_*`` environment variable.
+
+Every flag that a Deployment would set is a setting of ``gpunuma.settings``: its flag, its
+``GPUNUMA_*`` variable, its default, its help and its parser come from there (:func:`add_settings`),
+and the parsed arguments become settings here and nowhere else (:func:`settings_from_args`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gpunuma import __version__, names
 from gpunuma.settings import (
-    BACKENDS,
-    DEFAULT_GPU_RESOURCES,
-    DEFAULT_KUBELET_SOCKET,
-    DEFAULT_LAUNCHER_IMAGE,
+    AgentSettings,
+    DiscoverySettings,
+    MutationSettings,
+    OperatorSettings,
+    Option,
+    WebhookSettings,
+    csv,
+    options,
 )
 
 EXIT_USAGE = 2
 
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"GPUNUMA_{name}", default)
+S = TypeVar("S")
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
+class _FromEnvironment(str):
+    """A default read from a variable: the parser can then name the variable in its refusal."""
+
+    variable: str
 
 
-def _add_discovery_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--sysfs-root", type=Path, default=Path(_env("SYSFS_ROOT", "/sys") or "/sys"),
-        help="where the host's /sys is mounted (default /sys; env GPUNUMA_SYSFS_ROOT)",
-    )
-    parser.add_argument(
-        "--procfs-root", type=Path, default=Path(_env("PROCFS_ROOT", "/proc") or "/proc"),
-        help="where the host's /proc is mounted (default /proc; env GPUNUMA_PROCFS_ROOT)",
-    )
-    parser.add_argument(
-        "--backend", choices=BACKENDS, default=_env("BACKEND", "auto"),
-        help="what decides the GPUs and their NUMA nodes (default auto: vendor libraries where "
-        "they work, sysfs for the rest; env GPUNUMA_BACKEND)",
-    )
+def _environment_default(option: Option) -> _FromEnvironment | None:
+    text = os.environ.get(option.env)
+    if text is None:
+        return None
+    value = _FromEnvironment(text)
+    value.variable = option.env
+    return value
+
+
+def _type(option: Option) -> Callable[[str], Any]:
+    """argparse's ``type`` for a setting: its choices, then its parser.
+
+    argparse runs ``type`` on string defaults too, so a ``GPUNUMA_*`` value is checked like the
+    flag, when its own subcommand runs (a bad variable of one never breaks another), and the
+    refusal names the variable.
+    """
+    def parse(text: str) -> Any:
+        try:
+            if option.choices is not None and text not in option.choices:
+                raise ValueError(f"choose from {', '.join(option.choices)}")
+            return option.parse(text)
+        except ValueError as exc:
+            if isinstance(text, _FromEnvironment):
+                separator = ";" if option.choices is not None else ":"
+                raise argparse.ArgumentTypeError(
+                    f"{text.variable}={str(text)!r} is not a valid {option.flag}{separator} {exc}"
+                ) from None
+            if option.choices is not None:
+                raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = option.flag
+    return parse
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def add_settings(parser: argparse.ArgumentParser, settings_class: type) -> None:
+    """A flag for every setting of ``settings_class`` (nested ones included)."""
+    for _, item, option in options(settings_class):
+        from_env = _environment_default(option)
+        if option.switch:
+            parser.add_argument(option.flag, action="store_true",
+                                default=from_env in {"1", "true"} if from_env is not None
+                                else item.default,
+                                help=f"{option.help} (env {option.env}=1)")
+            continue
+        default = from_env if from_env is not None else item.default
+        if default is dataclasses.MISSING:
+            default = None
+        shown = option.shown_default
+        if shown is None and default is not None and not isinstance(default, _FromEnvironment):
+            shown = _shown(default) or None
+        if shown is None and item.default not in (dataclasses.MISSING, None):
+            shown = _shown(item.default) or None
+        details = f"default {shown}; env {option.env}" if shown else f"env {option.env}"
+        metavar = option.metavar or (
+            "{" + ",".join(option.choices) + "}" if option.choices is not None else None)
+        parser.add_argument(option.flag, type=_type(option), default=default, metavar=metavar,
+                            required=option.required and from_env is None,
+                            help=f"{option.help} ({details})")
+
+
+def settings_from_args(settings_class: type[S], args: argparse.Namespace,
+                       **given: Any) -> S:
+    """The parsed flags of ``settings_class`` as settings; ``given`` fields win.
+
+    Raises ``ValueError`` (naming the flags) for combinations a class refuses.
+    """
+    values: dict[str, Any] = dict(given)
+    for item in dataclasses.fields(settings_class):  # type: ignore[arg-type]
+        if item.name in values:
+            continue
+        option = item.metadata.get("option")
+        if item.metadata.get("nested"):
+            values[item.name] = settings_from_args(item.metadata["nested"], args)
+        elif option is not None:
+            values[item.name] = getattr(args, option.flag.lstrip("-").replace("-", "_"))
+    return settings_class(**values)
+
+
+def operator_settings(args: argparse.Namespace) -> OperatorSettings:
+    """``gpunuma operator``'s settings; an unset namespace is the operator's own."""
+    from gpunuma.operator.run import operator_namespace
+
+    settings = settings_from_args(OperatorSettings, args)
+    if not settings.certificates.namespace:
+        certificates = dataclasses.replace(settings.certificates,
+                                           namespace=operator_namespace())
+        settings = dataclasses.replace(settings, certificates=certificates)
+    return settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,14 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Discover this machine's NUMA nodes and GPUs and show the labels the node "
         "would get.",
     )
-    _add_discovery_arguments(inspect)
+    add_settings(inspect, DiscoverySettings)
     inspect.add_argument(
         "--output", "-o", choices=("table", "json", "labels"), default="table",
         help="table (default), json (the layout document plus labels) or labels (key=value lines)",
     )
     inspect.set_defaults(handler=_run_inspect)
 
-    _add_agent_parser(commands)
+    agent = commands.add_parser(
+        "agent", help="publish this node's GPU↔NUMA layout and GPU allocations (the DaemonSet)",
+        description="Discover the node's layout, read the kubelet's GPU allocations and keep the "
+        "node's GPUNumaLayout current; serve /healthz and /metrics.",
+    )
+    add_settings(agent, AgentSettings)
+    agent.set_defaults(handler=_run_agent)
 
     install = commands.add_parser(
         "install-launcher", help="copy numa-exec into DIR (the webhook's init container runs this)",
@@ -77,200 +175,57 @@ def build_parser() -> argparse.ArgumentParser:
     install.set_defaults(handler=_run_install_launcher)
 
     webhook = commands.add_parser("webhook", help="serve the mutating admission webhook over TLS")
-    webhook.add_argument("--listen", default=_env("LISTEN", ":8443"),
-                         help="HOST:PORT to listen on; no HOST: every IPv4 and IPv6 address "
-                         "(default :8443; env GPUNUMA_LISTEN)")
-    webhook.add_argument("--shutdown-delay", type=_non_negative_seconds, metavar="SECONDS",
-                         default=_env("SHUTDOWN_DELAY", "5"),
-                         help="after SIGTERM, report not-ready on /readyz but keep answering this "
-                         "long, while endpoints still route here (default 5; "
-                         "env GPUNUMA_SHUTDOWN_DELAY)")
-    webhook.add_argument("--tls-cert-file", type=Path, default=_env("TLS_CERT_FILE"),
-                         required=_env("TLS_CERT_FILE") is None,
-                         help="PEM certificate chain, reloaded when it changes "
-                         "(env GPUNUMA_TLS_CERT_FILE)")
-    webhook.add_argument("--tls-key-file", type=Path, default=_env("TLS_KEY_FILE"),
-                         required=_env("TLS_KEY_FILE") is None,
-                         help="PEM private key, reloaded when it changes "
-                         "(env GPUNUMA_TLS_KEY_FILE)")
-    _add_mutation_arguments(webhook)
+    add_settings(webhook, WebhookSettings)
     webhook.set_defaults(handler=_run_webhook)
 
     operator = commands.add_parser(
         "operator", help="run the operator: node labels, pod placement, stale detection, certs",
-        description="Run the kopf operator (DESIGN §8). Every flag also reads GPUNUMA_<FLAG>.",
+        description="Run the kopf operator (docs/operator.md). Every flag also reads "
+        "GPUNUMA_<FLAG>.",
     )
-    _add_operator_arguments(operator)
+    add_settings(operator, OperatorSettings)
     operator.set_defaults(handler=_run_operator)
 
     inject = commands.add_parser(
         "inject",
         help="apply the webhook's mutation to manifests offline (like istioctl kube-inject)",
+        description="Apply the webhook's mutation to the pods and pod templates of manifests "
+        "(docs/webhook.md lists the kinds). Settings come from the flags, then GPUNUMA_* "
+        "variables, then the release installed in the current kubeconfig context (unless "
+        "--ignore-cluster), then the built-in defaults; stderr says which.",
     )
-    inject.add_argument("-f", "--filename", required=True, metavar="FILE",
-                        help="YAML file with one or more documents, or - for standard input")
+    _add_manifest_arguments(inject)
     inject.add_argument("--policy", choices=names.POLICIES, default=None,
                         help="policy for the wrapped containers (default: the pod's annotation, "
                         "else preferred)")
-    inject.add_argument("--containers", type=_csv, default=None, metavar="NAME,…",
+    inject.add_argument("--containers", type=csv, default=None, metavar="NAME,…",
                         help="wrap exactly these containers (default: those that request GPUs)")
-    _add_mutation_arguments(inject, policy=False)
+    inject.add_argument("--ignore-cluster", action="store_true",
+                        help="do not read the installed release's settings from the cluster")
+    inject.add_argument("--kubeconfig", type=Path, default=None,
+                        help="kubeconfig of the cluster whose release is read (default: "
+                        "$KUBECONFIG, then ~/.kube/config)")
+    inject.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+    add_settings(inject, MutationSettings)
     inject.set_defaults(handler=_run_inject)
-    return parser
 
-
-def _add_operator_arguments(parser: argparse.ArgumentParser) -> None:
-    from gpunuma.settings import CERTIFICATE_MODES, CertificateSettings, OperatorSettings
-
-    # String defaults go through `type` like command-line values, so a bad GPUNUMA_* variable is
-    # reported by argparse, naming the flag, when this subcommand runs (and never breaks another).
-    defaults, certs = OperatorSettings(), CertificateSettings()
-    parser.add_argument("--heartbeat-interval", type=_seconds, metavar="SECONDS",
-                        default=_env("HEARTBEAT_INTERVAL", f"{defaults.heartbeat_interval_s:g}"),
-                        help="how often agents send a heartbeat (default 600; the agent's "
-                        "--heartbeat; env GPUNUMA_HEARTBEAT_INTERVAL)")
-    parser.add_argument("--stale-after", type=int, metavar="N",
-                        default=_env("STALE_AFTER", str(defaults.stale_after_heartbeats)),
-                        help="missed heartbeats before a node is labelled gpunuma.io/stale=true "
-                        "(default 3; env GPUNUMA_STALE_AFTER)")
-    parser.add_argument("--check-interval", type=_seconds, metavar="SECONDS",
-                        default=_env("CHECK_INTERVAL", f"{defaults.check_interval_s:g}"),
-                        help="how often heartbeats and certificates are re-checked (default 60; "
-                        "env GPUNUMA_CHECK_INTERVAL)")
-    parser.add_argument("--pod-namespaces", type=_csv, metavar="NS,…",
-                        default=_env("POD_NAMESPACES", ""),
-                        help="watch pods only in these namespaces (default: all; "
-                        "env GPUNUMA_POD_NAMESPACES)")
-    parser.add_argument("--peering-name", default=_env("PEERING_NAME", defaults.peering_name),
-                        help="kopf ClusterKopfPeering object shared by the replicas (default "
-                        "gpunuma; env GPUNUMA_PEERING_NAME)")
-    parser.add_argument("--standalone", action="store_true",
-                        default=_env("STANDALONE", "") in {"1", "true"},
-                        help="no peering: only for a single replica (env GPUNUMA_STANDALONE=1)")
-    parser.add_argument("--priority", type=int, default=_env("PRIORITY"),
-                        help="peering priority; the highest live replica acts (default: random, "
-                        "so replicas never tie; env GPUNUMA_PRIORITY)")
-    parser.add_argument("--liveness", default=_env("LIVENESS", defaults.liveness_endpoint),
-                        metavar="URL", help="liveness endpoint, empty to disable (default "
-                        f"{defaults.liveness_endpoint}; env GPUNUMA_LIVENESS)")
-    parser.add_argument("--log-format", choices=("json", "plain"),
-                        default=_env("LOG_FORMAT", defaults.log_format),
-                        help="json (default) or plain (env GPUNUMA_LOG_FORMAT)")
-    parser.add_argument("--certificates", choices=CERTIFICATE_MODES,
-                        default=_env("CERTIFICATES", certs.mode),
-                        help="self-managed (default: the operator runs a CA), cert-manager "
-                        "(leave them to it) or none (no webhook); env GPUNUMA_CERTIFICATES")
-    parser.add_argument("--namespace", default=_env("NAMESPACE"),
-                        help="namespace of the webhook Service and Secret (default: the "
-                        "operator's own; env GPUNUMA_NAMESPACE)")
-    parser.add_argument("--webhook-service", default=_env("WEBHOOK_SERVICE", certs.service_name),
-                        help=f"the webhook's Service (default {certs.service_name}; "
-                        "env GPUNUMA_WEBHOOK_SERVICE)")
-    parser.add_argument("--webhook-secret", default=_env("WEBHOOK_SECRET", certs.secret_name),
-                        help=f"Secret for tls.crt/tls.key/ca.crt (default {certs.secret_name}, "
-                        "its CA in <name>-ca; env GPUNUMA_WEBHOOK_SECRET)")
-    parser.add_argument("--webhook-configuration",
-                        default=_env("WEBHOOK_CONFIGURATION", certs.webhook_configuration),
-                        help="MutatingWebhookConfiguration whose caBundle is kept current "
-                        f"(default {certs.webhook_configuration}; env GPUNUMA_WEBHOOK_CONFIGURATION)")
-    parser.add_argument("--cert-validity-days", type=float, metavar="DAYS",
-                        default=_env("CERT_VALIDITY_DAYS", f"{certs.leaf_validity_days:g}"),
-                        help="serving certificate lifetime (default 365; "
-                        "env GPUNUMA_CERT_VALIDITY_DAYS)")
-    parser.add_argument("--cert-renew-before-days", type=float, metavar="DAYS",
-                        default=_env("CERT_RENEW_BEFORE_DAYS", f"{certs.renew_before_days:g}"),
-                        help="renew when fewer days are left (default 30; "
-                        "env GPUNUMA_CERT_RENEW_BEFORE_DAYS)")
-
-
-def _add_gpu_resources_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpu-resources", type=_csv,
-                        default=_csv(_env("GPU_RESOURCES", ",".join(DEFAULT_GPU_RESOURCES)) or ""),
-                        metavar="NAME,…",
-                        help="resource names that mean 'GPU', * globs allowed (default "
-                        f"{','.join(DEFAULT_GPU_RESOURCES)}; env GPUNUMA_GPU_RESOURCES)")
-
-
-def _parse_seconds(text: str, *, zero_allowed: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if zero_allowed and not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 seconds or more")
-    if not zero_allowed and not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
-    return value
-
-
-def _seconds(text: str) -> float:
-    return _parse_seconds(text, zero_allowed=False)
-
-
-def _non_negative_seconds(text: str) -> float:
-    return _parse_seconds(text, zero_allowed=True)
-
-
-def _add_agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    agent = commands.add_parser(
-        "agent", help="publish this node's GPU↔NUMA layout and GPU allocations (the DaemonSet)",
-        description="Discover the node's layout, read the kubelet's GPU allocations and keep the "
-        "node's GPUNumaLayout current; serve /healthz and /metrics.",
+    uninject = commands.add_parser(
+        "uninject", help="remove gpunuma's mutation from manifests (the reverse of inject)",
+        description="Remove what gpunuma inject or the webhook added to pods and pod templates: the "
+        "launcher init container and volume, numa-exec in front of commands, GPUNUMA_POLICY and the "
+        "annotations gpunuma writes. The user's gpunuma.io/inject, policy and containers stay.",
     )
-    _add_discovery_arguments(agent)
-    node_name = os.environ.get("NODE_NAME")
-    agent.add_argument("--node-name", default=node_name, required=node_name is None,
-                       help="this node's name (env NODE_NAME, from the downward API spec.nodeName)")
-    agent.add_argument("--interval", type=_seconds, default=_env("INTERVAL", "60"),
-                       help="seconds between discoveries (default 60; env GPUNUMA_INTERVAL)")
-    agent.add_argument("--discovery-timeout", type=_seconds,
-                       default=_env("DISCOVERY_TIMEOUT", "30"),
-                       help="seconds a discovery may run before it counts as hung; no other "
-                       "starts until it returns (default 30; env GPUNUMA_DISCOVERY_TIMEOUT)")
-    agent.add_argument("--heartbeat", type=_seconds, default=_env("HEARTBEAT", "600"),
-                       help="seconds between heartbeatTime updates (default 600; "
-                       "env GPUNUMA_HEARTBEAT)")
-    agent.add_argument("--allocations-interval", type=_seconds,
-                       default=_env("ALLOCATIONS_INTERVAL", "10"),
-                       help="seconds between kubelet PodResources polls (default 10; "
-                       "env GPUNUMA_ALLOCATIONS_INTERVAL)")
-    agent.add_argument("--kubelet-socket", type=Path,
-                       default=Path(_env("KUBELET_SOCKET", str(DEFAULT_KUBELET_SOCKET)) or ""),
-                       help=f"the kubelet's PodResources socket (default {DEFAULT_KUBELET_SOCKET}; "
-                       "env GPUNUMA_KUBELET_SOCKET)")
-    agent.add_argument("--listen", default=_env("LISTEN", ":8081"),
-                       help="HOST:PORT for /healthz and /metrics; no HOST: every IPv4 and IPv6 "
-                       "address (default :8081; "
-                       "env GPUNUMA_LISTEN)")
-    agent.add_argument("--kubeconfig", type=Path, default=_env("KUBECONFIG"),
-                       help="kubeconfig to use instead of the in-cluster service account "
-                       "(env GPUNUMA_KUBECONFIG)")
-    _add_gpu_resources_argument(agent)
-    agent.set_defaults(handler=_run_agent)
-
-
-def _add_mutation_arguments(parser: argparse.ArgumentParser, *, policy: bool = True) -> None:
-    parser.add_argument("--launcher-image", default=_env("LAUNCHER_IMAGE", DEFAULT_LAUNCHER_IMAGE),
-                        help="image of the init container that installs numa-exec "
-                        "(env GPUNUMA_LAUNCHER_IMAGE)")
-    _add_gpu_resources_argument(parser)
-    if policy:
-        parser.add_argument("--default-policy", choices=names.POLICIES,
-                            default=_env("DEFAULT_POLICY", names.DEFAULT_POLICY),
-                            help="policy for pods that do not set gpunuma.io/policy "
-                            "(env GPUNUMA_DEFAULT_POLICY)")
+    _add_manifest_arguments(uninject)
+    uninject.set_defaults(handler=_run_uninject)
+    return parser
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from gpunuma.discovery import DiscoveryUnavailable, HostRootError, discover
     from gpunuma.inspect import render
-    from gpunuma.settings import DiscoverySettings
 
-    settings = DiscoverySettings(
-        sysfs_root=args.sysfs_root, procfs_root=args.procfs_root, backend=args.backend
-    )
     try:
-        layout = discover(settings)
+        layout = discover(settings_from_args(DiscoverySettings, args))
     except (HostRootError, DiscoveryUnavailable) as exc:
         print(f"gpunuma inspect: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -284,26 +239,11 @@ def _run_agent(args: argparse.Namespace) -> int:
 
     from gpunuma.agent.service import run_agent
     from gpunuma.kubeapi import ApiError
-    from gpunuma.settings import AgentSettings, DiscoverySettings
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = AgentSettings(
-        node_name=args.node_name,
-        discovery=DiscoverySettings(
-            sysfs_root=args.sysfs_root, procfs_root=args.procfs_root, backend=args.backend
-        ),
-        interval=args.interval,
-        discovery_timeout=args.discovery_timeout,
-        heartbeat=args.heartbeat,
-        allocations_interval=args.allocations_interval,
-        kubelet_socket=args.kubelet_socket,
-        listen=args.listen,
-        kubeconfig=args.kubeconfig,
-        gpu_resources=args.gpu_resources,
-    )
     try:
-        return asyncio.run(run_agent(settings))
+        return asyncio.run(run_agent(settings_from_args(AgentSettings, args)))
     except (ApiError, ValueError, OSError) as exc:
         print(f"gpunuma agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -318,50 +258,92 @@ def _run_install_launcher(args: argparse.Namespace) -> int:
 def _run_webhook(args: argparse.Namespace) -> int:
     from gpunuma.webhook.server import main as webhook_main
 
-    return webhook_main(args)
+    try:
+        settings = settings_from_args(WebhookSettings, args)
+    except ValueError as exc:
+        print(f"gpunuma webhook: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return webhook_main(settings)
 
 
 def _run_operator(args: argparse.Namespace) -> int:
     from gpunuma.operator.run import main as operator_main
-    from gpunuma.operator.run import settings_from_args
 
     try:
-        settings = settings_from_args(args)
+        settings = operator_settings(args)
     except ValueError as exc:
         print(f"gpunuma operator: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return operator_main(settings)
 
 
+def _add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--filename", required=True, action="append", metavar="FILE",
+                        help="YAML or JSON file, a folder (its *.yaml, *.yml and *.json files), or - "
+                        "for standard input; repeat for several")
+    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml",
+                        help="yaml (default: the input edited in place, comments kept) or json")
+
+
+def _given(argv: Sequence[str], settings_class: type) -> set[str]:
+    """Fields of ``settings_class`` given as a flag on the command line or as a GPUNUMA_* variable."""
+    given = set()
+    for path, _, option in options(settings_class):
+        typed = any(word == option.flag or word.startswith(option.flag + "=") for word in argv)
+        if typed or option.env in os.environ:
+            given.add(path[-1])
+    return given
+
+
+def _release_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The installed release's mutation settings that the user did not give; stderr says where from."""
+    from gpunuma.release import ReleaseUnavailable, read_release
+
+    if args.ignore_cluster:
+        return {}
+    try:
+        release = read_release(args.kubeconfig, args.context)
+    except ReleaseUnavailable as exc:
+        print(f"gpunuma inject: using gpunuma's defaults, not a release's settings: {exc} "
+              "(--ignore-cluster skips this)", file=sys.stderr)
+        return {}
+    given = _given(args.argv, MutationSettings)
+    values: dict[str, Any] = {}
+    for path, _, option in options(MutationSettings):
+        text = release.environment.get(option.env)
+        if text is None or path[-1] in given:
+            continue
+        try:
+            values[path[-1]] = option.parse(text)
+        except ValueError as exc:
+            print(f"gpunuma inject: {release.where} has {option.env}={text!r}, not used: {exc}",
+                  file=sys.stderr)
+    shown = ", ".join(sorted(values)) or "nothing (flags and variables win)"
+    print(f"gpunuma inject: settings from {release.where}: {shown}", file=sys.stderr)
+    return values
+
+
 def _run_inject(args: argparse.Namespace) -> int:
     from gpunuma.webhook.inject import main as inject_main
 
-    return inject_main(args)
+    try:
+        settings = settings_from_args(MutationSettings, args, **_release_settings(args))
+    except ValueError as exc:
+        print(f"gpunuma inject: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return inject_main(settings, args.filename, policy=args.policy, containers=args.containers,
+                       output=args.output)
 
 
-def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Hold ``GPUNUMA_*`` values to the same choices as their flags.
+def _run_uninject(args: argparse.Namespace) -> int:
+    from gpunuma.webhook.inject import main as inject_main
 
-    argparse checks ``choices`` only for values given on the command line, never for defaults, and
-    every environment variable arrives as a default: without this, ``GPUNUMA_BACKEND=NVML`` would
-    reach discovery and ``GPUNUMA_CERTIFICATES=cert_manager`` would quietly mean something else.
-    """
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    command = commands.choices[args.command]
-    for action in command._actions:
-        value = getattr(args, action.dest, None)
-        if action.choices is None or value is None or value in action.choices:
-            continue
-        flag = action.option_strings[-1] if action.option_strings else action.dest
-        variable = "GPUNUMA_" + flag.lstrip("-").replace("-", "_").upper()
-        command.error(f"{variable}={value!r} is not a valid {flag}; choose from "
-                      f"{', '.join(map(str, action.choices))}")
+    return inject_main(None, args.filename, output=args.output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_choices(parser, args)
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # which settings were typed (inject)
     code: int = args.handler(args)
     return code
 

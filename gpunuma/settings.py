@@ -1,25 +1,51 @@
-"""One typed settings tree for every component, filled from flags and ``GPUNUMA_*`` variables.
+"""One typed settings tree for every component, each setting defined once, here.
 
 Each component takes only its own branch (the webhook never sees discovery settings), which keeps
 the pure functions' inputs explicit and lets tests build settings without parsing a command line.
+
+A setting is a dataclass field made with :func:`setting`: its default, its help, its flag, its
+``GPUNUMA_*`` environment variable (derived from the flag unless given), the function that parses
+its text, and its choices, all in one place. ``gpunuma.cli`` derives every flag, every environment
+default and every help line from these fields (:func:`options`), and converts the parsed
+arguments to these classes; nothing else reads flags. A field without :func:`setting` (e.g.
+``AgentSettings.kubelet_timeout``) has no flag.
+
+To add a setting: add one field to its component's class below, e.g.::
+
+    launch_timeout: float = setting(
+        5.0, "--launch-timeout", parse=seconds, metavar="SECONDS",
+        help="how long the launcher may take",
+    )
+
+Its flag ``--launch-timeout``, its variable ``GPUNUMA_LAUNCH_TIMEOUT`` and its help ``how long
+the launcher may take (default 5; env GPUNUMA_LAUNCH_TIMEOUT)`` follow; the component reads
+``settings.launch_timeout``. In the chart, a value that defaults to null sets the variable only
+when it is set (``gpunuma.optionalEnv`` in ``templates/_helpers.tpl``), so the default stays the
+one defined here. Cross-field rules (one value below another) go in the class's
+``__post_init__`` and raise ``ValueError`` naming the flags.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import fnmatch
 import functools
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from gpunuma import __version__, names
 
 __all__ = [
     "BACKENDS",
     "CERTIFICATE_MODES",
+    "DEFAULT_GPU_CLAIMS",
     "DEFAULT_GPU_RESOURCES",
     "DEFAULT_KUBELET_SOCKET",
+    "DEFAULT_LAUNCHER_IMAGE",
     "AgentSettings",
     "Backend",
     "CertificateMode",
@@ -27,10 +53,117 @@ __all__ = [
     "DiscoverySettings",
     "MutationSettings",
     "OperatorSettings",
+    "Option",
     "WebhookSettings",
     "gpu_resource_pattern",
+    "options",
     "parse_listen",
+    "setting",
 ]
+
+ENV_PREFIX = "GPUNUMA_"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How a setting appears on the command line and in the environment."""
+
+    flag: str
+    help: str
+    env: str
+    parse: Callable[[str], Any]
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    # The flag or the variable must be given (the field may still have a default, for code).
+    required: bool = False
+    # A switch: present means True; its variable is true when "1" or "true".
+    switch: bool = False
+    # What the help says the default is, where the field's own default does not say it.
+    shown_default: str | None = None
+
+
+def setting(
+    default: Any, flag: str, *, help: str, parse: Callable[[str], Any] = str,
+    env: str | None = None, choices: tuple[str, ...] | None = None, metavar: str | None = None,
+    required: bool = False, switch: bool = False, shown_default: str | None = None,
+) -> Any:
+    """A settings field with its option; ``env`` defaults to ``GPUNUMA_`` + the flag's name.
+
+    ``dataclasses.MISSING`` as the default: the field has none (code must give it too).
+    """
+    variable = env or ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+    option = Option(flag, help, variable, parse, choices, metavar, required, switch, shown_default)
+    if default is dataclasses.MISSING:
+        return field(metadata={"option": option})
+    return field(default=default, metadata={"option": option})
+
+
+def options(settings_class: type) -> Iterator[tuple[tuple[str, ...], dataclasses.Field[Any], Option]]:
+    """Every field of a settings class that has an option, nested classes included, with its path
+    of field names (``("discovery", "backend")``)."""
+    for item in dataclasses.fields(settings_class):
+        option = item.metadata.get("option")
+        if option is not None:
+            yield (item.name,), item, option
+        elif item.metadata.get("nested"):
+            for path, inner, inner_option in options(item.metadata["nested"]):
+                yield (item.name, *path), inner, inner_option
+
+
+def nested(settings_class: type) -> Any:
+    """A field holding another settings class, whose options are part of this one's."""
+    return field(default_factory=settings_class, metadata={"nested": settings_class})
+
+
+# --- parsers: text → value, ValueError naming what is expected -----------------------------------
+
+
+def seconds(text: str) -> float:
+    """More than 0 seconds."""
+    value = _number(text, "seconds")
+    if not value > 0:
+        raise ValueError(f"{text!r}: must be more than 0 seconds")
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    value = _number(text, "seconds")
+    if not value >= 0:
+        raise ValueError(f"{text!r}: must be 0 seconds or more")
+    return value
+
+
+def days(text: str) -> float:
+    return _number(text, "days")
+
+
+def _number(text: str, unit: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of {unit}") from None
+
+
+def integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
+def csv(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def optional_text(text: str) -> str | None:
+    """Empty means none."""
+    return text or None
+
+
+def listen_address(text: str) -> str:
+    parse_listen(text)
+    return text
+
 
 def parse_listen(text: str) -> tuple[str | None, int]:
     """A ``--listen`` value, ``HOST:PORT``, as aiohttp's host and port.
@@ -46,7 +179,8 @@ def parse_listen(text: str) -> tuple[str | None, int]:
 
 @functools.lru_cache(maxsize=8)
 def gpu_resource_pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
-    """One expression for the ``--gpu-resources`` globs (``nvidia.com/mig-*``), matched whole.
+    """One expression for the ``--gpu-resources`` globs (``nvidia.com/mig-*``), matched whole
+    (also for the ``--gpu-claims`` globs).
 
     The webhook matches it against every resource of every pod, the agent against every resource
     the kubelet reports: compiled once, it is one regex call per resource. No globs match nothing.
@@ -60,30 +194,51 @@ Backend = Literal["auto", "sysfs", "nvml", "amdsmi"]
 BACKENDS: tuple[Backend, ...] = ("auto", "sysfs", "nvml", "amdsmi")
 
 DEFAULT_GPU_RESOURCES: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/mig-*", "amd.com/gpu")
+# DRA: at admission a pod names its ResourceClaims (or their templates) but not their DeviceClass,
+# so a container counts as a GPU container when a claim it uses has a name matching these globs.
+DEFAULT_GPU_CLAIMS: tuple[str, ...] = ("*gpu*",)
 DEFAULT_LAUNCHER_IMAGE = f"ghcr.io/gpunuma/gpunuma:{__version__}"
 DEFAULT_KUBELET_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+
+
+def _gpu_resources() -> Any:
+    """The one GPU-resources setting, a field of both the agent's and the mutation's settings."""
+    return setting(DEFAULT_GPU_RESOURCES, "--gpu-resources", parse=csv, metavar="NAME,…",
+                   help="resource names that mean 'GPU', * globs allowed")
 
 
 @dataclass(frozen=True, slots=True)
 class DiscoverySettings:
     """Where the host's sysfs and procfs are (in the chart: /host/sys, /host/proc) and what to ask."""
 
-    sysfs_root: Path = Path("/sys")
-    procfs_root: Path = Path("/proc")
-    backend: Backend = "auto"
+    sysfs_root: Path = setting(Path("/sys"), "--sysfs-root", parse=Path,
+                               help="where the host's /sys is mounted")
+    procfs_root: Path = setting(Path("/proc"), "--procfs-root", parse=Path,
+                                help="where the host's /proc is mounted")
+    backend: Backend = setting(
+        "auto", "--backend", choices=BACKENDS,
+        help="what decides the GPUs and their NUMA nodes (auto: vendor libraries where they "
+        "work, sysfs for the rest)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class MutationSettings:
     """What the pod mutation needs: the same for the webhook and for ``gpunuma inject``."""
 
-    launcher_image: str = DEFAULT_LAUNCHER_IMAGE
-    gpu_resources: tuple[str, ...] = DEFAULT_GPU_RESOURCES
-    default_policy: str = names.DEFAULT_POLICY
+    launcher_image: str = setting(DEFAULT_LAUNCHER_IMAGE, "--launcher-image",
+                                  help="image of the init container that installs numa-exec")
+    gpu_resources: tuple[str, ...] = _gpu_resources()
+    default_policy: str = setting(names.DEFAULT_POLICY, "--default-policy", choices=names.POLICIES,
+                                  help="policy for pods that do not set gpunuma.io/policy")
+    gpu_claims: tuple[str, ...] = setting(
+        DEFAULT_GPU_CLAIMS, "--gpu-claims", parse=csv, metavar="NAME,…",
+        help="DRA: a container using a ResourceClaim whose name, or whose template's name, matches "
+        "one of these globs is a GPU container; empty for none")
     version: str = __version__
 
     def __post_init__(self) -> None:
-        # Flags are checked by argparse, but their GPUNUMA_* environment defaults are not.
+        # Settings built in code do not pass through the parsers: the same rules apply.
         if self.default_policy not in names.POLICIES:
             raise ValueError(f"default policy {self.default_policy!r} is not one of "
                              f"{', '.join(names.POLICIES)} (--default-policy, "
@@ -98,12 +253,18 @@ class MutationSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebhookSettings:
-    listen: str = ":8443"  # no host: every address of both families
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    # Seconds between SIGTERM and closing the listener, answering meanwhile but not ready.
-    shutdown_delay: float = 5.0
-    mutation: MutationSettings = field(default_factory=MutationSettings)
+    listen: str = setting(":8443", "--listen", parse=listen_address,
+                          help="HOST:PORT to listen on; no HOST: every IPv4 and IPv6 address")
+    tls_cert_file: Path | None = setting(None, "--tls-cert-file", parse=Path, required=True,
+                                         help="PEM certificate chain, reloaded when it changes")
+    tls_key_file: Path | None = setting(None, "--tls-key-file", parse=Path, required=True,
+                                        help="PEM private key, reloaded when it changes")
+    shutdown_delay: float = setting(
+        5.0, "--shutdown-delay", parse=non_negative_seconds, metavar="SECONDS",
+        help="after SIGTERM, report not-ready on /readyz but keep answering this long, while "
+        "endpoints still route here",
+    )
+    mutation: MutationSettings = nested(MutationSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +274,33 @@ class AgentSettings:
     Periods are in seconds. ``kubeconfig`` None means in-cluster configuration (the DaemonSet).
     """
 
-    node_name: str
-    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
-    interval: float = 60.0
+    node_name: str = setting(dataclasses.MISSING, "--node-name", env="NODE_NAME", required=True,
+                             help="this node's name (from the downward API spec.nodeName)")
+    discovery: DiscoverySettings = nested(DiscoverySettings)
+    interval: float = setting(60.0, "--interval", parse=seconds,
+                              help="seconds between discoveries")
     # A discovery still running after this long is given up on (NVML can hang on a GPU that fell
     # off the bus); the thread cannot be killed, so no other starts until it returns.
-    discovery_timeout: float = 30.0
-    heartbeat: float = 600.0
-    allocations_interval: float = 10.0
-    kubelet_socket: Path = DEFAULT_KUBELET_SOCKET
+    discovery_timeout: float = setting(
+        30.0, "--discovery-timeout", parse=seconds,
+        help="seconds a discovery may run before it counts as hung; no other starts until it "
+        "returns",
+    )
+    heartbeat: float = setting(600.0, "--heartbeat", parse=seconds,
+                               help="seconds between heartbeatTime updates")
+    allocations_interval: float = setting(10.0, "--allocations-interval", parse=seconds,
+                                          help="seconds between kubelet PodResources polls")
+    kubelet_socket: Path = setting(DEFAULT_KUBELET_SOCKET, "--kubelet-socket", parse=Path,
+                                   help="the kubelet's PodResources socket")
     kubelet_timeout: float = 5.0
-    listen: str = ":8081"  # every address of both families: probes and Prometheus reach the pod's
-    kubeconfig: Path | None = None
-    gpu_resources: tuple[str, ...] = DEFAULT_GPU_RESOURCES
+    # Every address of both families: probes and Prometheus reach the pod's IP, whichever it is.
+    listen: str = setting(":8081", "--listen", parse=listen_address,
+                          help="HOST:PORT for /healthz and /metrics; no HOST: every IPv4 and "
+                          "IPv6 address")
+    kubeconfig: Path | None = setting(None, "--kubeconfig", parse=Path,
+                                      help="kubeconfig to use instead of the in-cluster service "
+                                      "account")
+    gpu_resources: tuple[str, ...] = _gpu_resources()
 
 
 # none: no webhook is installed, so there is no certificate to manage.
@@ -135,17 +310,58 @@ CERTIFICATE_MODES: tuple[CertificateMode, ...] = ("self-managed", "cert-manager"
 
 @dataclass(frozen=True, slots=True)
 class CertificateSettings:
-    """The webhook's serving certificate: who issues it, for which Service, kept where."""
+    """The webhook's serving certificate: who issues it, for which Service, kept where, and its
+    lifetimes (a leaf never outlives its CA: it is cut at the CA's expiry).
 
-    mode: CertificateMode = "self-managed"
-    namespace: str = "gpunuma-system"
-    service_name: str = "gpunuma-webhook"
-    secret_name: str = "gpunuma-webhook-tls"  # noqa: S105 - a Secret's name, not a password
-    webhook_configuration: str = "gpunuma"
-    leaf_validity_days: float = 365.0
-    renew_before_days: float = 30.0
+    ``namespace`` empty means the operator's own (looked up when the operator starts).
+    """
+
+    mode: CertificateMode = setting(
+        "self-managed", "--certificates", choices=CERTIFICATE_MODES,
+        help="self-managed (the operator runs a CA), cert-manager (leave them to it) or none "
+        "(no webhook)",
+    )
+    namespace: str = setting("", "--namespace", shown_default="the operator's own",
+                             help="namespace of the webhook Service and Secret")
+    service_name: str = setting("gpunuma-webhook", "--webhook-service",
+                                help="the webhook's Service")
+    secret_name: str = setting(
+        "gpunuma-webhook-tls", "--webhook-secret",
+        help="Secret for tls.crt/tls.key/ca.crt, its CA in <name>-ca",
+    )
+    webhook_configuration: str = setting(
+        "gpunuma", "--webhook-configuration",
+        help="MutatingWebhookConfiguration whose caBundle is kept current",
+    )
+    leaf_validity_days: float = setting(365.0, "--cert-validity-days", parse=days,
+                                        metavar="DAYS", help="serving certificate lifetime")
+    renew_before_days: float = setting(30.0, "--cert-renew-before-days", parse=days,
+                                       metavar="DAYS", help="renew when fewer days are left")
     ca_validity_days: float = 3650.0
     ca_renew_before_days: float = 395.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.renew_before_days < self.leaf_validity_days:
+            raise ValueError(
+                f"--cert-renew-before-days ({self.renew_before_days:g}) must be > 0 and below "
+                f"--cert-validity-days ({self.leaf_validity_days:g})"
+            )
+
+    @property
+    def leaf_validity(self) -> dt.timedelta:
+        return dt.timedelta(days=self.leaf_validity_days)
+
+    @property
+    def leaf_renew_before(self) -> dt.timedelta:
+        return dt.timedelta(days=self.renew_before_days)
+
+    @property
+    def ca_validity(self) -> dt.timedelta:
+        return dt.timedelta(days=self.ca_validity_days)
+
+    @property
+    def ca_renew_before(self) -> dt.timedelta:
+        return dt.timedelta(days=self.ca_renew_before_days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +372,38 @@ class OperatorSettings:
     so that two replicas never tie (kopf pauses every peer, itself included, on a tie).
     """
 
-    heartbeat_interval_s: float = 600.0
-    stale_after_heartbeats: int = 3
-    check_interval_s: float = 60.0
-    pod_namespaces: tuple[str, ...] = ()
-    peering_name: str = "gpunuma"
-    standalone: bool = False
-    priority: int | None = None
-    liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
-    log_format: Literal["json", "plain"] = "json"
-    certificates: CertificateSettings = field(default_factory=CertificateSettings)
+    heartbeat_interval_s: float = setting(
+        600.0, "--heartbeat-interval", parse=seconds, metavar="SECONDS",
+        help="how often agents send a heartbeat (the agent's --heartbeat)",
+    )
+    stale_after_heartbeats: int = setting(
+        3, "--stale-after", parse=integer, metavar="N",
+        help="missed heartbeats before a node is labelled gpunuma.io/stale=true",
+    )
+    check_interval_s: float = setting(
+        60.0, "--check-interval", parse=seconds, metavar="SECONDS",
+        help="how often heartbeats and certificates are re-checked",
+    )
+    pod_namespaces: tuple[str, ...] = setting((), "--pod-namespaces", parse=csv, metavar="NS,…",
+                                              shown_default="all",
+                                              help="watch pods only in these namespaces")
+    peering_name: str = setting("gpunuma", "--peering-name",
+                                help="kopf ClusterKopfPeering object shared by the replicas")
+    standalone: bool = setting(False, "--standalone", switch=True,
+                               help="no peering: only for a single replica")
+    priority: int | None = setting(None, "--priority", parse=integer,
+                                   shown_default="random, so replicas never tie",
+                                   help="peering priority; the highest live replica acts")
+    liveness_endpoint: str | None = setting(
+        "http://0.0.0.0:8080/healthz", "--liveness", parse=optional_text, metavar="URL",
+        help="liveness endpoint, empty to disable",
+    )
+    log_format: Literal["json", "plain"] = setting("json", "--log-format",
+                                                   choices=("json", "plain"),
+                                                   help="json or plain")
+    certificates: CertificateSettings = nested(CertificateSettings)
+
+    def __post_init__(self) -> None:
+        if self.stale_after_heartbeats < 1:
+            raise ValueError(f"--stale-after must be at least 1 heartbeat, got "
+                             f"{self.stale_after_heartbeats}")

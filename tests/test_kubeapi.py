@@ -351,3 +351,41 @@ async def test_an_unreachable_server_is_an_api_error_not_a_transport_exception()
 ])
 def test_requests_are_counted_by_resource(path: str, resource: str) -> None:
     assert _resource_of(path) == resource
+
+
+async def test_a_kubeconfig_context_with_an_exec_plugin_and_its_namespace(
+    api_server: ApiServer, authority: trustme.CA, tmp_path: Path,
+) -> None:
+    """lightkube's loader: the chosen (not the current) context, its namespace, and an exec plugin's
+    token (as cloud kubeconfigs authenticate)."""
+    plugin = tmp_path / "credential"
+    plugin.write_text('#!/bin/sh\necho \'{"apiVersion": "client.authentication.k8s.io/v1beta1", '
+                      '"kind": "ExecCredential", "status": {"token": "from-exec"}}\'\n')
+    plugin.chmod(0o755)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "other",
+        "clusters": [{"name": "test", "cluster": {
+            "server": api_server.url,
+            "certificate-authority-data": base64.b64encode(authority.cert_pem.bytes()).decode()}}],
+        "users": [{"name": "exec", "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1", "command": str(plugin)}}}],
+        "contexts": [{"name": "other", "context": {"cluster": "nowhere", "user": "exec"}},
+                     {"name": "lab", "context": {"cluster": "test", "user": "exec",
+                                                 "namespace": "ml"}}],
+    }))
+    connection = Connection.from_kubeconfig(kubeconfig, "lab")
+    assert connection.namespace == "ml"
+    assert await get_once(connection) == echo("Bearer from-exec")
+
+
+async def test_delete_answers_the_object_and_none_when_it_is_already_gone(
+    api_server: ApiServer, service_account: Path,
+) -> None:
+    client = KubeClient(Connection.in_cluster(service_account, cluster_env(api_server.port)))
+    try:
+        assert await client.delete(N1) == echo("Bearer first-token")
+        assert await client.delete("/api/v1/nodes/n2") is None
+    finally:
+        await client.close()
+    assert client.requests == {("DELETE", "nodes"): 2}

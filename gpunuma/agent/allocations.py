@@ -18,6 +18,14 @@ layout is known by:
 
 An id that matches none of them is kept in ``deviceIds`` and also listed in ``unknownDeviceIds``,
 so a reader sees that the mapping is incomplete instead of a silently shorter list.
+
+Devices given through DRA ResourceClaims are named by driver, pool and device (``gpu-3`` in pool
+``node-7`` of ``gpu.nvidia.com``), which says nothing about the hardware: the driver's
+ResourceSlice does, in its device's attributes (:mod:`gpunuma.agent.resourceslices` reads them).
+Such a device is a GPU when one of the ids its slice gives (the standard
+``resource.kubernetes.io/pciBusID``, the driver's ``uuid``) names a GPU of the layout. One entry
+per (pod, container, claim, driver) then carries ``claim``, ``resource`` (the driver) and the
+``<pool>/<device>`` names as ``deviceIds``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from gpunuma.settings import gpu_resource_pattern
 from gpunuma.topology import Gpu, Layout, Vendor, format_cpulist, normalize_pci_bus_id
 
 __all__ = [
+    "ClaimDevice",
     "ContainerDevices",
     "ContainerResources",
     "GpuIndex",
@@ -49,10 +58,27 @@ class ContainerDevices:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimDevice:
+    """One device a DRA ResourceClaim gave to a container."""
+
+    claim_namespace: str
+    claim_name: str
+    driver: str
+    pool: str
+    device: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """How a ResourceSlice names it: (driver, pool, device)."""
+        return self.driver, self.pool, self.device
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerResources:
     name: str
     devices: tuple[ContainerDevices, ...] = ()
     cpu_ids: frozenset[int] = frozenset()  # exclusive CPUs (static CPU manager policy)
+    claims: tuple[ClaimDevice, ...] = ()  # devices of DRA ResourceClaims
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +90,11 @@ class PodResources:
 
 
 _VENDOR_BY_RESOURCE_DOMAIN: Mapping[str, Vendor] = {"nvidia.com": "nvidia", "amd.com": "amd"}
+# DRA drivers that publish GPUs: a claim of theirs is reported even when a device cannot be mapped
+# (listed in unknownDeviceIds); any other driver's claim only when one of its devices is a GPU.
+GPU_DRA_DRIVERS: Mapping[str, Vendor] = {"gpu.nvidia.com": "nvidia", "gpu.amd.com": "amd"}
+
+DraIdentities = Mapping[tuple[str, str, str], Sequence[str]]
 
 
 def resource_vendor(resource_name: str) -> Vendor | None:
@@ -141,9 +172,12 @@ def _is_mig_index(text: str) -> bool:
 
 
 def allocations(
-    pods: Iterable[PodResources], layout: Layout, gpu_resources: Sequence[str]
+    pods: Iterable[PodResources], layout: Layout, gpu_resources: Sequence[str],
+    dra: DraIdentities | None = None,
 ) -> list[dict[str, Any]]:
-    """The ``spec.allocations`` entries: one per (pod, container, resource) holding GPUs.
+    """The ``spec.allocations`` entries: one per (pod, container, resource) holding GPUs, and one
+    per (pod, container, claim, driver) for DRA devices; ``dra`` maps a DRA device's (driver, pool,
+    device) to the ids its ResourceSlice gives it (bus id, UUID).
 
     A resource counts when its name matches ``gpu_resources`` or any of its ids is a GPU of the
     layout (a renamed resource such as ``nvidia.com/gpu.shared``). Entries are sorted by namespace,
@@ -160,8 +194,47 @@ def allocations(
                                layout, gpu_resources)
                 if entry is not None:
                     entries.append(entry)
-    entries.sort(key=lambda e: (e["namespace"], e["pod"], e["container"], e["resource"]))
+            for (claim, driver), devices in _claims(container).items():
+                entry = _claim_entry(pod, container.name, claim, driver, devices, exclusive,
+                                     index, layout, dra or {})
+                if entry is not None:
+                    entries.append(entry)
+    entries.sort(key=lambda e: (e["namespace"], e["pod"], e["container"], e["resource"],
+                                e.get("claim", "")))
     return entries
+
+
+def _claims(container: ContainerResources) -> dict[tuple[str, str], list[ClaimDevice]]:
+    grouped: dict[tuple[str, str], dict[tuple[str, str, str], ClaimDevice]] = {}
+    for device in container.claims:
+        grouped.setdefault((device.claim_name, device.driver), {})[device.key] = device
+    return {key: [devices[k] for k in sorted(devices)] for key, devices in grouped.items()}
+
+
+def _claim_entry(
+    pod: PodResources,
+    container: str,
+    claim: str,
+    driver: str,
+    devices: list[ClaimDevice],
+    exclusive: frozenset[int],
+    index: GpuIndex,
+    layout: Layout,
+    dra: DraIdentities,
+) -> dict[str, Any] | None:
+    vendor = GPU_DRA_DRIVERS.get(driver)
+    resolved: dict[str, Gpu | None] = {}
+    for device in devices:
+        # Ids from the slice only, never a bare number: a driver's "index" attribute is not
+        # necessarily the layout's.
+        candidates = (index.resolve(i, vendor, indices=False) for i in dra.get(device.key, ()))
+        resolved[f"{device.pool}/{device.device}"] = next(
+            (gpu for gpu in candidates if gpu is not None), None)
+    if vendor is None and not any(resolved.values()):
+        return None  # a NIC's or an FPGA's claim
+    entry = _placement(pod, container, driver, sorted(resolved), resolved, exclusive, layout)
+    entry["claim"] = claim
+    return entry
 
 
 def _ids_by_resource(container: ContainerResources) -> dict[str, list[str]]:
@@ -201,9 +274,21 @@ def _entry(
     indices = configured or vendor is not None
     resolved = {device_id: index.resolve(device_id, vendor, indices=indices)
                 for device_id in device_ids}
-    gpus = [gpu for gpu in resolved.values() if gpu is not None]
-    if not gpus and not configured:
+    if not any(resolved.values()) and not configured:
         return None  # NICs, FPGAs, hugepages-like plugins: not ours to report
+    return _placement(pod, container, resource, device_ids, resolved, exclusive, layout)
+
+
+def _placement(
+    pod: PodResources,
+    container: str,
+    resource: str,
+    device_ids: list[str],
+    resolved: Mapping[str, Gpu | None],
+    exclusive: frozenset[int],
+    layout: Layout,
+) -> dict[str, Any]:
+    gpus = [gpu for gpu in resolved.values() if gpu is not None]
     numa_nodes = sorted({gpu.numa_node for gpu in gpus if gpu.numa_node is not None})
     cpus: set[int] = set()
     for node_id in numa_nodes:

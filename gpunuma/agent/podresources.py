@@ -1,7 +1,9 @@
 """An async client for the kubelet's PodResources API (v1) over its unix socket.
 
 The kubelet serves ``PodResourcesLister`` on ``/var/lib/kubelet/pod-resources/kubelet.sock``; the
-agent mounts that directory from the host. The wire definitions are our own subset of the kubelet's
+agent mounts that directory from the host. Devices of DRA ResourceClaims come in each container's
+``dynamic_resources`` (kubelet feature ``KubeletPodResourcesDynamicResources``, on by default since
+Kubernetes 1.34) as driver, pool and device names. The wire definitions are our own subset of the kubelet's
 ``api.proto`` (``podresources.proto`` beside this file); the stubs ``podresources_pb2*.py`` are
 generated from it and committed. Regenerate them from the repository root with::
 
@@ -24,7 +26,12 @@ import grpc
 
 from gpunuma.agent import podresources_pb2 as pb
 from gpunuma.agent import podresources_pb2_grpc as pb_grpc
-from gpunuma.agent.allocations import ContainerDevices, ContainerResources, PodResources
+from gpunuma.agent.allocations import (
+    ClaimDevice,
+    ContainerDevices,
+    ContainerResources,
+    PodResources,
+)
 
 __all__ = ["KubeletUnavailable", "PodResourcesClient", "pod_from_message"]
 
@@ -38,7 +45,7 @@ class KubeletUnavailable(Exception):
 
 
 class PodResourcesClient:
-    """``List`` and ``Get`` of ``v1.PodResourcesLister``, decoded into plain dataclasses."""
+    """``List`` of ``v1.PodResourcesLister``, decoded into plain dataclasses."""
 
     def __init__(self, socket_path: Path, *, timeout: float = 5.0) -> None:
         self.socket_path = socket_path
@@ -50,19 +57,6 @@ class PodResourcesClient:
         """Every pod the kubelet knows, with the devices and exclusive CPUs of its containers."""
         response = await self._call("List", pb.ListPodResourcesRequest())
         return [pod_from_message(pod) for pod in response.pod_resources]
-
-    async def get(self, namespace: str, name: str) -> PodResources | None:
-        """One pod, or None when the kubelet does not know it.
-
-        ``Get`` needs the kubelet's ``KubeletPodResourcesGet`` feature (beta, on by default since
-        Kubernetes 1.32); older kubelets answer UNIMPLEMENTED, reported as KubeletUnavailable.
-        """
-        request = pb.GetPodResourcesRequest(pod_name=name, pod_namespace=namespace)
-        try:
-            response = await self._call("Get", request)
-        except _NotFound:
-            return None
-        return pod_from_message(response.pod_resources)
 
     async def close(self) -> None:
         channel, self._channel, self._stub = self._channel, None, None
@@ -89,16 +83,10 @@ class PodResourcesClient:
             return await getattr(self._stub, method)(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
             await self.close()
-            if error.code() == grpc.StatusCode.NOT_FOUND and method == "Get":
-                raise _NotFound from error
             raise KubeletUnavailable(
                 f"PodResources {method} on {self.socket_path} failed: "
                 f"{error.code().name}: {error.details() or 'no details'}"
             ) from error
-
-
-class _NotFound(Exception):
-    pass
 
 
 def pod_from_message(message: Any) -> PodResources:
@@ -116,6 +104,18 @@ def pod_from_message(message: Any) -> PodResources:
                     for devices in container.devices
                 ),
                 cpu_ids=frozenset(container.cpu_ids),
+                claims=tuple(
+                    ClaimDevice(
+                        claim_namespace=claim.claim_namespace or message.namespace,
+                        claim_name=claim.claim_name,
+                        driver=resource.driver_name,
+                        pool=resource.pool_name,
+                        device=resource.device_name,
+                    )
+                    for claim in container.dynamic_resources
+                    for resource in claim.claim_resources
+                    if resource.driver_name and resource.device_name
+                ),
             )
             for container in message.containers
         ),

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from gpunuma import names
-from gpunuma.kubeapi import ApiError, KubeClient, format_rfc3339, parse_rfc3339
+from gpunuma.kubeapi import ApiError, KubeClient
+from gpunuma.rfc3339 import format_rfc3339, parse_rfc3339
 from gpunuma.topology import Layout
 
 __all__ = [

@@ -4,7 +4,9 @@ One coroutine schedules everything, so API writes never race each other and SIGT
 one place to land: discovery every ``interval`` (in a daemon thread: it reads files and may call
 NVML, which can hang on a GPU fallen off the bus; the loop waits ``discovery_timeout`` at most and
 starts no second discovery while one is still running, so heartbeats and kubelet polls go on),
-the kubelet every ``allocations_interval`` (skipped on a node without GPUs), and a publish pass
+the kubelet every ``allocations_interval`` (skipped on a node without GPUs; when it reports DRA
+devices the node's ResourceSlices tell which GPUs they are, read again at most once per
+``interval`` while a device is missing from them), and a publish pass
 after each, which writes only when the spec changed or the heartbeat is due. Failures of any of
 the three are logged once per new message, counted in ``/metrics`` and retried with exponential
 backoff; none of them ends the process. What was known last (layout, allocations) stays
@@ -26,12 +28,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gpunuma.agent.allocations import PodResources, allocations
 from gpunuma.agent.podresources import KubeletUnavailable, PodResourcesClient
 from gpunuma.agent.publisher import LayoutPublisher, layout_spec
+from gpunuma.agent.resourceslices import device_identities, list_node_slices
 from gpunuma.discovery import DiscoveryUnavailable
 from gpunuma.kubeapi import ApiError, Connection, KubeClient
 from gpunuma.settings import AgentSettings, DiscoverySettings, parse_listen
@@ -155,15 +158,18 @@ class Agent:
         self.metrics = metrics or AgentMetrics()
         self._kubelet = kubelet
         self._discover = discover
+        self._kube = kube
         self._publisher = LayoutPublisher(
             kube, settings.node_name, monotonic=lambda: asyncio.get_running_loop().time()
         )
         self._stages = {
             name: _Stage(name, self.metrics, Backoff(retry_initial, retry_maximum))
-            for name in ("discovery", "kubelet", "api")
+            for name in ("discovery", "kubelet", "api", "resourceslices")
         }
         self.layout: Layout | None = None
         self.pods: list[PodResources] = []
+        self.dra_devices: dict[tuple[str, str, str], list[str]] = {}  # from ResourceSlices
+        self._slices_read: float | None = None  # loop time of the last ResourceSlice read
         self._discovery: asyncio.Future[Layout] | None = None  # the discovery thread's result
         self._discovery_started = 0.0  # loop time
         self._discovery_timed_out = False
@@ -284,13 +290,36 @@ class Agent:
             return stage.failed(str(error))
         self.metrics.kubelet_up.set(1)
         stage.succeeded()
+        await self._read_slices_if_needed()
         return None
+
+    async def _read_slices_if_needed(self) -> None:
+        """Read the node's ResourceSlices when a DRA device is not in the last read, at most once
+        per ``interval``. A failure leaves those devices unmapped (``unknownDeviceIds``), and
+        never holds up the kubelet polls."""
+        wanted = {device.key for pod in self.pods for container in pod.containers
+                  for device in container.claims}
+        if not wanted - self.dra_devices.keys():
+            return
+        now = asyncio.get_running_loop().time()
+        if self._slices_read is not None and now - self._slices_read < self.settings.interval:
+            return
+        self._slices_read = now
+        stage = self._stages["resourceslices"]
+        try:
+            slices = await list_node_slices(self._kube, self.settings.node_name)
+        except ApiError as error:
+            stage.failed(f"cannot list the node's ResourceSlices, DRA devices stay unmapped: "
+                         f"{error}", persistent=not error.retryable)
+            return
+        stage.succeeded()
+        self.dra_devices = device_identities(slices)
 
     async def _publish_once(self) -> float | None:
         assert self.layout is not None
         stage = self._stages["api"]
-        entries = (allocations(self.pods, self.layout, self.settings.gpu_resources)
-                   if self.layout.gpus else [])
+        entries = (allocations(self.pods, self.layout, self.settings.gpu_resources,
+                               self.dra_devices) if self.layout.gpus else [])
         self.metrics.allocations.set(len(entries))
         try:
             result = await self._publisher.publish(
@@ -315,13 +344,10 @@ def health_app(agent: Agent, *, stale_after: float) -> web.Application:
         body = {"ok": alive, **agent.health()}
         return web.json_response(body, status=200 if alive else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(agent.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", make_aiohttp_handler(agent.metrics.registry))
     return app
 
 
@@ -338,9 +364,13 @@ async def run_agent(settings: AgentSettings, *, discover: Discover | None = None
         loop.add_signal_handler(signum, stop.set)
     if settings.kubeconfig is None:
         connection = await asyncio.to_thread(Connection.in_cluster)
+        kube = KubeClient(connection, user_agent="gpunuma-agent")
     else:
-        connection = await asyncio.to_thread(Connection.from_kubeconfig, settings.kubeconfig)
-    kube = KubeClient(connection, user_agent="gpunuma-agent")
+        kubeconfig = settings.kubeconfig
+        connection = await asyncio.to_thread(Connection.from_kubeconfig, kubeconfig)
+        # After a 401 the kubeconfig is read again: a fresh exec-plugin token or token file.
+        kube = KubeClient(connection, login=lambda: Connection.from_kubeconfig(kubeconfig),
+                          user_agent="gpunuma-agent")
     kubelet = PodResourcesClient(settings.kubelet_socket, timeout=settings.kubelet_timeout)
     agent = Agent(settings, kube=kube, kubelet=kubelet, discover=discover)
     # The loop wakes at least every interval (a pass may wait out one discovery timeout); three

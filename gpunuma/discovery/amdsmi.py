@@ -10,7 +10,6 @@ never mistaken for a GPU of its own. Which ``amdgpu_xcp_N`` each partition is co
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
@@ -60,10 +59,11 @@ class AmdSmiBackend:
                 # A partition of a GPU already seen: keep the lowest render node as the GPU's own.
                 if first is None or _minor(facts.render_node) < _minor(first.render_node):
                     by_bus_id[facts.pci_bus_id] = facts
+            # No index: amdsmi enumerates in bus order like HIP, and counting only the handles
+            # that answered would renumber every GPU after one that failed. The merge numbers
+            # physical GPUs in bus order over everything sysfs sees.
             gpus = tuple(by_bus_id[bus_id] for bus_id in sorted(by_bus_id))
-            # amdsmi enumerates in bus order like HIP; index by physical GPU, not partition.
-            indexed = tuple(replace(gpu, index=i) for i, gpu in enumerate(gpus))
-            return BackendReport(source=self.name, gpus=indexed, problems=tuple(problems))
+            return BackendReport(source=self.name, gpus=gpus, problems=tuple(problems))
         finally:
             with contextlib.suppress(Exception):  # best effort on the way out
                 smi.amdsmi_shut_down()

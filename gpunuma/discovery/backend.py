@@ -32,6 +32,9 @@ class GpuFacts:
     cpu_affinity: frozenset[int] | None = None
     mig_devices: tuple[MigDevice, ...] = ()
     partitions: tuple[Partition, ...] = ()
+    # The backend failed to read this device (the failure is in its problems): nothing may guess
+    # the GPU's NUMA node from rules meant for a node that *says* -1.
+    failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,40 +144,92 @@ def _node_distances(node_dir: Path, problems: list[Problem], node_id: int) -> tu
 
 
 def read_gpus(host: HostRoots) -> BackendReport:
-    """Every GPU on the PCI bus, ascending bus id. One failing device is a problem, not a failure."""
+    """Every GPU on the PCI bus, ascending bus id.
+
+    One failing device is a problem, not a failure, and never a gap: a GPU whose files cannot be
+    read is still listed, in its place (so later GPUs keep their indices), marked ``failed`` so that
+    its NUMA node stays unknown unless a vendor library places it.
+    """
     devices = host.sys("bus/pci/devices")
     problems: list[Problem] = []
     gpus: list[GpuFacts] = []
     partitions = _amd_partitions(host, problems)
     entries = sorted(devices.iterdir(), key=lambda p: p.name) if devices.is_dir() else []
     for entry in entries:
-        vendor = _gpu_vendor(entry)
-        if vendor is None:
-            continue
         try:
             bus_id = normalize_pci_bus_id(entry.name)
-            gpus.append(_read_gpu(host, entry, bus_id, vendor, partitions.get(bus_id, ())))
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
             problems.append(Problem(entry.name, SOURCE, str(exc)))
+            continue
+        vendor, failure = _gpu_vendor(entry)
+        if vendor is None:
+            if failure is not None:
+                problems.append(Problem(bus_id, SOURCE, failure))
+            continue
+        if failure is not None:  # a GPU vendor's function whose class cannot be read
+            problems.append(Problem(bus_id, SOURCE, failure))
+            gpus.append(GpuFacts(pci_bus_id=bus_id, vendor=vendor, failed=True))
+            continue
+        try:
+            gpus.append(_read_gpu(host, entry, bus_id, vendor, partitions.get(bus_id, ()), problems))
+        except (OSError, ValueError) as exc:
+            problems.append(Problem(bus_id, SOURCE, f"cannot read the GPU: {exc}"))
+            gpus.append(GpuFacts(pci_bus_id=bus_id, vendor=vendor, failed=True))
     return BackendReport(source=SOURCE, gpus=tuple(gpus), problems=tuple(problems))
 
 
-def _gpu_vendor(entry: Path) -> Vendor | None:
+def _gpu_vendor(entry: Path) -> tuple[Vendor | None, str | None]:
+    """The GPU vendor of a PCI function (None: not a GPU) and what could not be read, if anything.
+
+    ``vendor`` and ``class`` come with ``uevent``'s ``PCI_ID``/``PCI_CLASS`` as a second source.
+    A GPU vendor's function whose class cannot be read at all is returned with the failure: it may
+    be a GPU, and dropping it silently would shift the indices of every GPU after it.
+    """
+    uevent = _uevent(entry)
     try:
-        vendor = GPU_VENDORS.get(int(read_text(entry / "vendor"), 16))
-        if vendor is None:
-            return None
+        vendor_id = int(read_text(entry / "vendor"), 16)
+    except (OSError, ValueError) as exc:
+        pci_id = uevent.get("PCI_ID", "")
+        try:
+            vendor_id = int(pci_id.split(":")[0], 16)
+        except ValueError:
+            return None, (f"cannot read vendor ({exc}) nor uevent's PCI_ID: cannot tell whether it "
+                          "is a GPU, not counted; check the device's sysfs files")
+    vendor = GPU_VENDORS.get(vendor_id)
+    if vendor is None:
+        return None, None
+    try:
         pci_class = int(read_text(entry / "class"), 16)
-    except (OSError, ValueError):
-        return None  # not readable as a PCI function: nothing we could bind to anyway
-    return vendor if pci_class >> 16 in GPU_CLASSES else None
+    except (OSError, ValueError) as exc:
+        try:
+            pci_class = int(uevent.get("PCI_CLASS", ""), 16)
+        except ValueError:
+            return vendor, (f"cannot read class ({exc}): counted as a GPU whose NUMA node is "
+                            "unknown")
+    return (vendor if pci_class >> 16 in GPU_CLASSES else None), None
+
+
+def _uevent(entry: Path) -> dict[str, str]:
+    try:
+        text = read_text(entry / "uevent")
+    except OSError:
+        return {}
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def _read_gpu(
-    host: HostRoots, entry: Path, bus_id: str, vendor: Vendor, partitions: tuple[Partition, ...]
+    host: HostRoots, entry: Path, bus_id: str, vendor: Vendor, partitions: tuple[Partition, ...],
+    problems: list[Problem],
 ) -> GpuFacts:
-    numa_text = read_optional(entry / "numa_node")
-    reported = int(numa_text) if numa_text not in (None, "") else -1
+    reported: int | None
+    failed = False
+    try:
+        numa_text = read_optional(entry / "numa_node")
+        reported = int(numa_text) if numa_text not in (None, "") else -1
+    except (OSError, ValueError) as exc:
+        # Unreadable is not -1 ("the firmware does not say"): no rule may place this GPU.
+        problems.append(Problem(bus_id, SOURCE, f"cannot read numa_node: {exc}"))
+        reported, failed = None, True
     if vendor == "nvidia":
         info = _nvidia_information(host, bus_id)
         minor = info.get("Device Minor")
@@ -188,6 +240,7 @@ def _read_gpu(
             uuid=info.get("GPU UUID"),
             minor=int(minor) if minor and minor.isdecimal() else None,
             reported_numa_node=reported,
+            failed=failed,
         )
     unique_id = read_optional(entry / "unique_id")
     render = _render_nodes(entry)
@@ -200,6 +253,7 @@ def _read_gpu(
         render_node=render[0] if render else None,
         reported_numa_node=reported,
         partitions=tuple(p for p in partitions if p.render_node not in render),
+        failed=failed,
     )
 
 

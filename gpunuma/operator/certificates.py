@@ -25,15 +25,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gpunuma.settings import CertificateSettings
+
 __all__ = [
     "CA_BUNDLE_KEY",
-    "CertificatePolicy",
     "Pki",
     "PkiError",
     "ca_bundle",
     "pki_from_secrets",
     "pki_to_secrets",
     "plan",
+    "served_cas",
     "service_dns_names",
 ]
 
@@ -45,16 +47,6 @@ PREVIOUS_CA_KEY = "previous.crt"
 
 class PkiError(ValueError):
     """Secret contents that are not a usable CA/leaf pair (the operator then issues fresh ones)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CertificatePolicy:
-    """Lifetimes. A leaf never outlives its CA: it is cut at the CA's expiry."""
-
-    leaf_validity: dt.timedelta = dt.timedelta(days=365)
-    leaf_renew_before: dt.timedelta = dt.timedelta(days=30)
-    ca_validity: dt.timedelta = dt.timedelta(days=3650)
-    ca_renew_before: dt.timedelta = dt.timedelta(days=395)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +76,7 @@ def _serial() -> int:
     return x509.random_serial_number()
 
 
-def new_ca(now: dt.datetime, policy: CertificatePolicy, common_name: str) -> tuple[
+def new_ca(now: dt.datetime, policy: CertificateSettings, common_name: str) -> tuple[
     x509.Certificate, ec.EllipticCurvePrivateKey
 ]:
     key = _new_key()
@@ -117,7 +109,7 @@ def new_ca(now: dt.datetime, policy: CertificatePolicy, common_name: str) -> tup
 
 def new_leaf(
     ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, dns_names: Sequence[str],
-    now: dt.datetime, policy: CertificatePolicy,
+    now: dt.datetime, policy: CertificateSettings,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     if not dns_names:
         raise ValueError("a serving certificate needs at least one DNS name")
@@ -173,19 +165,25 @@ def _issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 def plan(
-    current: Pki | None, now: dt.datetime, dns_names: Sequence[str], policy: CertificatePolicy,
-    *, common_name: str = "gpunuma webhook CA",
+    current: Pki | None, now: dt.datetime, dns_names: Sequence[str], policy: CertificateSettings,
+    *, common_name: str = "gpunuma webhook CA", served: Sequence[x509.Certificate] = (),
 ) -> tuple[Pki, str] | None:
     """What the certificates should become, with a reason; ``None`` when nothing must change.
 
     Reasons: ``Created`` (nothing usable yet), ``CARotated`` (CA near expiry: new CA and leaf, old
     CA kept in the bundle), ``Renewed`` (leaf near expiry, for other names, or not from this CA),
     ``PrunedExpiredCA`` (a retired CA expired and leaves the bundle).
+
+    ``served``: the CAs that issued the leaf webhook pods may still be serving (see
+    :func:`served_cas`). When a new CA must be created because the CA Secret is gone, they stay in
+    the bundle as retired CAs: the pods serve the old leaf until they reload the new one, and a
+    bundle of the new CA alone would fail every admission meanwhile.
     """
     if current is None or not _matches_key(current.ca_cert, current.ca_key):
         ca_cert, ca_key = new_ca(now, policy, common_name)
         leaf_cert, leaf_key = new_leaf(ca_cert, ca_key, dns_names, now, policy)
-        return Pki(ca_cert, ca_key, leaf_cert, leaf_key), "Created"
+        kept = tuple(ca for ca in served if ca.not_valid_after_utc > now and ca != ca_cert)
+        return Pki(ca_cert, ca_key, leaf_cert, leaf_key, kept), "Created"
 
     previous = tuple(c for c in current.previous_cas if c.not_valid_after_utc > now)
     if now >= current.ca_cert.not_valid_after_utc - policy.ca_renew_before:
@@ -244,33 +242,37 @@ def pki_to_secrets(pki: Pki) -> tuple[dict[str, str], dict[str, str]]:
     return serving, authority
 
 
+def served_cas(serving: Mapping[str, str] | None, now: dt.datetime) -> tuple[x509.Certificate, ...]:
+    """The CA of the serving Secret's ``ca.crt`` that signed its ``tls.crt`` (the leaf webhook
+    pods serve), if unexpired; nothing when the Secret is missing or unreadable.
+
+    Only a CA that verifiably issued the served leaf is kept: ``ca.crt`` is not otherwise trusted
+    into the bundle.
+    """
+    try:
+        leaf = x509.load_pem_x509_certificate(_field(serving or {}, TLS_CERT_KEY, "serving"))
+        bundle = x509.load_pem_x509_certificates(_field(serving or {}, CA_BUNDLE_KEY, "serving"))
+    except (PkiError, ValueError, TypeError):
+        return ()
+    return tuple(ca for ca in bundle
+                 if ca.not_valid_after_utc > now and _issued_by(leaf, ca))[:1]
+
+
 def pki_from_secrets(
     serving: Mapping[str, str] | None, authority: Mapping[str, str] | None,
 ) -> Pki:
-    """Read the Secrets' ``data`` back; :class:`PkiError` says what is missing or unreadable.
-
-    A readable CA Secret is kept even when the serving Secret is gone or unreadable (deleted by
-    hand to force a new certificate, a partial restore): the API server trusts that CA, while the
-    webhook still serves its old leaf until its Secret volume is updated, so a new CA would fail
-    (or, under ``Ignore``, silently skip) every admission in between. The CA then stands in for
-    the leaf, and :func:`plan` renews it (it names no Service) from the same CA.
-    """
-    if not authority:
-        raise PkiError("the CA Secret does not exist yet")
+    """Read the Secrets' ``data`` back; :class:`PkiError` says what is missing or unreadable."""
+    if not serving or not authority:
+        raise PkiError("the serving or CA Secret does not exist yet")
     try:
         ca_cert = x509.load_pem_x509_certificate(_field(authority, TLS_CERT_KEY, "CA"))
         ca_key = _ec_key(_field(authority, TLS_KEY_KEY, "CA"), "CA")
+        leaf_cert = x509.load_pem_x509_certificate(_field(serving, TLS_CERT_KEY, "serving"))
+        leaf_key = _ec_key(_field(serving, TLS_KEY_KEY, "serving"), "serving")
         previous_pem = base64.b64decode(authority.get(PREVIOUS_CA_KEY) or "")
         previous = tuple(x509.load_pem_x509_certificates(previous_pem)) if previous_pem else ()
     except (ValueError, TypeError) as exc:
         raise PkiError(f"unreadable certificate data: {exc}") from None
-    try:
-        if not serving:
-            raise PkiError("the serving Secret does not exist")
-        leaf_cert = x509.load_pem_x509_certificate(_field(serving, TLS_CERT_KEY, "serving"))
-        leaf_key = _ec_key(_field(serving, TLS_KEY_KEY, "serving"), "serving")
-    except (PkiError, ValueError, TypeError):
-        leaf_cert, leaf_key = ca_cert, ca_key
     return Pki(ca_cert, ca_key, leaf_cert, leaf_key, previous)
 
 

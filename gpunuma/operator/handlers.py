@@ -8,9 +8,9 @@ task instead (see :meth:`Controller.run_periodically`).
 
 Why no ``@kopf.index``: kopf holds every handler back until all indexed resources are
 listed, and that barrier costs start-up time quadratic in the number of objects (measured with
-``benchmarks/operator.py`` on 1,000 nodes: 12 s of CPU with indices, 3.3 s without). The event
+``benchmarks/operator_scale.py`` on 1,000 nodes: 12 s of CPU with indices, 3.3 s without). The event
 handlers fill the controller's own caches instead; a layout whose Node has not been seen yet reads
-that Node once (``Controller._fetch_node``).
+that Node once (``LayoutReconciler._fetch_node``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from gpunuma.kubeapi import parse_rfc3339
+from gpunuma.rfc3339 import parse_rfc3339
 
 __all__ = ["is_active_peer"]
 

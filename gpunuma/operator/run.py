@@ -8,6 +8,7 @@ is the command.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -22,12 +23,13 @@ from gpunuma import names
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.controller import Controller
 from gpunuma.operator.handlers import register
-from gpunuma.settings import CertificateSettings, OperatorSettings
+from gpunuma.settings import OperatorSettings
 
-__all__ = ["build", "default_login", "kopf_settings", "main", "serve", "settings_from_args"]
+__all__ = ["build", "default_login", "kopf_settings", "main", "operator_namespace", "serve"]
 
 logger = logging.getLogger("gpunuma.operator")
 
+DEFAULT_NAMESPACE = "gpunuma-system"  # the chart's documented namespace, outside a pod
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -84,6 +86,9 @@ async def serve(
     started: Callable[[Controller], None] | None = None,
 ) -> None:
     """Run the operator until ``stop_flag`` is set (or a signal arrives, in the main thread)."""
+    if not settings.certificates.namespace:
+        certificates = dataclasses.replace(settings.certificates, namespace=operator_namespace())
+        settings = dataclasses.replace(settings, certificates=certificates)
     registry, controller, tuned = build(settings, login)
     if tune is not None:
         tune(tuned)
@@ -104,7 +109,7 @@ async def serve(
     )
 
 
-def operator_namespace(default: str) -> str:
+def operator_namespace(default: str = DEFAULT_NAMESPACE) -> str:
     """The namespace the operator runs in (downward API, then the service account's)."""
     from_env = os.environ.get("POD_NAMESPACE")
     if from_env:
@@ -126,35 +131,3 @@ def main(settings: OperatorSettings) -> int:
                 settings.certificates.mode)
     asyncio.run(serve(settings))
     return 0
-
-
-def settings_from_args(args: Any) -> OperatorSettings:
-    """The parsed ``gpunuma operator`` flags as settings; ``ValueError`` names a bad one."""
-    if args.stale_after < 1:
-        raise ValueError(f"--stale-after must be at least 1 heartbeat, got {args.stale_after}")
-    if not 0 < args.cert_renew_before_days < args.cert_validity_days:
-        raise ValueError(
-            f"--cert-renew-before-days ({args.cert_renew_before_days}) must be > 0 and below "
-            f"--cert-validity-days ({args.cert_validity_days})"
-        )
-    certificates = CertificateSettings(
-        mode=args.certificates,
-        namespace=args.namespace or operator_namespace(CertificateSettings().namespace),
-        service_name=args.webhook_service,
-        secret_name=args.webhook_secret,
-        webhook_configuration=args.webhook_configuration,
-        leaf_validity_days=args.cert_validity_days,
-        renew_before_days=args.cert_renew_before_days,
-    )
-    return OperatorSettings(
-        heartbeat_interval_s=args.heartbeat_interval,
-        stale_after_heartbeats=args.stale_after,
-        check_interval_s=args.check_interval,
-        pod_namespaces=tuple(args.pod_namespaces),
-        peering_name=args.peering_name,
-        standalone=args.standalone,
-        priority=int(args.priority) if args.priority is not None else None,
-        liveness_endpoint=args.liveness or None,
-        log_format=args.log_format,
-        certificates=certificates,
-    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from gpunuma.kubeapi import format_rfc3339, parse_rfc3339
+from gpunuma.rfc3339 import format_rfc3339, parse_rfc3339
 
 __all__ = ["Heartbeat", "judge_heartbeat"]
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gpunuma.kubeapi import format_rfc3339
+from gpunuma.rfc3339 import format_rfc3339
 
 __all__ = [
     "CONDITION_LABELED",

@@ -45,11 +45,20 @@ def node_labels(layout: Layout) -> dict[str, str]:
     return {key: value for key, value in labels.items() if is_valid_label_value(value)}
 
 
+_VENDOR_PREFIX = {"nvidia": "n", "amd": "a"}
+
+
 def _numa_gpu_map(layout: Layout) -> str:
-    indices: dict[int, list[int]] = defaultdict(list)
+    """``0-0.1_1-2.3``. Indices count per vendor, so on a mixed NVIDIA+AMD node a bare ``0`` would
+    name two GPUs: there each index carries its vendor's letter (``0-a0.n0_1-a1.n1``); ``n``/``a``
+    and digits are valid label characters, and single-vendor nodes keep the plain form."""
+    mixed = len(layout.vendors()) > 1
+    entries: dict[int, list[tuple[str, int]]] = defaultdict(list)
     for gpu in layout.gpus:
         if gpu.numa_node is not None:
-            indices[gpu.numa_node].append(gpu.index)
+            prefix = _VENDOR_PREFIX[gpu.vendor] if mixed else ""
+            entries[gpu.numa_node].append((prefix, gpu.index))
     return "_".join(
-        f"{node}-{'.'.join(map(str, sorted(indices[node])))}" for node in sorted(indices)
+        f"{node}-{'.'.join(f'{prefix}{index}' for prefix, index in sorted(entries[node]))}"
+        for node in sorted(entries)
     )

@@ -12,7 +12,6 @@ into an RFC 6902 patch by diffing, never by hand-written paths.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,10 +19,12 @@ from decimal import Decimal
 from typing import Any
 
 from gpunuma import names
-from gpunuma.settings import MutationSettings, gpu_resource_pattern
+from gpunuma.settings import DEFAULT_GPU_CLAIMS, MutationSettings, gpu_resource_pattern
+from gpunuma.webhook import patchdiff
 
 __all__ = [
     "INSTALL_COMMAND",
+    "LAUNCHER_UID",
     "MIRROR_POD_ANNOTATION",
     "POLICY_ENV",
     "WARNING_LIMIT",
@@ -33,7 +34,6 @@ __all__ = [
     "json_patch",
     "listed_containers",
     "mutate",
-    "mutation_settings",
     "selected_containers",
     "warning_line",
 ]
@@ -41,6 +41,8 @@ __all__ = [
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 POLICY_ENV = "GPUNUMA_POLICY"
 INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
+# The launcher image's USER (the Dockerfile's 65532:65532), named only for pods that run as root.
+LAUNCHER_UID = 65532
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
 WARNING_LIMIT = 120
 # gpunuma.io/containers holds container names (at most 63 characters each): 16 KiB is 256 of the
@@ -149,7 +151,8 @@ def mutate(
                              "\"preferred\"")
         warnings.append(warning_line(f"pod not bound: {too_many}"))
         return unchanged("too many containers")
-    selected = _select(annotations, init_containers, containers, settings.gpu_resources, warnings)
+    selected = _select(annotations, init_containers, containers, settings.gpu_resources, warnings,
+                       gpu_claims=_gpu_claim_names(spec, settings.gpu_claims))
     if not selected:
         return unchanged("no GPU containers")
     if _is_windows(spec):
@@ -203,8 +206,9 @@ def mutate(
         # Ours runs first, before any wrapped init container. One already there is kept as it is
         # (on reinvocation the API server has defaulted its fields), only moved to the front
         # should another webhook have put something before it.
-        launcher = next((c for c in init_containers if _is_launcher(c)), None) or (
-            _launcher_container(settings, best_effort=_is_best_effort(containers, init_containers)))
+        existing = next((c for c in init_containers if _is_launcher(c)), None)
+        launcher = _runs_as_pod_user(existing or _launcher_container(
+            settings, best_effort=_is_best_effort(containers, init_containers)), spec)
         new_spec["initContainers"] = [launcher, *(changed_containers.get(c["name"], c)
                                                   for c in init_containers if not _is_launcher(c))]
         if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
@@ -218,124 +222,13 @@ def mutate(
     )
 
 
-def mutation_settings(args: argparse.Namespace) -> MutationSettings:
-    """The settings of ``gpunuma webhook`` and ``gpunuma inject`` flags. Raises ValueError."""
-    return MutationSettings(
-        launcher_image=args.launcher_image,
-        gpu_resources=tuple(args.gpu_resources),
-        default_policy=getattr(args, "default_policy", None) or names.DEFAULT_POLICY,
-    )
-
-
 def json_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The RFC 6902 patch that turns ``original`` into ``mutated`` (empty when they are equal).
 
-    Computed by diffing the two, never from hand-written paths. Only the fields the mutation
-    writes are compared, and parts that are the same object on both sides (every container the
-    mutation did not touch) are skipped without being walked. ``jsonpatch.make_patch`` does the
-    same diff at about ten times the cost, more than a bare aiohttp request takes in all; the
-    tests apply every patch with ``jsonpatch`` and compare the result with the mutated pod.
+    Computed by diffing (:mod:`gpunuma.webhook.patchdiff`), never from hand-written paths. Only the
+    fields the mutation writes are compared; the pod's named lists are aligned by name first.
     """
-    before, after = _patched_view(original), _patched_view(mutated)
-    operations, aligned = _align_named_lists(before, after)
-    _diff(aligned, after, "", operations)
-    return operations
-
-
-def _diff(old: Any, new: Any, path: str, operations: list[dict[str, Any]]) -> None:
-    """Append to ``operations`` what turns ``old`` into ``new`` at ``path``.
-
-    Lists are compared as the mutation changes them: items added at the end (env, mounts,
-    volumes), items added at the front (the wrapped command), or items changed in place; any other
-    change replaces the list whole, which is always correct, if longer.
-    """
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in old:
-            if key not in new:
-                operations.append({"op": "remove", "path": _join(path, key)})
-        for key, value in new.items():
-            if key not in old:
-                operations.append({"op": "add", "path": _join(path, key), "value": value})
-            elif old[key] is not value:  # most of a pod is shared, unchanged: skip it cheaply
-                _diff(old[key], value, _join(path, key), operations)
-        return
-    if isinstance(old, list) and isinstance(new, list):
-        added = len(new) - len(old)
-        if added == 0:
-            for index, old_item in enumerate(old):
-                if old_item is not new[index]:
-                    _diff(old_item, new[index], f"{path}/{index}", operations)
-            return
-        # The kept items are the very objects of the old list (the mutation only adds around
-        # them), so identity decides, and Python's 1 == True cannot hide a change.
-        if added > 0 and all(a is b for a, b in zip(new[:len(old)], old, strict=True)):
-            operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
-                              for index in range(len(old), len(new)))
-            return
-        if added > 0 and all(a is b for a, b in zip(new[added:], old, strict=True)):
-            operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
-                              for index in range(added))
-            return
-    if not _same(old, new):
-        operations.append({"op": "replace", "path": path, "value": new})
-
-
-def _same(old: Any, new: Any) -> bool:
-    """Equal as JSON: Python's ``True == 1`` and ``1 == 1.0`` are not equal JSON documents."""
-    if old is new:
-        return True
-    if type(old) is not type(new):
-        return False
-    if isinstance(old, dict):
-        return old.keys() == new.keys() and all(_same(old[k], new[k]) for k in old)
-    if isinstance(old, list):
-        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new, strict=True))
-    return bool(old == new)
-
-
-def _join(path: str, key: str) -> str:
-    """``path`` and one more JSON pointer segment (RFC 6901 escapes ``~`` and ``/``)."""
-    return f"{path}/{key.replace('~', '~0').replace('/', '~1')}"
-
-
-def _align_named_lists(
-    before: dict[str, Any], after: Mapping[str, Any]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``add``/``move`` operations that put each named item of ``after``'s lists at its index,
-    and ``before`` with those operations applied (items not copied: the differ only reads)."""
-    operations: list[dict[str, Any]] = []
-    spec_before, spec_after = before.get("spec"), after.get("spec")
-    if not isinstance(spec_before, dict) or not isinstance(spec_after, dict):
-        return operations, before
-    aligned_spec = dict(spec_before)
-    for key in ("initContainers", "containers", "volumes"):
-        old, new = spec_before.get(key), spec_after.get(key)
-        if not isinstance(old, list) or not isinstance(new, list):
-            continue
-        staged = list(old)
-        staged_names = _names(staged)
-        if _names(new[:len(staged)]) == staged_names:
-            continue  # same items in the same places, any new ones at the end: nothing to align
-        for index, item in enumerate(new):
-            name = item.get("name") if isinstance(item, dict) else None
-            if name is None or staged_names[index:index + 1] == [name]:
-                continue
-            path = f"/spec/{key}/{index}"
-            if name in staged_names[index:]:
-                found = staged_names.index(name, index)
-                operations.append({"op": "move", "from": f"/spec/{key}/{found}", "path": path})
-                staged.insert(index, staged.pop(found))
-                staged_names.insert(index, staged_names.pop(found))
-            elif name not in staged_names:
-                operations.append({"op": "add", "path": path, "value": item})
-                staged.insert(index, item)
-                staged_names.insert(index, name)
-        aligned_spec[key] = staged
-    return operations, {**before, "spec": aligned_spec}
-
-
-def _names(items: list[Any]) -> list[object]:
-    return [item.get("name") if isinstance(item, dict) else None for item in items]
+    return patchdiff.diff(_patched_view(original), _patched_view(mutated), _NAMED_LISTS)
 
 
 # --- Decisions ---------------------------------------------------------------------------------
@@ -353,13 +246,35 @@ def _policy(annotations: Mapping[str, str], default: str, warnings: list[str]) -
     return default
 
 
-def selected_containers(pod: Mapping[str, Any], gpu_resources: Sequence[str]) -> set[str]:
+def selected_containers(pod: Mapping[str, Any], gpu_resources: Sequence[str],
+                        gpu_claims: Sequence[str] = DEFAULT_GPU_CLAIMS) -> set[str]:
     """Names of the containers ``mutate`` would wrap in this pod (for ``kubectl gpunuma explain``),
     whether or not the pod opted in. Raises ``InvalidPod``."""
     spec = _mapping(pod, "spec", "spec") or {}
     annotations = _string_map(_mapping(pod, "metadata", "metadata"), "annotations")
     return _select(annotations, _named_list(spec, "initContainers"), _named_list(spec, "containers"),
-                   gpu_resources, [])
+                   gpu_resources, [], gpu_claims=_gpu_claim_names(spec, gpu_claims))
+
+
+def _gpu_claim_names(spec: Mapping[str, Any], globs: Sequence[str]) -> frozenset[str]:
+    """The names of the pod's ``resourceClaims`` entries that stand for GPUs: the entry's own name,
+    its ResourceClaim's or its ResourceClaimTemplate's matches a ``--gpu-claims`` glob.
+
+    A DeviceClass is what really says "GPU", but a pod does not name it: only the API server knows
+    the claim's class, and the webhook makes no API calls (DESIGN §9). Raises ``InvalidPod``.
+    """
+    pattern = gpu_resource_pattern(tuple(globs))
+    found: set[str] = set()
+    for entry in _named_list(spec, "resourceClaims"):
+        source = entry.get("source")  # before Kubernetes 1.31 the names sat under "source"
+        names_of = [entry["name"]] + [
+            value for holder in (entry, source if isinstance(source, Mapping) else {})
+            for key in ("resourceClaimName", "resourceClaimTemplateName")
+            if isinstance(value := holder.get(key), str)
+        ]
+        if any(pattern.match(name) for name in names_of):
+            found.add(entry["name"])
+    return frozenset(found)
 
 
 def listed_containers(annotations: Mapping[str, str]) -> list[str]:
@@ -384,8 +299,11 @@ def _select(
     containers: Sequence[Mapping[str, Any]],
     gpu_resources: Sequence[str],
     warnings: list[str],
+    *,
+    gpu_claims: frozenset[str] = frozenset(),
 ) -> set[str]:
-    """Names of the containers to wrap: the annotation's list, else those that request GPUs."""
+    """Names of the containers to wrap: the annotation's list, else those that request GPUs or
+    use a claim of ``gpu_claims`` (names of the pod's ``resourceClaims`` entries)."""
     candidates = [c for c in (*init_containers, *containers) if not _is_launcher(c)]
     listed = annotations.get(names.ANNOTATION_CONTAINERS) or ""
     if len(listed) > MAX_CONTAINERS_ANNOTATION:
@@ -402,7 +320,18 @@ def _select(
                 f"{_quote(unknown[0])}, which is not a container of this pod"))
         return {name for name in requested if name in known}
     pattern = gpu_resource_pattern(tuple(gpu_resources))
-    return {c["name"] for c in candidates if _requests_gpu(c, pattern)}
+    return {c["name"] for c in candidates
+            if _requests_gpu(c, pattern) or _uses_claim(c, gpu_claims)}
+
+
+def _uses_claim(container: Mapping[str, Any], claims: frozenset[str]) -> bool:
+    if not claims:
+        return False
+    resources = container.get("resources")
+    used = resources.get("claims") if isinstance(resources, dict) else None
+    if not isinstance(used, list):
+        return False
+    return any(isinstance(item, dict) and item.get("name") in claims for item in used)
 
 
 def _requests_gpu(container: Mapping[str, Any], gpu_resources: re.Pattern[str]) -> bool:
@@ -430,7 +359,12 @@ def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str]
 
 
 def _is_zero(quantity: object) -> bool:
-    """True for a quantity of zero (``0``, ``"0"``, ``"0k"``): such a container has no GPU."""
+    """True for a quantity of zero (``0``, ``"0"``, ``"0k"``): such a container has no GPU.
+
+    ``null`` (a Helm value left empty) is zero too: Kubernetes decodes a null quantity as 0.
+    """
+    if quantity is None:
+        return True
     if isinstance(quantity, int) or (isinstance(quantity, str) and quantity.isdigit()):
         return int(quantity) == 0
     match = _QUANTITY_NUMBER.match(str(quantity))
@@ -542,6 +476,25 @@ def _launcher_container(settings: MutationSettings, *, best_effort: bool) -> dic
     return container
 
 
+def _runs_as_pod_user(launcher: Mapping[str, Any], spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``launcher`` fitted to the UID the pod sets for every container.
+
+    A pod-level ``runAsUser: 0`` applies to our init container too, and the kubelet refuses to
+    start a container that says ``runAsNonRoot: true`` with UID 0: the whole pod would stay
+    Pending. Such a pod is one that a policy lets choose its UID (Pod Security "restricted" and
+    OpenShift's range-assigning SCCs reject UID 0 before it gets here), so ours names the launcher
+    image's own non-root UID. Any other pod gets no UID from us: it is then the pod's non-zero
+    one, the one OpenShift assigns, or the image's numeric USER.
+    """
+    pod_context = spec.get("securityContext")
+    context = launcher.get("securityContext")
+    if not (isinstance(pod_context, dict) and pod_context.get("runAsUser") == 0
+            and isinstance(context, dict) and context.get("runAsNonRoot") is True
+            and "runAsUser" not in context):
+        return launcher
+    return {**launcher, "securityContext": {**context, "runAsUser": LAUNCHER_UID}}
+
+
 def _is_best_effort(*container_lists: Sequence[Mapping[str, Any]]) -> bool:
     for container in (c for containers in container_lists for c in containers):
         resources = container.get("resources")
@@ -577,6 +530,10 @@ def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str]) -
 _PATCHED_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metadata", ("annotations", "labels")),
     ("spec", ("initContainers", "containers", "volumes")),
+)
+# Lists whose items have a ``name`` the mutation may insert before (the launcher init container).
+_NAMED_LISTS: tuple[tuple[str, str], ...] = (
+    ("spec", "initContainers"), ("spec", "containers"), ("spec", "volumes"),
 )
 
 

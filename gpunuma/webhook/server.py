@@ -18,7 +18,6 @@ get the new pair, open ones keep theirs, and a pair that fails to load leaves th
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -35,8 +34,8 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gpunuma import __version__
 from gpunuma.settings import WebhookSettings, parse_listen
@@ -49,7 +48,6 @@ from gpunuma.webhook.guard import (
     QuietServerLog,
     short,
 )
-from gpunuma.webhook.mutation import mutation_settings
 from gpunuma.webhook.review import Admission, BadRequest, Memory, admit
 
 __all__ = [
@@ -194,7 +192,7 @@ class WebhookServer:
         app.router.add_post("/mutate-namespace", self._handler(namespace_opted_in=True))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
         return app
 
     async def start(self) -> None:
@@ -339,10 +337,6 @@ class WebhookServer:
             return web.Response(text="ok\n")
         return web.Response(status=503, text="shutting down\n")
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
 
 def _bad_request(reason: str) -> web.Response:
     return web.json_response({"reason": reason}, status=400)
@@ -373,21 +367,11 @@ async def serve(settings: WebhookSettings) -> None:
         await server.stop()
 
 
-def main(args: argparse.Namespace) -> int:
-    """Entry of ``gpunuma webhook`` (flags in ``gpunuma.cli``)."""
+def main(settings: WebhookSettings) -> int:
+    """Entry of ``gpunuma webhook`` (flags and their conversion in ``gpunuma.cli``)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = WebhookSettings(
-            listen=args.listen, tls_cert_file=Path(args.tls_cert_file),
-            tls_key_file=Path(args.tls_key_file), shutdown_delay=args.shutdown_delay,
-            mutation=mutation_settings(args),
-        )
-        parse_listen(settings.listen)
-    except ValueError as exc:
-        print(f"gpunuma webhook: {exc}", file=sys.stderr)
-        return 2
     try:
         asyncio.run(serve(settings))
     except (TLSError, OSError) as exc:

@@ -7,7 +7,6 @@ socket, fed messages shaped like what the NVIDIA and AMD device plugins make the
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,15 +25,6 @@ from tests.fixtures import machines
 
 NODE = "gpu-node-7"
 NODE_UID = "6f1c2d9e-3b4a-4c5d-8e7f-901a2b3c4d5e"
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait for a condition, polling; a bounded loop, so a broken agent fails instead of hanging."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def _layout_object(kmock: Any) -> Any:
@@ -56,8 +46,11 @@ def cr(kmock: Any) -> dict[str, Any]:
 
 
 @dataclass
-class FakeNvml:
-    """Stands in for NVML, which alone knows MIG instances: reports them for chosen GPUs."""
+class MigBackend:
+    """A vendor backend that reports MIG instances for chosen GPUs (NVML alone knows them).
+
+    A backend, not a fake ``pynvml`` (that is tests/discovery/fakes.FakeNvml, for the NVML
+    backend's own tests): the agent's tests need MIG devices in the layout, not NVML's calls."""
 
     mig: dict[str, tuple[str, ...]] = field(default_factory=dict)  # bus id → MIG UUIDs
     name: str = "nvml"
@@ -75,17 +68,26 @@ def layout_of(tree: machines.Tree, *, mig: dict[str, tuple[str, ...]] | None = N
     """The layout the agent would publish for this machine (real discovery over the tree)."""
     settings = DiscoverySettings(sysfs_root=tree.sysfs, procfs_root=tree.procfs,
                                  backend="auto" if mig else "sysfs")
-    return discover(settings, vendor_backends={"nvml": FakeNvml(mig)} if mig else {})
+    return discover(settings, vendor_backends={"nvml": MigBackend(mig)} if mig else {})
 
 
 def container(
-    name: str, devices: Sequence[tuple[str, Sequence[str]]] = (), cpu_ids: Sequence[int] = ()
+    name: str, devices: Sequence[tuple[str, Sequence[str]]] = (), cpu_ids: Sequence[int] = (),
+    claims: Sequence[tuple[str, str, Sequence[tuple[str, str, str]]]] = (),
 ) -> pb.ContainerResources:
+    """``claims``: (namespace, claim, [(driver, pool, device)]) as the kubelet reports DRA."""
     return pb.ContainerResources(
         name=name,
         devices=[pb.ContainerDevices(resource_name=resource, device_ids=list(ids))
                  for resource, ids in devices],
         cpu_ids=list(cpu_ids),
+        dynamic_resources=[
+            pb.DynamicResource(claim_namespace=namespace, claim_name=claim, claim_resources=[
+                pb.ClaimResource(driver_name=driver, pool_name=pool, device_name=device,
+                                 cdi_devices=[pb.CDIDevice(name=f"k8s.{driver}/claim=uid-{device}")])
+                for driver, pool, device in devices_of_claim])
+            for namespace, claim, devices_of_claim in claims
+        ],
     )
 
 

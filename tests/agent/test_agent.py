@@ -27,9 +27,9 @@ from tests.agent.conftest import (
     layout_of,
     pod,
     published,
-    until,
 )
 from tests.fixtures import machines
+from tests.polling import eventually
 
 MIG = "MIG-1d4f2c7e-96a1-5b3b-8f0e-3a4c5d6e7f80"
 
@@ -126,7 +126,7 @@ async def test_the_first_pass_creates_the_layout_owned_by_the_node(
     api: Any, start: Callable[..., Running], hgx: Machine
 ) -> None:
     run = start(hgx)
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     obj = cr(api)
     assert obj["metadata"]["ownerReferences"] == [
         {"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": NODE_UID}]
@@ -143,7 +143,7 @@ async def test_unchanged_passes_make_no_write(
     api: Any, start: Callable[..., Running], hgx: Machine
 ) -> None:
     run = start(hgx)
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     await asyncio.sleep(0.5)  # about ten discovery passes at interval 0.05
     await run.halt()
     assert [method for method, _ in writes(api)] == ["POST"]
@@ -154,7 +154,7 @@ async def test_a_restarted_agent_on_an_unchanged_node_writes_nothing(
     api: Any, start: Callable[..., Running], hgx: Machine
 ) -> None:
     first = start(hgx)
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     await first.halt()
     second = start(hgx)
     await asyncio.sleep(0.3)
@@ -167,9 +167,9 @@ async def test_a_gpu_gone_updates_the_layout(
     build_machine: Callable[[machines.Machine], machines.Tree],
 ) -> None:
     run = start(hgx)
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     hgx.tree = build_machine(hgx.tree.machine.without("0000:c3:00.0"))
-    await until(lambda: len(writes(api)) == 2)
+    await eventually(lambda: len(writes(api)) == 2)
     await asyncio.sleep(0.2)
     await run.halt()
     [(_, _), (method, patch)] = writes(api)
@@ -185,7 +185,7 @@ async def test_the_heartbeat_patches_only_heartbeat_time(
     api: Any, start: Callable[..., Running], hgx: Machine
 ) -> None:
     run = start(hgx, heartbeat=0.15)
-    await until(lambda: len(writes(api)) >= 3)
+    await eventually(lambda: len(writes(api)) >= 3)
     await run.halt()
     created, *heartbeats = writes(api)
     assert created[0] == "POST"
@@ -204,7 +204,7 @@ async def test_server_errors_are_retried_with_backoff(
 ) -> None:
     fail_first(api, "get", 3, 500, "InternalError")
     run = start(hgx)
-    await until(lambda: run.agent.metrics.api_writes.labels(kind="created")._value.get() == 1)
+    await eventually(lambda: run.agent.metrics.api_writes.labels(kind="created")._value.get() == 1)
     await run.halt()
     assert run.agent.metrics.errors.labels(stage="api")._value.get() == 3
     assert run.agent.health()["errors"] == {}
@@ -232,7 +232,7 @@ async def test_a_conflict_on_create_finds_the_object_and_writes_no_more(
     # or a second agent): the retry reads the object, finds it current and leaves it alone.
     fail_first(api, "post", 1, 409, "AlreadyExists")
     run = start(hgx)
-    await until(lambda: run.agent.metrics.errors.labels(stage="api")._value.get() == 1)
+    await eventually(lambda: run.agent.metrics.errors.labels(stage="api")._value.get() == 1)
     await asyncio.sleep(0.3)
     await run.halt()
     assert [method for method, _ in writes(api)] == ["POST"]
@@ -244,12 +244,12 @@ async def test_a_conflict_on_update_reads_the_object_again_before_writing(
     build_machine: Callable[[machines.Machine], machines.Tree],
 ) -> None:
     run = start(hgx)
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     fail_first(api, "patch", 1, 409, "Conflict")
     reads_before = sum(1 for request in api if request.method.value == "GET")
     hgx.tree = build_machine(hgx.tree.machine.without("0000:9d:00.0"))
-    await until(lambda: run.agent.metrics.errors.labels(stage="api")._value.get() == 1)
-    await until(lambda: run.agent.health()["errors"] == {})
+    await eventually(lambda: run.agent.metrics.errors.labels(stage="api")._value.get() == 1)
+    await eventually(lambda: run.agent.health()["errors"] == {})
     await asyncio.sleep(0.2)
     await run.halt()
     assert sum(1 for request in api if request.method.value == "GET") > reads_before
@@ -264,7 +264,7 @@ async def test_a_node_without_gpus_publishes_once_then_only_heartbeats(
     build_machine: Callable[[machines.Machine], machines.Tree],
 ) -> None:
     run = start(Machine(build_machine(machines.cpu_only())), socket=kubelet.socket, heartbeat=0.2)
-    await until(lambda: len(writes(api)) >= 3)
+    await eventually(lambda: len(writes(api)) >= 3)
     await run.halt()
     created, *rest = writes(api)
     assert created[1]["spec"]["gpus"] == []
@@ -290,7 +290,7 @@ async def test_allocations_from_the_kubelet_reach_the_cr(
         pod("kube-system", "coredns", container("coredns")),
     ]
     run = start(node, socket=kubelet.socket)
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     assert cr(api)["spec"]["allocations"] == [
         {"namespace": "ml", "pod": "llama-0", "container": "server",
          "resource": "nvidia.com/gpu", "deviceIds": [f"{uuids[1]}::0", f"{uuids[1]}::2"],
@@ -305,16 +305,16 @@ async def test_allocations_from_the_kubelet_reach_the_cr(
     assert [method for method, _ in writes(api)] == ["POST"]
 
     kubelet.servicer.pods = kubelet.servicer.pods[1:]  # llama-0 finished
-    await until(lambda: len(writes(api)) == 2)
+    await eventually(lambda: len(writes(api)) == 2)
     assert [entry["pod"] for entry in cr(api)["spec"]["allocations"]] == ["mig-job", "wide"]
 
     await kubelet.stop()  # the kubelet restarts: allocations stay as they were, no write
-    await until(lambda: run.agent.metrics.kubelet_up._value.get() == 0)
+    await eventually(lambda: run.agent.metrics.kubelet_up._value.get() == 0)
     await asyncio.sleep(0.2)
     assert len(writes(api)) == 2
     assert "kubelet" in run.agent.health()["errors"]
     await kubelet.start()
-    await until(lambda: run.agent.metrics.kubelet_up._value.get() == 1)
+    await eventually(lambda: run.agent.metrics.kubelet_up._value.get() == 1)
     await asyncio.sleep(0.1)
     await run.halt()
     assert len(writes(api)) == 2
@@ -332,7 +332,7 @@ async def test_amd_partitions_and_bus_ids_reach_the_cr(
                                                                   "amdgpu_xcp_99"])])),
     ]
     run = start(node, socket=kubelet.socket)
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     await run.halt()
     slices, whole = cr(api)["spec"]["allocations"]
     assert whole["numaNodes"] == [1]
@@ -345,8 +345,8 @@ async def test_a_layout_without_a_kubelet_still_publishes(
     api: Any, start: Callable[..., Running], hgx: Machine, socket_dir: Path
 ) -> None:
     run = start(hgx, socket=socket_dir / "absent.sock")
-    await until(lambda: published(api))
-    await until(lambda: "kubelet" in run.agent.health()["errors"])
+    await eventually(lambda: published(api))
+    await eventually(lambda: "kubelet" in run.agent.health()["errors"])
     await run.halt()
     assert cr(api)["spec"]["allocations"] == []
     assert "does not exist" in run.agent.health()["errors"]["kubelet"]
@@ -356,12 +356,12 @@ async def test_a_failing_discovery_keeps_the_last_layout_and_recovers(
     api: Any, start: Callable[..., Running], hgx: Machine
 ) -> None:
     run = start(hgx)
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     hgx.fault = OSError("sysfs went away")
-    await until(lambda: "discovery" in run.agent.health()["errors"])
+    await eventually(lambda: "discovery" in run.agent.health()["errors"])
     assert run.agent.layout is not None
     hgx.fault = None
-    await until(lambda: run.agent.health()["errors"] == {})
+    await eventually(lambda: run.agent.health()["errors"] == {})
     await run.halt()
     assert [method for method, _ in writes(api)] == ["POST"]
 
@@ -385,12 +385,12 @@ async def test_a_hanging_discovery_times_out_and_heartbeats_and_kubelet_polls_go
     api: Any, start: Callable[..., Running], hgx: Machine, kubelet: KubeletServer,
 ) -> None:
     run = start(hgx, socket=kubelet.socket, heartbeat=0.1, discovery_timeout=0.1)
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     hung = threading.Event()
     hgx.hang = hung  # NVML on a GPU fallen off the bus: the call never returns
     try:
         calls_before_hang = hgx.calls
-        await until(lambda: "discovery" in run.agent.health()["errors"])
+        await eventually(lambda: "discovery" in run.agent.health()["errors"])
         heartbeats, polls = len(writes(api)), kubelet.servicer.calls
         await asyncio.sleep(0.6)
         assert len(writes(api)) >= heartbeats + 2  # heartbeats go on
@@ -403,9 +403,9 @@ async def test_a_hanging_discovery_times_out_and_heartbeats_and_kubelet_polls_go
     finally:
         hgx.hang = None
         hung.set()
-    await until(lambda: run.agent.health()["errors"] == {})
+    await eventually(lambda: run.agent.health()["errors"] == {})
     assert "discoveryRunningSeconds" not in run.agent.health()
-    await until(lambda: hgx.calls >= calls_before_hang + 2)  # new discoveries start again
+    await eventually(lambda: hgx.calls >= calls_before_hang + 2)  # new discoveries start again
     await run.halt()
 
 
@@ -415,10 +415,10 @@ async def test_a_discovery_slower_than_the_timeout_still_publishes_its_layout(
     released = threading.Event()
     hgx.hang = released
     run = start(hgx, discovery_timeout=0.05)
-    await until(lambda: "discovery" in run.agent.health()["errors"])
+    await eventually(lambda: "discovery" in run.agent.health()["errors"])
     hgx.hang = None
     released.set()
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     await run.halt()
     assert hgx.calls >= 1
 
@@ -444,7 +444,7 @@ async def test_an_explicit_backend_that_is_unavailable_publishes_sysfs_with_an_e
     roots = DiscoverySettings(sysfs_root=hgx.tree.sysfs, procfs_root=hgx.tree.procfs,
                               backend="nvml")
     run = start(NvmlNamedButMissing(), discovery=roots)
-    await until(lambda: published(api))
+    await eventually(lambda: published(api))
     await run.halt()
     spec = cr(api)["spec"]
     assert spec["source"] == "sysfs"
@@ -453,3 +453,49 @@ async def test_an_explicit_backend_that_is_unavailable_publishes_sysfs_with_an_e
     assert error["source"] == "nvml"
     assert "--backend nvml is unavailable" in error["message"]
     assert "libnvidia-ml.so.1" in error["message"]
+
+
+async def test_a_dra_pod_reaches_the_cr_through_the_kubelet_and_the_nodes_resourceslices(
+    api: Any, start: Callable[..., Running], kubelet: KubeletServer, hgx: Machine,
+) -> None:
+    """A GPU given through a ResourceClaim: the real gRPC kubelet reports it in dynamic_resources,
+    the ResourceSlice (served by the API) ties it to a bus id, and the CR says where it is."""
+    api.objects["resource.k8s.io/v1/resourceslices", None, f"{NODE}-gpu.nvidia.com-5g2xq"] = {
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "metadata": {"name": f"{NODE}-gpu.nvidia.com-5g2xq"},
+        "spec": {"driver": "gpu.nvidia.com", "nodeName": NODE,
+                 "pool": {"name": NODE, "generation": 1, "resourceSliceCount": 1},
+                 "devices": [
+                     {"name": "gpu-5", "attributes": {
+                         "resource.kubernetes.io/pciBusID": {"string": "0000:c3:00.0"},
+                         "index": {"int": 5}, "productName": {"string": "NVIDIA H100"}}},
+                     {"name": "gpu-6", "attributes": {"index": {"int": 6}}},
+                 ]}}
+    # Another node's slice with the same pool and device names must not be taken for ours.
+    api.objects["resource.k8s.io/v1/resourceslices", None, "other-gpu.nvidia.com-q8w4e"] = {
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "metadata": {"name": "other-gpu.nvidia.com-q8w4e"},
+        "spec": {"driver": "gpu.nvidia.com", "nodeName": "other", "pool": {"name": NODE},
+                 "devices": [{"name": "gpu-6", "attributes": {
+                     "resource.kubernetes.io/pciBusID": {"string": "0000:1b:00.0"}}}]}}
+    kubelet.servicer.pods = [
+        pod("ml", "vllm-dra", container("server", cpu_ids=[100, 101], claims=[
+            ("ml", "single-gpu", [("gpu.nvidia.com", NODE, "gpu-5")])])),
+        pod("ml", "no-slice", container("main", claims=[
+            ("ml", "gpu", [("gpu.nvidia.com", NODE, "gpu-6")])])),
+    ]
+    run = start(hgx, socket=kubelet.socket)
+    await eventually(lambda: published(api))
+    await eventually(lambda: len(cr(api)["spec"]["allocations"]) == 2)
+    await run.halt()
+    assert cr(api)["spec"]["allocations"] == [
+        {"namespace": "ml", "pod": "no-slice", "container": "main", "resource": "gpu.nvidia.com",
+         "claim": "gpu", "deviceIds": [f"{NODE}/gpu-6"], "numaNodes": [], "cpus": "",
+         "unknownDeviceIds": [f"{NODE}/gpu-6"]},
+        {"namespace": "ml", "pod": "vllm-dra", "container": "server", "resource": "gpu.nvidia.com",
+         "claim": "single-gpu", "deviceIds": [f"{NODE}/gpu-5"], "numaNodes": [1],
+         "cpus": "100-101"},
+    ]
+    lists = [r for r in api if r.method.value == "GET" and "resourceslices" in str(r.url)]
+    assert lists, "the agent never asked for ResourceSlices"
+    assert all("fieldSelector=spec.nodeName" in str(r.url) for r in lists)

@@ -8,12 +8,14 @@ from dataclasses import replace
 import pytest
 
 from gpunuma.agent.allocations import (
+    ClaimDevice,
     ContainerDevices,
     ContainerResources,
     GpuIndex,
     PodResources,
     allocations,
 )
+from gpunuma.agent.resourceslices import PCI_BUS_ID_ATTRIBUTE, device_identities
 from gpunuma.settings import DEFAULT_GPU_RESOURCES
 from gpunuma.topology import Layout
 from tests.fixtures import machines
@@ -208,3 +210,72 @@ def test_a_container_without_own_cpus_runs_on_the_pods_cpus_less_its_siblings(
     ), cpu_ids=frozenset({4, 5, 6, 7, 60}))]
     [entry] = allocations(pods, hgx, DEFAULT_GPU_RESOURCES)
     assert entry["cpus"] == "6-7"
+
+
+# DRA ------------------------------------------------------------------------------------------------
+
+
+def nvidia_slice(node: str, devices: dict[str, dict[str, object]], *, v1beta1: bool = False
+                 ) -> dict[str, object]:
+    """A ResourceSlice as the NVIDIA DRA driver publishes it (attribute values typed)."""
+    listed = []
+    for name, attributes in devices.items():
+        typed = {key: {"string": value} if isinstance(value, str) else {"int": value}
+                 for key, value in attributes.items()}
+        listed.append({"name": name, "basic": {"attributes": typed}} if v1beta1
+                      else {"name": name, "attributes": typed})
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+            "metadata": {"name": f"{node}-gpu.nvidia.com-x7k2p"},
+            "spec": {"driver": "gpu.nvidia.com", "nodeName": node,
+                     "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+                     "devices": listed}}
+
+
+def claim_pod(*devices: tuple[str, str, str], claim: str = "gpus") -> list[PodResources]:
+    return [PodResources("ml", "trainer", (ContainerResources("main", claims=tuple(
+        ClaimDevice("ml", claim, driver, pool, device) for driver, pool, device in devices)),))]
+
+
+def test_a_dra_claims_devices_map_to_gpus_by_the_standard_pci_bus_id_attribute(hgx: Layout) -> None:
+    dra = device_identities([nvidia_slice("n7", {
+        "gpu-1": {PCI_BUS_ID_ATTRIBUTE: "0000:43:00.0", "index": 1},
+        "gpu-6": {PCI_BUS_ID_ATTRIBUTE: "0000:D1:00.0", "index": 6},  # any spelling of a bus id
+    })])
+    pods = claim_pod(("gpu.nvidia.com", "n7", "gpu-6"), ("gpu.nvidia.com", "n7", "gpu-1"))
+    [entry] = allocations(pods, hgx, DEFAULT_GPU_RESOURCES, dra)
+    assert entry == {
+        "namespace": "ml", "pod": "trainer", "container": "main", "resource": "gpu.nvidia.com",
+        "claim": "gpus", "deviceIds": ["n7/gpu-1", "n7/gpu-6"], "numaNodes": [0, 1],
+        "cpus": "0-223",
+    }
+
+
+def test_without_a_bus_id_the_drivers_uuid_and_a_mig_devices_parent_name_the_gpu(
+    hgx: Layout,
+) -> None:
+    unknown_mig = "MIG-99999999-0000-5000-8000-000000000000"  # not among NVML's MIG devices
+    dra = device_identities([nvidia_slice("n7", {
+        "gpu-2": {"uuid": str(hgx.gpus[2].uuid)},
+        "gpu-7-mig-1": {"gpu.nvidia.com/uuid": MIG_A},
+        "gpu-5-mig-0": {"uuid": unknown_mig, "parentUUID": str(hgx.gpus[5].uuid)},
+    }, v1beta1=True)])
+    for device, node in (("gpu-2", [0]), ("gpu-7-mig-1", [1]), ("gpu-5-mig-0", [1])):
+        [entry] = allocations(claim_pod(("gpu.nvidia.com", "n7", device)), hgx,
+                              DEFAULT_GPU_RESOURCES, dra)
+        assert entry["numaNodes"] == node, device
+        assert "unknownDeviceIds" not in entry
+
+
+def test_a_gpu_drivers_device_without_a_slice_is_reported_unknown_and_a_nics_claim_is_not_ours(
+    hgx: Layout,
+) -> None:
+    dra = device_identities([nvidia_slice("n7", {"gpu-0": {"index": 0}})])  # no usable id
+    pods = claim_pod(("gpu.nvidia.com", "n7", "gpu-0"), ("gpu.nvidia.com", "n7", "gpu-9"))
+    pods += [replace(claim_pod(("dra.net", "n7", "eth1"), claim="nic")[0], name="router")]
+    [entry] = allocations(pods, hgx, DEFAULT_GPU_RESOURCES, dra)
+    assert entry["pod"] == "trainer"
+    assert entry["unknownDeviceIds"] == ["n7/gpu-0", "n7/gpu-9"]
+    assert entry["numaNodes"] == []
+    # A bare number from a slice is never taken as a GPU index.
+    assert allocations(claim_pod(("gpu.nvidia.com", "n7", "gpu-0")), hgx, DEFAULT_GPU_RESOURCES,
+                       {("gpu.nvidia.com", "n7", "gpu-0"): ["0"]})[0]["numaNodes"] == []

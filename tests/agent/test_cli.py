@@ -17,8 +17,9 @@ import pytest
 
 from gpunuma.cli import build_parser
 from gpunuma.settings import parse_listen
-from tests.agent.conftest import NODE, NODE_UID, cr, published, until
+from tests.agent.conftest import NODE, NODE_UID, cr, published
 from tests.fixtures import machines
+from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,7 +97,7 @@ async def test_the_agent_process_publishes_serves_probes_and_stops_on_sigterm(
         stderr=asyncio.subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
-        await until(lambda: published(kmock), within=20)
+        await eventually(lambda: published(kmock), within=20)
         assert cr(kmock)["spec"]["summary"]["gpus"] == 8
         assert all(r.headers.get("Authorization") == "Bearer t0ken" for r in kmock)
         async with aiohttp.ClientSession() as session:

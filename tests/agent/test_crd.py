@@ -22,7 +22,13 @@ import pytest
 import yaml
 
 from gpunuma import names
-from gpunuma.agent.allocations import ContainerDevices, ContainerResources, PodResources, allocations
+from gpunuma.agent.allocations import (
+    ClaimDevice,
+    ContainerDevices,
+    ContainerResources,
+    PodResources,
+    allocations,
+)
 from gpunuma.agent.publisher import layout_object, layout_spec
 from gpunuma.settings import DEFAULT_GPU_RESOURCES
 from gpunuma.topology import Layout, Problem
@@ -77,8 +83,11 @@ def _realistic_allocations(layout: Layout) -> list[dict[str, Any]]:
     pods = [PodResources("ml", "trainer", (ContainerResources(
         "main", (ContainerDevices("nvidia.com/gpu" if layout.gpus[0].vendor == "nvidia"
                                   else "amd.com/gpu", (*ids, "unknown-device")),),
-        frozenset({0, 1})),))]
-    return allocations(pods, layout, DEFAULT_GPU_RESOURCES)
+        frozenset({0, 1})),
+        ContainerResources("dra", claims=(ClaimDevice("ml", "gpu", "gpu.nvidia.com", "p", "gpu-0"),)),
+    ))]
+    dra = {("gpu.nvidia.com", "p", "gpu-0"): [layout.gpus[0].pci_bus_id]}
+    return allocations(pods, layout, DEFAULT_GPU_RESOURCES, dra)
 
 
 @pytest.fixture(scope="module")

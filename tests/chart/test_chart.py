@@ -336,7 +336,9 @@ def test_the_webhook_has_no_api_access_at_all(scenario: tuple[str, Rendered]) ->
     assert spec["automountServiceAccountToken"] is False
 
 
-def test_the_agent_may_write_only_gpunumalayouts_and_read_only_its_node(default: Rendered) -> None:
+def test_the_agent_may_write_only_gpunumalayouts_read_its_node_and_list_resourceslices(
+    default: Rendered,
+) -> None:
     bindings = bindings_of(default, f"{RELEASE}-agent")
     assert [b["kind"] for b in bindings] == ["ClusterRoleBinding"]
     role = default.one("ClusterRole", bindings[0]["roleRef"]["name"])
@@ -345,7 +347,9 @@ def test_the_agent_may_write_only_gpunumalayouts_and_read_only_its_node(default:
     writes = {(g, r) for g, r, v in grants if v in WRITE_VERBS}
     assert writes == {(names.CRD_GROUP, names.CRD_PLURAL)}
     assert {(g, r, v) for g, r, v in grants if r == "nodes"} == {("", "nodes", "get")}
-    assert all(v not in ("list", "watch") for _, _, v in grants)
+    # Listing DRA ResourceSlices is the one list: which GPU a ResourceClaim's device is.
+    assert {(g, r, v) for g, r, v in grants if v in ("list", "watch")} == {
+        ("resource.k8s.io", "resourceslices", "list")}
 
 
 def test_the_operator_reads_secrets_only_in_its_namespace_and_only_its_own(default: Rendered) -> None:
@@ -421,14 +425,17 @@ def readme_section(heading: str) -> str:
 
 
 def test_the_notes_and_the_readme_install_the_kubectl_plugin_the_same_way(default: Rendered) -> None:
-    install = readme_section("Install with Helm")
-    assert "pip install ." in default.notes
-    assert "pip install ." in install
-    assert "pip install gpunuma" not in default.notes + install
+    readme = (CHART.parents[1] / "README.md").read_text()
+    first = next(line for line in readme.splitlines() if line.startswith("python3 -m venv"))
+    install = first.split(" && .venv/bin/gpunuma")[0]
+    assert install == "python3 -m venv .venv && .venv/bin/pip install ."
+    assert install in default.notes
+    assert 'export PATH="$PWD/.venv/bin:$PATH"' in default.notes + readme_section("Install on a cluster")
+    assert "pip install gpunuma" not in default.notes + readme
 
 
 def test_the_readme_builds_and_pushes_the_image_before_helm_install() -> None:
-    install = readme_section("Install with Helm")
+    install = readme_section("Install on a cluster")
     build, push, helm = (install.index(command) for command in ("docker build", "docker push",
                                                                  "helm install"))
     assert build < push < helm
@@ -439,7 +446,7 @@ def test_the_launcher_image_must_be_pullable_from_opted_in_namespaces_is_documen
     values = (CHART / "values.yaml").read_text()
     image_block = values[values.index("image:"):values.index("imagePullSecrets:")]
     assert "pullable from every opted-in namespace" in image_block
-    assert "pullable from every opted-in namespace" in readme_section("Limits")
+    assert "pullable from every opted-in namespace" in (CHART.parents[1] / "docs/limits.md").read_text()
 
 
 def test_the_privileged_namespace_label_is_asked_for_only_when_the_agent_runs(
@@ -493,11 +500,16 @@ def test_the_webhook_is_highly_available_with_https_probes(default: Rendered) ->
     assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-def test_the_operator_runs_two_peered_replicas(default: Rendered) -> None:
+def test_the_operator_runs_two_peered_replicas(
+    monkeypatch: pytest.MonkeyPatch, default: Rendered, chart: Any,
+) -> None:
     assert default.workload("operator")["spec"]["replicas"] == 2
     peering = default.one("ClusterKopfPeering")
     assert default.env("operator")["GPUNUMA_PEERING_NAME"] == peering["metadata"]["name"]
-    assert default.env("operator")["GPUNUMA_HEARTBEAT_INTERVAL"] == default.env("agent")["GPUNUMA_HEARTBEAT"]
+    # The operator judges staleness by the agent's heartbeat, by default and when it is set.
+    for rendered in (default, render(chart, {"agent": {"heartbeatSeconds": 120}})):
+        heartbeat = parse_as_the_container_would(monkeypatch, rendered, "agent").heartbeat
+        assert parse_as_the_container_would(monkeypatch, rendered, "operator").heartbeat_interval == heartbeat
 
 
 def test_every_container_requests_resources(scenario: tuple[str, Rendered]) -> None:
@@ -547,13 +559,16 @@ def test_the_webhook_container_starts_with_the_settings_the_chart_means(
     monkeypatch: pytest.MonkeyPatch, chart: Any,
 ) -> None:
     rendered = render(chart, {"defaultPolicy": "cpu-only", "gpuResources": ["amd.com/gpu"],
-                              "webhook": {"port": 9443}})
+                              "gpuClaims": ["mi300x-*", "*gpu*"], "webhook": {"port": 9443}})
     parsed = parse_as_the_container_would(monkeypatch, rendered, "webhook")
     assert parsed.listen == ":9443"  # every address, IPv4 and IPv6
     assert parsed.shutdown_delay == 5
     assert str(parsed.tls_cert_file) == "/etc/gpunuma/tls/tls.crt"
     assert str(parsed.tls_key_file) == "/etc/gpunuma/tls/tls.key"
     assert tuple(parsed.gpu_resources) == ("amd.com/gpu",)
+    assert tuple(parsed.gpu_claims) == ("mi300x-*", "*gpu*")
+    assert tuple(parse_as_the_container_would(monkeypatch, render(chart, {"gpuClaims": []}),
+                                              "webhook").gpu_claims) == ()
     assert parsed.default_policy == "cpu-only"
     assert parsed.launcher_image == "ghcr.io/gpunuma/gpunuma:0.1.0"
     container = rendered.pod_spec("webhook")["containers"][0]
@@ -611,3 +626,39 @@ def test_without_a_webhook_the_operator_manages_no_certificates(
     assert rendered.of_kind("MutatingWebhookConfiguration") == []
     parsed = parse_as_the_container_would(monkeypatch, rendered, "operator")
     assert parsed.certificates == "none"
+
+
+@pytest.mark.parametrize(("component", "settings_class"), [
+    ("agent", "AgentSettings"), ("operator", "OperatorSettings"), ("webhook", "WebhookSettings"),
+])
+def test_every_variable_the_chart_sets_is_a_setting_of_its_component(
+    component: str, settings_class: str, scenario: tuple[str, Rendered],
+) -> None:
+    """A variable the process does not read would be silently ignored: each one the chart sets
+    must be defined by the component's settings (gpunuma/settings.py, where each is defined once)."""
+    from gpunuma import settings
+
+    _, rendered = scenario
+    workloads = [doc for doc in rendered.of_kind("DaemonSet") + rendered.of_kind("Deployment")
+                 if doc["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+    if not workloads:
+        return  # the component is disabled in this scenario
+    env = rendered.env(component)
+    known = {option.env for _, _, option in settings.options(getattr(settings, settings_class))}
+    unknown = {name for name in env if name.startswith("GPUNUMA_")} - known
+    assert not unknown, f"{component}: the chart sets {sorted(unknown)}, which gpunuma never reads"
+
+
+def test_a_value_that_defaults_to_null_passes_nothing_until_it_is_set(
+    monkeypatch: pytest.MonkeyPatch, default: Rendered, chart: Any,
+) -> None:
+    from gpunuma.settings import AgentSettings
+
+    assert "GPUNUMA_INTERVAL" not in default.env("agent")
+    assert parse_as_the_container_would(monkeypatch, default, "agent").interval == AgentSettings(
+        node_name="n").interval
+    monkeypatch.delenv("GPUNUMA_INTERVAL", raising=False)
+    rendered = render(chart, {"agent": {"intervalSeconds": 90, "discoveryTimeoutSeconds": 45}})
+    assert rendered.env("agent")["GPUNUMA_INTERVAL"] == "90"
+    parsed = parse_as_the_container_would(monkeypatch, rendered, "agent")
+    assert (parsed.interval, parsed.discovery_timeout) == (90, 45)

@@ -162,7 +162,8 @@ def included_by_dockerignore(path: str) -> bool:
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -> None:
-    for needed in ("constraints.txt", "pyproject.toml", "README.md", "gpunuma/cli.py", "gpunuma/kubectl.py"):
+    for needed in ("constraints.txt", "pyproject.toml", "README.md", "gpunuma/cli.py",
+                   "gpunuma/kubectl/command.py"):
         assert included_by_dockerignore(needed), needed
     for left_out in (".git/HEAD", "tests/conftest.py", "charts/gpunuma/values.yaml", "benchmarks/x.py",
                      "gpunuma/__pycache__/cli.cpython-311.pyc"):

@@ -18,16 +18,68 @@ def sysfs_only(tree: machines.Tree) -> DiscoverySettings:
     return DiscoverySettings(sysfs_root=tree.sysfs, procfs_root=tree.procfs, backend="sysfs")
 
 
-def test_one_unreadable_gpu_is_an_error_entry_and_the_others_are_still_reported(
+def test_a_gpu_whose_numa_node_cannot_be_read_keeps_its_place_and_leaves_the_layout_unknown(
     build_machine: BuildMachineFixture,
 ) -> None:
     tree = build_machine(machines.two_socket_8gpu())
     (tree.sysfs / "bus/pci/devices/0000:43:00.0/numa_node").write_text("garbage\n")
     layout = discover(sysfs_only(tree))
     assert [p.device for p in layout.errors] == ["0000:43:00.0"]
+    assert "cannot read numa_node" in layout.errors[0].message
     assert "garbage" in layout.errors[0].message
-    assert len(layout.gpus) == 7
-    assert "0000:43:00.0" not in {gpu.pci_bus_id for gpu in layout.gpus}
+    assert [gpu.index for gpu in layout.gpus] == list(range(8))
+    assert layout.gpus[1].pci_bus_id == "0000:43:00.0"
+    assert layout.gpus[1].uuid == tree.machine.gpus[1].uuid  # what could be read still is
+    assert [gpu.numa_node for gpu in layout.gpus] == [0, None, 0, 0, 1, 1, 1, 1]
+    labels = node_labels(layout)
+    assert labels["gpunuma.io/layout"] == "unknown"
+    assert "gpunuma.io/numa-gpu-map" not in labels
+
+
+def test_an_unreadable_numa_node_on_a_one_node_host_is_still_unknown_not_minus_one(
+    build_machine: BuildMachineFixture,
+) -> None:
+    """-1 ("the firmware does not say") maps to the only CPU node; a failed read is not -1."""
+    tree = build_machine(machines.vm_single_node())
+    path = tree.sysfs / f"bus/pci/devices/{tree.machine.gpus[0].bdf}/numa_node"
+    path.unlink()
+    path.mkdir()  # reading it fails with IsADirectoryError, as a broken attribute would
+    layout = discover(sysfs_only(tree))
+    assert [gpu.numa_node for gpu in layout.gpus] == [None]
+    assert layout.gpus[0].reported_numa_node == -1
+    assert [p.device for p in layout.errors] == [tree.machine.gpus[0].bdf]
+
+
+@pytest.mark.parametrize("broken", ["vendor", "class"])
+def test_a_gpu_whose_vendor_or_class_file_cannot_be_read_is_not_dropped_silently(
+    build_machine: BuildMachineFixture, broken: str
+) -> None:
+    machine = machines.two_socket_8gpu()
+    tree = build_machine(machine)
+    device = tree.sysfs / "bus/pci/devices/0000:52:00.0"
+    (device / broken).unlink()
+    (device / broken).mkdir()
+    (device / "uevent").write_text(
+        "DRIVER=nvidia\nPCI_CLASS=30200\nPCI_ID=10DE:2330\nPCI_SLOT_NAME=0000:52:00.0\n"
+    )
+    layout = discover(sysfs_only(tree))
+    # uevent says the same: the GPU is found as if nothing had failed.
+    assert [gpu.pci_bus_id for gpu in layout.gpus] == [f.bdf for f in machine.gpus]
+    assert layout.gpus[2].numa_node == 0
+
+    (device / "uevent").unlink()
+    layout = discover(sysfs_only(tree))
+    if broken == "class":
+        # A GPU vendor's function of unknown class: kept in its place, node unknown, reported.
+        assert [gpu.index for gpu in layout.gpus] == list(range(8))
+        assert layout.gpus[2].pci_bus_id == "0000:52:00.0"
+        assert layout.gpus[2].numa_node is None
+        assert node_labels(layout)["gpunuma.io/layout"] == "unknown"
+    else:
+        # Without a vendor nothing says it is a GPU at all; it is still named, never silently lost.
+        assert "0000:52:00.0" not in [gpu.pci_bus_id for gpu in layout.gpus]
+    assert [p.device for p in layout.errors] == ["0000:52:00.0"]
+    assert f"cannot read {broken}" in layout.errors[0].message
 
 
 def test_a_distance_row_of_the_wrong_length_is_dropped_and_reported(

@@ -228,6 +228,34 @@ def test_one_failing_amd_device_is_an_error_and_the_others_are_reported(
     assert layout.gpus[1].uuid == machine.gpus[1].uuid  # sysfs's unique_id stands in
 
 
+def test_an_amdsmi_failure_on_one_gpu_does_not_renumber_the_others(
+    build_machine: BuildMachineFixture,
+) -> None:
+    """amdsmi numbered only the handles that answered, so the GPU after a failing one got index 0
+    beside the failing GPU's own 0 (label ``numa-gpu-map=0-0_1-0``)."""
+    machine = machines.amd_two_gpu()
+    fake = fakes.amdsmi_for(machine)
+    fake.failures[("amdsmi_get_gpu_device_bdf", 0)] = fakes.AmdSmiLibraryException
+    layout = run(build_machine(machine), amdsmi=amdsmi(fake))
+    assert [(gpu.pci_bus_id, gpu.index) for gpu in layout.gpus] == [
+        ("0000:03:00.0", 0), ("0000:83:00.0", 1),
+    ]
+    assert [(p.device, p.source) for p in layout.errors] == [("amdsmi device 0", "amdsmi")]
+    assert node_labels(layout)["gpunuma.io/numa-gpu-map"] == "0-0_1-1"
+
+
+def test_when_amdsmi_places_a_gpu_reported_numa_node_is_still_the_firmwares_minus_one(
+    build_machine: BuildMachineFixture,
+) -> None:
+    machine = machines.amd_two_gpu().with_numa_node("0000:83:00.0", -1)
+    fake = fakes.amdsmi_for(machine)
+    fake.handles[1]["numa"] = 1
+    layout = run(build_machine(machine), amdsmi=amdsmi(fake))
+    assert (layout.gpus[1].numa_node, layout.gpus[1].reported_numa_node) == (1, -1)
+    assert layout.source == "amdsmi"
+    assert layout.to_document()["gpus"][1]["reportedNumaNode"] == -1
+
+
 def test_an_amdsmi_numa_node_that_contradicts_sysfs_is_reported_and_sysfs_wins(
     build_machine: BuildMachineFixture,
 ) -> None:

@@ -15,17 +15,20 @@ Run: ``GPUNUMA_E2E_KUBECONFIG=~/.kube/config python3 -m pytest tests/e2e -v``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from gpunuma import names
+from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.topology import Layout, node_labels
 
 KUBECONFIG = os.environ.get("GPUNUMA_E2E_KUBECONFIG")
@@ -71,25 +74,59 @@ def release_values() -> dict[str, Any]:
     return values
 
 
+class Cluster:
+    """The test's calls to the cluster, through gpunuma's own client (a fresh one per call)."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        self.connection = Connection.from_kubeconfig(Path(kubeconfig))
+
+    def _call(self, method: str, *args: Any) -> Any:
+        async def call() -> Any:
+            client = KubeClient(self.connection, user_agent="gpunuma-e2e")
+            try:
+                return await getattr(client, method)(*args)
+            finally:
+                await client.close()
+
+        return asyncio.run(call())
+
+    def get(self, path: str) -> Any:
+        return self._call("get", path)
+
+    def create(self, path: str, body: dict[str, Any]) -> Any:
+        return self._call("create", path, body)
+
+    def merge_patch(self, path: str, patch: dict[str, Any]) -> Any:
+        return self._call("merge_patch", path, patch)
+
+    def delete(self, path: str) -> Any:
+        return self._call("delete", path)
+
+    def log(self, namespace: str, pod: str, container: str) -> str | None:
+        log: str | None = self._call(
+            "read_text", f"/api/v1/namespaces/{namespace}/pods/{pod}/log?container={container}")
+        return log
+
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        self.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                           "metadata": {"name": name, "labels": labels or {}}})
+
+
 @pytest.fixture(scope="module")
-def api() -> Any:
-    from kubernetes import client, config
-
-    return client.CoreV1Api(config.new_client_from_config(config_file=KUBECONFIG))
+def api() -> Cluster:
+    assert KUBECONFIG is not None
+    return Cluster(KUBECONFIG)
 
 
 @pytest.fixture(scope="module")
-def release(api: Any) -> Iterator[str]:
+def release(api: Cluster) -> Iterator[str]:
     import helm_python
-    from kubernetes import client
 
     # The agent mounts host paths: its namespace is the one labelled for the privileged level.
-    api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-        name=SYSTEM_NAMESPACE, labels={"pod-security.kubernetes.io/enforce": "privileged"})))
-    api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-        name=WORK_NAMESPACE, labels={names.LABEL_NAMESPACE_INJECT: names.NAMESPACE_INJECT_ENABLED,
-                                     "pod-security.kubernetes.io/enforce": "restricted"})))
-    api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=PLAIN_NAMESPACE)))
+    api.create_namespace(SYSTEM_NAMESPACE, {"pod-security.kubernetes.io/enforce": "privileged"})
+    api.create_namespace(WORK_NAMESPACE, {names.LABEL_NAMESPACE_INJECT: names.NAMESPACE_INJECT_ENABLED,
+                                          "pod-security.kubernetes.io/enforce": "restricted"})
+    api.create_namespace(PLAIN_NAMESPACE)
     helm = helm_python.Config(kubeconfig_path=KUBECONFIG, namespace=SYSTEM_NAMESPACE)
     try:
         helm.install(CHART, RELEASE, release_values(), namespace=SYSTEM_NAMESPACE, wait="watcher",
@@ -100,18 +137,19 @@ def release(api: Any) -> Iterator[str]:
             helm.uninstall(RELEASE, timeout=int(TIMEOUT), ignore_not_found=True)
         for namespace in (WORK_NAMESPACE, PLAIN_NAMESPACE, SYSTEM_NAMESPACE):
             with contextlib.suppress(Exception):
-                api.delete_namespace(namespace)
+                api.delete(f"/api/v1/namespaces/{namespace}")
         helm.close()
 
 
 @pytest.fixture(scope="module")
-def fake_gpu_node(api: Any) -> str:
+def fake_gpu_node(api: Cluster) -> str:
     """A schedulable node advertising the fake GPU resource (status capacity, as a device plugin would)."""
-    nodes = [n for n in api.list_node().items
-             if not n.spec.unschedulable and not any(t.effect == "NoSchedule" for t in n.spec.taints or [])]
+    nodes = [n for n in api.get("/api/v1/nodes")["items"]
+             if not n["spec"].get("unschedulable")
+             and not any(t.get("effect") == "NoSchedule" for t in n["spec"].get("taints") or [])]
     assert nodes, "no schedulable node without NoSchedule taints"
-    name: str = nodes[0].metadata.name
-    api.patch_node_status(name, {"status": {"capacity": {FAKE_RESOURCE: "4"}}})
+    name: str = nodes[0]["metadata"]["name"]
+    api.merge_patch(f"/api/v1/nodes/{name}/status", {"status": {"capacity": {FAKE_RESOURCE: "4"}}})
     return name
 
 
@@ -134,55 +172,55 @@ def gpu_pod(name: str, *, annotations: dict[str, str] | None = None) -> dict[str
     }
 
 
-def create(api: Any, namespace: str, pod: dict[str, Any]) -> Any:
-    return api.create_namespaced_pod(namespace, pod)
+def create(api: Cluster, namespace: str, pod: dict[str, Any]) -> Any:
+    return api.create(f"/api/v1/namespaces/{namespace}/pods", pod)
 
 
 def test_a_gpu_pod_in_an_opted_in_namespace_is_mutated_and_numa_exec_runs(
-    api: Any, release: str, fake_gpu_node: str,
+    api: Cluster, release: str, fake_gpu_node: str,
 ) -> None:
     pod = create(api, WORK_NAMESPACE, gpu_pod("wrapped"))
-    annotations = pod.metadata.annotations or {}
+    annotations = pod["metadata"].get("annotations") or {}
     assert annotations.get(names.ANNOTATION_INJECTED)
     assert annotations.get(names.ANNOTATION_WRAPPED) == "work"
-    assert (pod.metadata.labels or {}).get(names.LABEL_MANAGED) == "true"
-    assert pod.spec.init_containers[0].name == names.LAUNCHER_INIT_CONTAINER
-    container = pod.spec.containers[0]
-    assert container.command[:2] == [names.LAUNCHER_PATH, "--"]
-    assert container.command[2:] == ["sh", "-c", "echo ready; sleep 3600"]
-    volumes = {v.name: v for v in pod.spec.volumes}
-    assert volumes[names.LAUNCHER_VOLUME].empty_dir.medium == "Memory"
+    assert (pod["metadata"].get("labels") or {}).get(names.LABEL_MANAGED) == "true"
+    assert pod["spec"]["initContainers"][0]["name"] == names.LAUNCHER_INIT_CONTAINER
+    container = pod["spec"]["containers"][0]
+    assert container["command"][:2] == [names.LAUNCHER_PATH, "--"]
+    assert container["command"][2:] == ["sh", "-c", "echo ready; sleep 3600"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes[names.LAUNCHER_VOLUME]["emptyDir"]["medium"] == "Memory"
 
     def log_ready() -> str | None:
         try:
-            log: str = api.read_namespaced_pod_log("wrapped", WORK_NAMESPACE, container="work")
+            log = api.log(WORK_NAMESPACE, "wrapped", "work")
         except Exception:  # not started yet
             return None
-        return log if "ready" in log else None
+        return log if log and "ready" in log else None
 
     log = eventually(log_ready, "the wrapped container to start")
     assert any(line.startswith("gpunuma:") for line in log.splitlines()), log
 
 
-def test_a_pod_that_opts_out_is_left_alone(api: Any, release: str, fake_gpu_node: str) -> None:
+def test_a_pod_that_opts_out_is_left_alone(api: Cluster, release: str, fake_gpu_node: str) -> None:
     pod = create(api, WORK_NAMESPACE, gpu_pod("opted-out", annotations={names.ANNOTATION_INJECT: "false"}))
-    assert names.ANNOTATION_INJECTED not in (pod.metadata.annotations or {})
-    assert pod.spec.containers[0].command == ["sh", "-c", "echo ready; sleep 3600"]
+    assert names.ANNOTATION_INJECTED not in (pod["metadata"].get("annotations") or {})
+    assert pod["spec"]["containers"][0]["command"] == ["sh", "-c", "echo ready; sleep 3600"]
 
 
 def test_a_pod_opts_in_by_annotation_in_a_namespace_that_did_not(
-    api: Any, release: str, fake_gpu_node: str,
+    api: Cluster, release: str, fake_gpu_node: str,
 ) -> None:
     plain = create(api, PLAIN_NAMESPACE, gpu_pod("plain"))
-    assert names.ANNOTATION_INJECTED not in (plain.metadata.annotations or {})
+    assert names.ANNOTATION_INJECTED not in (plain["metadata"].get("annotations") or {})
     opted = create(api, PLAIN_NAMESPACE, gpu_pod("opted-in", annotations={names.ANNOTATION_INJECT: "true"}))
-    assert (opted.metadata.annotations or {}).get(names.ANNOTATION_WRAPPED) == "work"
+    assert (opted["metadata"].get("annotations") or {}).get(names.ANNOTATION_WRAPPED) == "work"
 
 
-def test_kubectl_gpunuma_pods_lists_the_wrapped_pod(api: Any, release: str, fake_gpu_node: str) -> None:
+def test_kubectl_gpunuma_pods_lists_the_wrapped_pod(api: Cluster, release: str, fake_gpu_node: str) -> None:
     from gpunuma.kubectl import main
 
-    eventually(lambda: api.read_namespaced_pod("wrapped", WORK_NAMESPACE) or None, "the wrapped pod")
+    eventually(lambda: api.get(f"/api/v1/namespaces/{WORK_NAMESPACE}/pods/wrapped"), "the wrapped pod")
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         code = main(["--kubeconfig", str(KUBECONFIG), "pods", "-n", WORK_NAMESPACE])
@@ -191,13 +229,9 @@ def test_kubectl_gpunuma_pods_lists_the_wrapped_pod(api: Any, release: str, fake
     assert ["wrapped", fake_gpu_node] == rows[0][:2]
 
 
-def test_gpu_nodes_get_the_labels_of_their_layout(api: Any, release: str) -> None:
-    from kubernetes import client, config
-
-    custom = client.CustomObjectsApi(config.new_client_from_config(config_file=KUBECONFIG))
-
+def test_gpu_nodes_get_the_labels_of_their_layout(api: Cluster, release: str) -> None:
     def layouts_with_gpus() -> list[dict[str, Any]] | None:
-        listed = custom.list_cluster_custom_object(names.CRD_GROUP, names.CRD_VERSION, names.CRD_PLURAL)
+        listed = api.get(f"/apis/{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}")
         items: list[dict[str, Any]] = listed["items"]
         found = [item for item in items if item["spec"]["gpus"]]
         return found or None
@@ -211,10 +245,11 @@ def test_gpu_nodes_get_the_labels_of_their_layout(api: Any, release: str) -> Non
         name = layout["metadata"]["name"]
 
         def labelled(name: str = name, expected: dict[str, str] = expected) -> dict[str, str] | None:
-            labels = api.read_node(name).metadata.labels or {}
+            labels = api.get(f"/api/v1/nodes/{name}")["metadata"].get("labels") or {}
             applied = {key: value for key, value in labels.items() if key.startswith(names.PREFIX)}
             return applied if expected.items() <= applied.items() else None
 
         eventually(labelled, f"the operator to label node {name}")
-        annotation = api.read_node(name).metadata.annotations.get(names.ANNOTATION_MANAGED_LABELS, "")
+        annotation = (api.get(f"/api/v1/nodes/{name}")["metadata"].get("annotations") or {}).get(
+            names.ANNOTATION_MANAGED_LABELS, "")
         assert all(key in annotation for key in expected), annotation

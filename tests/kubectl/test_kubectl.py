@@ -22,7 +22,15 @@ from tests.kubectl.conftest import (
     run_kubectl,
 )
 
-NODES_TABLE = (
+NODES_TABLE = """\
+NODE                  GPUS   NUMA   LAYOUT            SOURCE   STALE   HEARTBEAT
+gpu-a                 8      2      4-4               sysfs    no      4m
+gpu-b                 2      2      unknown           sysfs    yes     1h
+gpu-c                 8      8      0-2-0-2-0-2-0-2   sysfs    no      3m
+gpu-old (node gone)   1      1      1                 sysfs    no      5h
+"""
+
+NODES_TABLE_WIDE = (
     "NODE                  GPUS   NUMA   LAYOUT            GPUS PER NUMA NODE        SOURCE   LABELED   STALE"
     "   HEARTBEAT\n"
     """\
@@ -33,6 +41,14 @@ gpu-old (node gone)   1      1      1                 0:0                       
 """)
 
 PODS_TABLE = """\
+POD          NODE    POLICY      NUMA NODES   CPUSET
+batch-0      -       cpu-only    -            -
+notebook-0   gpu-b   -           <pending>    <pending>
+trainer-0    gpu-a   strict      1            56-111,168-223
+vllm-0       gpu-a   preferred   <pending>    <pending>
+"""
+
+PODS_TABLE_WIDE = """\
 POD          NODE    POLICY      WRAPPED   NUMA NODES   CPUSET
 batch-0      -       cpu-only    job       -            -
 notebook-0   gpu-b   -           -         <pending>    <pending>
@@ -56,6 +72,15 @@ async def test_nodes_shows_every_gpu_node_with_layout_gpus_per_numa_node_source_
     code, out, err = await kubectl(capsys, kubeconfig, "nodes")
     assert (code, err) == (0, "")
     assert out == NODES_TABLE
+    assert max(map(len, out.splitlines())) <= 120
+
+
+async def test_nodes_wide_adds_gpus_per_numa_node_and_whether_the_node_is_labelled(
+    cluster: Any, kubeconfig: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = await kubectl(capsys, kubeconfig, "nodes", "-o", "wide")
+    assert (code, err) == (0, "")
+    assert out == NODES_TABLE_WIDE
 
 
 async def test_nodes_says_gpunuma_is_not_installed_when_the_crd_is_missing(
@@ -88,26 +113,35 @@ async def test_pods_lists_the_managed_pods_of_the_contexts_namespace(
     assert out == PODS_TABLE  # opted-out-0 is not managed: left out although kmock returns it
 
 
+async def test_pods_wide_adds_the_wrapped_containers(
+    cluster: Any, kubeconfig: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = await kubectl(capsys, kubeconfig, "-o", "wide", "pods")
+    assert code == 0
+    assert out == PODS_TABLE_WIDE
+
+
 async def test_pods_across_all_namespaces_adds_the_namespace_column(
     cluster: Any, kubeconfig: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, out, _ = await kubectl(capsys, kubeconfig, "pods", "-A")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["NAMESPACE", "POD", "NODE", "POLICY", "WRAPPED", "NUMA", "NODES", "CPUSET"]
+    assert lines[0].split() == ["NAMESPACE", "POD", "NODE", "POLICY", "NUMA", "NODES", "CPUSET"]
     assert [line.split()[:2] for line in lines[1:]] == [
         ["ml", "batch-0"], ["ml", "notebook-0"], ["ml", "trainer-0"], ["ml", "vllm-0"], ["research", "sim-0"]]
-    assert lines[-1].split() == ["research", "sim-0", "gpu-c", "preferred", "sim", "0,1,2,3", "0-95"]
+    assert lines[-1].split() == ["research", "sim-0", "gpu-c", "preferred", "0,1,2,3", "0-95"]
 
 
 @pytest.mark.parametrize("argv", [("pods", "-n", "research"), ("--context", "research", "pods"),
-                                  ("pods", "--context", "research")])
+                                  ("pods", "--context", "research"), ("-n", "research", "pods"),
+                                  ("--namespace=research", "pods")])
 async def test_pods_follows_the_namespace_flag_and_the_chosen_context(
     cluster: Any, kubeconfig: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
 ) -> None:
     code, out, _ = await kubectl(capsys, kubeconfig, *argv)
     assert code == 0
-    assert out.splitlines()[1].split() == ["sim-0", "gpu-c", "preferred", "sim", "0,1,2,3", "0-95"]
+    assert out.splitlines()[1].split() == ["sim-0", "gpu-c", "preferred", "0,1,2,3", "0-95"]
     assert len(out.splitlines()) == 2
 
 

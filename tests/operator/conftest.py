@@ -19,9 +19,9 @@ import kopf
 import pytest
 
 from gpunuma import names
-from gpunuma.kubeapi import format_rfc3339
 from gpunuma.operator.controller import Controller
 from gpunuma.operator.run import serve
+from gpunuma.rfc3339 import format_rfc3339
 from gpunuma.settings import CertificateSettings, OperatorSettings
 
 LAYOUTS = f"{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
@@ -83,21 +83,6 @@ def tune_for_tests(settings: kopf.OperatorSettings) -> None:
     settings.watching.reconnect_backoff = 0.01
     settings.queueing.exit_timeout = 0.2
     settings.posting.enabled = False
-
-
-async def eventually(check: Callable[[], Any], within: float = 5.0, message: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy (and return it), or fail."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        with contextlib.suppress(KeyError, AssertionError, TypeError):
-            result = check()
-            if result:
-                return result
-        if asyncio.get_running_loop().time() > deadline:
-            result = check()
-            assert result, message or f"condition not met within {within} s"
-            return result
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

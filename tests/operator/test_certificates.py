@@ -19,7 +19,6 @@ import pytest
 from cryptography import x509
 
 from gpunuma.operator.certificates import (
-    CertificatePolicy,
     Pki,
     PkiError,
     ca_bundle,
@@ -28,10 +27,11 @@ from gpunuma.operator.certificates import (
     plan,
     service_dns_names,
 )
+from gpunuma.settings import CertificateSettings
 
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 NAMES = service_dns_names("gpunuma-webhook", "gpunuma-system")
-POLICY = CertificatePolicy()
+POLICY = CertificateSettings()
 
 
 def fresh() -> Pki:
@@ -102,7 +102,7 @@ def test_a_ca_near_expiry_is_rolled_over_and_the_old_ca_stays_in_the_bundle() ->
 
 
 def test_a_leaf_never_outlives_its_ca() -> None:
-    short = CertificatePolicy(ca_validity=dt.timedelta(days=100), ca_renew_before=dt.timedelta(1))
+    short = CertificateSettings(ca_validity_days=100, ca_renew_before_days=1)
     decision = plan(None, NOW, NAMES, short)
     assert decision is not None
     assert decision[0].leaf_cert.not_valid_after_utc <= decision[0].ca_cert.not_valid_after_utc
@@ -183,7 +183,7 @@ async def test_during_a_rollover_the_bundle_trusts_both_the_old_and_the_new_leaf
     created = plan(None, today - dt.timedelta(days=1), NAMES, POLICY)
     assert created is not None
     old = created[0]
-    due = CertificatePolicy(ca_renew_before=POLICY.ca_validity)
+    due = CertificateSettings(ca_renew_before_days=POLICY.ca_validity_days)
     decision = plan(old, today, NAMES, due)
     assert decision is not None
     assert decision[1] == "CARotated"

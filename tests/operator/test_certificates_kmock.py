@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.controller import Controller
 from gpunuma.settings import CertificateSettings
-from tests.operator.conftest import Runner, eventually, fast_settings
+from tests.operator.conftest import Runner, fast_settings
+from tests.polling import eventually
 
 MWC = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 MWC_URL = f"/apis/{MWC}"

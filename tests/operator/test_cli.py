@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gpunuma.cli import build_parser, main
-from gpunuma.operator.run import kopf_settings, settings_from_args
+from gpunuma.cli import operator_settings as settings_from_args
+from gpunuma.operator.run import kopf_settings
 
 
 def test_the_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:

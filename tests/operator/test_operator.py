@@ -21,7 +21,6 @@ from tests.operator.conftest import (
     LAYOUTS_URL,
     Runner,
     condition,
-    eventually,
     fast_settings,
     labels_of,
     layout_body,
@@ -31,6 +30,7 @@ from tests.operator.conftest import (
     status_of,
     two_socket_spec,
 )
+from tests.polling import eventually
 
 FOREIGN = {"kubernetes.io/hostname": "gpu-1", "nvidia.com/gpu.product": "H100"}
 

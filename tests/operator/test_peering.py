@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from gpunuma.kubeapi import format_rfc3339
 from gpunuma.operator.peering import is_active_peer
+from gpunuma.rfc3339 import format_rfc3339
 
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 

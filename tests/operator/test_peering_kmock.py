@@ -12,7 +12,6 @@ from gpunuma.operator.controller import Controller
 from tests.operator.conftest import (
     LAYOUTS_URL,
     Runner,
-    eventually,
     fast_settings,
     labels_of,
     layout_body,
@@ -21,6 +20,7 @@ from tests.operator.conftest import (
     two_socket_spec,
 )
 from tests.operator.test_certificates_kmock import MWC_URL, webhook_configuration
+from tests.polling import eventually
 
 PEERINGS = "kopf.dev/v1/clusterkopfpeerings"
 

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from gpunuma.kubeapi import format_rfc3339, parse_rfc3339
 from gpunuma.operator.staleness import judge_heartbeat
 from gpunuma.operator.status import Condition, desired_status, merge_patch
+from gpunuma.rfc3339 import format_rfc3339, parse_rfc3339
 
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 

@@ -96,6 +96,16 @@ def test_nvidia_and_amd_gpus_on_one_node_are_a_mixed_vendor() -> None:
     assert node_labels(layout)[names.LABEL_VENDOR] == "mixed"
 
 
+def test_on_a_mixed_node_the_map_says_which_vendors_gpu_each_index_is() -> None:
+    """NVIDIA's GPU 0 and AMD's GPU 0 are two GPUs: bare indices read ``0-0.0_1-1.1``."""
+    layout = Layout(nodes(8, 8), gpus(0, 1) + gpus(1, 0, vendor="amd"))
+    value = node_labels(layout)[names.LABEL_NUMA_GPU_MAP]
+    assert value == "0-a1.n0_1-a0.n1"
+    assert is_valid_label_value(value)
+    one_vendor = Layout(nodes(8, 8), gpus(0, 1, vendor="amd"))
+    assert node_labels(one_vendor)[names.LABEL_NUMA_GPU_MAP] == "0-0_1-1"
+
+
 @given(
     st.lists(st.integers(min_value=0, max_value=64), min_size=1, max_size=40),
     st.lists(st.one_of(st.none(), st.integers(min_value=0, max_value=39)), max_size=72),

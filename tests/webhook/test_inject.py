@@ -83,7 +83,7 @@ def manifest_file(tmp_path: Path) -> Path:
 def test_inject_mutates_every_workload_kind_and_passes_others_through(manifest_file):
     result = run_inject("-f", str(manifest_file))
     assert result.returncode == 0, result.stderr
-    documents = list(yaml.safe_load_all(result.stdout))
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d is not None]
     originals = manifests()
     assert [d["kind"] for d in documents] == [d["kind"] for d in originals]
     for document, original in zip(documents[:7], originals[:7], strict=True):

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import jsonpatch
+import kubernetes_validate
 import pytest
 
 from gpunuma import names
@@ -15,6 +16,7 @@ from gpunuma.webhook.mutation import (
     WARNING_LIMIT,
     InvalidPod,
     Mutation,
+    gpu_requests,
     json_patch,
     mutate,
 )
@@ -191,6 +193,16 @@ def test_a_zero_gpu_limit_is_not_a_gpu_request():
     assert not mutate(pod, SETTINGS).changed
 
 
+@pytest.mark.parametrize("policy", ["preferred", "strict"])
+def test_a_null_gpu_quantity_is_not_a_gpu_request(policy):
+    # A Helm value left empty renders `nvidia.com/gpu: null`, which Kubernetes reads as 0.
+    pod = gpu_pod(annotations={**pods.OPT_IN, names.ANNOTATION_POLICY: policy},
+                  resources={"limits": {"nvidia.com/gpu": None}, "requests": {"amd.com/gpu": None}})
+    result = mutate(pod, SETTINGS)  # no command: strict would refuse a GPU container
+    assert (result.changed, result.denial, result.reason) == (False, None, "no GPU containers")
+    assert gpu_requests(pod["spec"]["containers"][0], SETTINGS.gpu_resources) == {}
+
+
 def test_gpu_requests_count_as_well_as_limits():
     pod = gpu_pod(command=["run"], resources={"requests": {"amd.com/gpu": 1}})
     assert mutate(pod, SETTINGS).wrapped == ("main",)
@@ -222,6 +234,53 @@ def test_the_containers_annotation_selects_exactly_those_containers():
     assert result.wrapped == ("dra",)
     assert container(result.pod, "main") == pod["spec"]["containers"][0]
     assert any("'ghost', which is not a container" in w for w in result.warnings)
+
+
+# --- DRA ------------------------------------------------------------------------------------------
+
+
+def dra_pod(claims: list[dict[str, Any]], uses: dict[str, list[str]]) -> dict[str, Any]:
+    """A vLLM pod whose GPU comes from a ResourceClaim (Kubernetes ≥ 1.31 field names)."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "vllm-dra", "namespace": "ml", "annotations": dict(pods.OPT_IN)},
+            "spec": {"resourceClaims": claims, "containers": [
+                {"name": name, "image": "vllm/vllm-openai:v0.6.3",
+                 "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+                 "resources": {"claims": [{"name": claim} for claim in used]}}
+                for name, used in uses.items()]}}
+
+
+def test_a_container_using_a_gpu_claim_is_wrapped_and_a_nic_claims_container_is_not():
+    pod = dra_pod(
+        [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"},
+         {"name": "rdma", "resourceClaimName": "ib-nic"}],
+        {"server": ["gpu", "rdma"], "router": ["rdma"]},
+    )
+    result = mutate(pod, SETTINGS)
+    assert result.wrapped == ("server",)
+    out = applied(pod, result)
+    kubernetes_validate.validate(out, kubernetes_validate.latest_version(), strict=True)
+    assert container(out, "server")["command"][:2] == [names.LAUNCHER_PATH, "--"]
+    assert container(out, "router") == pod["spec"]["containers"][1]
+
+
+@pytest.mark.parametrize("entry", [
+    {"name": "accel", "resourceClaimName": "shared-gpus"},  # the claim's name
+    {"name": "accel", "resourceClaimTemplateName": "a100-gpu-template"},  # the template's
+    {"name": "gpu-0", "resourceClaimTemplateName": "accelerator"},  # the pod's own entry name
+    {"name": "accel", "source": {"resourceClaimTemplateName": "gpu"}},  # Kubernetes 1.30 form
+])
+def test_any_name_a_pod_gives_its_claim_can_match_the_gpu_claims_globs(entry):
+    pod = dra_pod([entry], {"main": [entry["name"]]})
+    assert mutate(pod, SETTINGS).wrapped == ("main",)
+
+
+def test_gpu_claims_are_configurable_and_can_be_turned_off():
+    pod = dra_pod([{"name": "acc", "resourceClaimTemplateName": "h100-x1"}], {"main": ["acc"]})
+    assert not mutate(pod, SETTINGS).changed  # "h100-x1" does not say gpu
+    assert mutate(pod, MutationSettings(gpu_claims=("h100-*",))).wrapped == ("main",)
+    gpu = dra_pod([{"name": "gpu", "resourceClaimTemplateName": "gpu"}], {"main": ["gpu"]})
+    assert not mutate(gpu, MutationSettings(gpu_claims=())).changed
 
 
 # --- Policy --------------------------------------------------------------------------------------

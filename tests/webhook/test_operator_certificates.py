@@ -18,13 +18,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from gpunuma.operator.certificates import (
-    CertificatePolicy,
     Pki,
     pki_to_secrets,
     plan,
     service_dns_names,
 )
-from gpunuma.settings import WebhookSettings
+from gpunuma.settings import CertificateSettings, WebhookSettings
 from gpunuma.webhook.server import WebhookServer
 from tests.webhook import pods
 
@@ -59,7 +58,7 @@ async def _admit(port: int, context: ssl.SSLContext) -> dict[str, object]:
 
 async def test_the_operators_certificate_is_served_and_its_ca_rotation_followed(tmp_path):
     now = dt.datetime.now(dt.UTC)
-    policy = CertificatePolicy(leaf_validity=dt.timedelta(days=3650))
+    policy = CertificateSettings(leaf_validity_days=3650)
     # Issued long ago: still valid, but the CA is now due for its rotation.
     created = plan(None, now - (policy.ca_validity - policy.ca_renew_before), NAMES, policy)
     assert created is not None

@@ -23,6 +23,7 @@ from gpunuma import names
 from gpunuma.settings import MutationSettings, WebhookSettings, parse_listen
 from gpunuma.webhook import review as review_module
 from gpunuma.webhook.server import MAX_BODY_BYTES, TLSError, WebhookServer
+from tests.polling import eventually
 from tests.webhook import pods
 
 REPO = Path(__file__).resolve().parents[2]
@@ -314,14 +315,13 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 async def _wait_for_certificate(server: WebhookServer, context: ssl.SSLContext,
                                 expected: bytes) -> None:
-    for _ in range(250):
+    async def served() -> bool:
         _, writer = await _open(server, context, "localhost")
-        served = _peer_pem(writer)
+        pem = _peer_pem(writer)
         writer.close()
-        if served.strip() == expected.strip():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the rotated certificate was never served")
+        return pem.strip() == expected.strip()
+
+    await eventually(served, within=5.0, message="the rotated certificate was never served")
 
 
 @pytest.mark.parametrize("server_name", ["localhost", None], ids=["sni", "no-sni"])

@@ -97,6 +97,19 @@ Namespaces the webhook is never called for: kube-system, kube-node-lease and our
 {{- end -}}
 
 {{/*
+One env entry, only when the value is set (not null): a value that defaults to null leaves the
+setting's default to gpunuma itself, where it is defined once (gpunuma/settings.py).
+Usage, in a container's env: {{- include "gpunuma.optionalEnv" (list NAME VALUE) | nindent 12 }}
+*/}}
+{{- define "gpunuma.optionalEnv" -}}
+{{- $name := index . 0 -}}
+{{- $value := index . 1 -}}
+{{- if not (kindIs "invalid" $value) -}}
+- {name: {{ $name }}, value: {{ $value | toString | quote }}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 The gpunuma process as the manifests use it. Kept in one place for the components' owners:
 subcommands, GPUNUMA_* variables (every flag of `gpunuma` reads one), ports and paths.
 */}}
@@ -116,6 +129,7 @@ env:
   kubeletSocket: GPUNUMA_KUBELET_SOCKET
   listen: GPUNUMA_LISTEN
   gpuResources: GPUNUMA_GPU_RESOURCES
+  gpuClaims: GPUNUMA_GPU_CLAIMS
   defaultPolicy: GPUNUMA_DEFAULT_POLICY
   launcherImage: GPUNUMA_LAUNCHER_IMAGE
   tlsCertFile: GPUNUMA_TLS_CERT_FILE

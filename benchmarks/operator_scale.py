@@ -1,6 +1,6 @@
 """The operator at cluster scale: 1,000 GPU nodes' layouts in kmock, the real ``gpunuma operator``.
 
-Run: ``python3 benchmarks/operator.py [--nodes N] [--changed M]``. kmock (the Kubernetes API
+Run: ``python3 benchmarks/operator_scale.py [--nodes N] [--changed M]``. kmock (the Kubernetes API
 emulator) serves N Nodes and their GPUNumaLayouts in this process; ``gpunuma operator`` runs as a
 subprocess with a kubeconfig pointing at it, exactly as it would in a cluster. Measured:
 

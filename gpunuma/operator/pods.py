@@ -1,0 +1,74 @@
+"""Allocations → pod annotations: what each running GPU pod really got, written onto the pod."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from gpunuma import names
+from gpunuma.kubeapi import ApiError
+from gpunuma.operator import paths
+from gpunuma.operator.cache import Cache
+from gpunuma.operator.placement import AllocationError, annotation_patch, pods_with_allocations
+from gpunuma.operator.writes import PatchOnce
+
+__all__ = ["PodReconciler"]
+
+logger = logging.getLogger("gpunuma.operator")
+
+
+@dataclass
+class PodReconciler:
+    cache: Cache
+    writes: PatchOnce
+    _allocations_seen: dict[str, object] = field(default_factory=dict)
+
+    async def reconcile_node(self, node: str) -> None:
+        """After a layout event: the pods on that node, if its allocations changed."""
+        layout = self.cache.layouts.get(node)
+        if layout is None:
+            return
+        allocations = layout.spec.get("allocations")
+        if node in self._allocations_seen and self._allocations_seen[node] == allocations:
+            return
+        self._allocations_seen[node] = allocations
+        try:
+            listed = pods_with_allocations(allocations)
+        except AllocationError as exc:
+            logger.warning("layout %s: %s", node, exc)
+            return
+        for key in sorted(listed & self.cache.pods.get(node, {}).keys()):
+            await self.reconcile(*key, node=node)
+
+    async def reconcile(self, namespace: str, name: str, *, node: str) -> None:
+        pod = self.cache.pod(node, namespace, name)
+        layout = self.cache.layouts.get(node)
+        if pod is None or layout is None or pod.phase != "Running":
+            return
+        try:
+            desired = self.cache.derived(layout).placement(namespace, name)
+        except AllocationError as exc:
+            logger.warning("layout %s: %s", node, exc)
+            return
+        if desired is None:
+            return
+        patch = annotation_patch(desired, pod.annotations)
+        if patch is None:
+            return
+        try:
+            body = await self.writes.merge_patch(("pod", f"{namespace}/{name}"),
+                                                 paths.pod(namespace, name), patch, pod)
+        except ApiError as exc:
+            if exc.status == 404:
+                self.cache.drop_pod(node, namespace, name)
+            else:
+                logger.warning("pod %s/%s: %s", namespace, name, exc)
+            return
+        if body is None:
+            return
+        logger.info("pod %s/%s: placement %s", namespace, name, desired[names.ANNOTATION_NUMA_NODES])
+        if body.get("metadata"):
+            self.cache.observe_pod(body)
+
+    def forget_node(self, node: str) -> None:
+        self._allocations_seen.pop(node, None)
