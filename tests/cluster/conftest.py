@@ -18,6 +18,7 @@ from tests.cluster import agents
 from tests.cluster.controlplane import (
     BINARIES,
     BUILD_SCRIPT,
+    ApiError,
     ControlPlane,
     Process,
     binaries_dir,
@@ -63,6 +64,28 @@ class Release:
     def kubeconfig(self, component: str) -> Path:
         """A kubeconfig with a token of the chart's ServiceAccount for ``component``."""
         return self.cluster.kubeconfig_for(self.namespace, self.service_account(component))
+
+    def agent_token(self, node: str) -> str:
+        """The agent's token as its DaemonSet pod on ``node`` has it: bound to a pod of the
+        agent's ServiceAccount on that node (the chart's admission policy reads the node from
+        it). The pod is created here; with no kubelet it never runs."""
+        name = f"agent-{node}"[:63]
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
+        try:
+            pod = self.cluster.request("GET", f"{path}/{name}")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            pod = self.cluster.request("POST", path, {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"serviceAccountName": self.service_account("agent"), "nodeName": node,
+                         "containers": [{"name": "agent", "image": "gpunuma:test"}]}})
+        return self.cluster.token(self.namespace, self.service_account("agent"), pod=pod)
+
+    def agent_kubeconfig(self, node: str) -> Path:
+        """A kubeconfig for the agent of ``node`` (see ``agent_token``)."""
+        path = self.cluster.directory / f"agent-{node}.kubeconfig"
+        return self.cluster.write_kubeconfig(path, user={"token": self.agent_token(node)})
 
 
 # The session's release: the defaults, except NVML (no NVIDIA runtime class here) and the webhook

@@ -86,6 +86,16 @@ Namespaces the webhook is never called for: kube-system, kube-node-lease and our
 {{- toJson $excluded -}}
 {{- end -}}
 
+{{/* "true" when the chart installs its ValidatingAdmissionPolicies (GA in 1.30). */}}
+{{- define "gpunuma.admissionPolicies" -}}
+{{- $setting := toString .Values.admissionPolicies -}}
+{{- if eq $setting "auto" -}}
+{{- semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version | toString -}}
+{{- else -}}
+{{- $setting -}}
+{{- end -}}
+{{- end -}}
+
 {{/* "true" when the MutatingWebhookConfiguration should carry matchConditions (GA in 1.30). */}}
 {{- define "gpunuma.webhook.matchConditions" -}}
 {{- $setting := toString .Values.webhook.matchConditions -}}
