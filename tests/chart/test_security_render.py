@@ -50,5 +50,5 @@ def test_the_webhook_network_policy_admits_only_the_listed_peers(chart: Any) -> 
 
 
 def test_a_network_policy_without_peers_is_refused_with_a_reason(chart: Any) -> None:
-    with pytest.raises(Exception, match="networkPolicy.from"):
+    with pytest.raises(Exception, match=r"networkPolicy\.from"):
         render(chart, {"webhook": {"networkPolicy": {"enabled": True}}})
