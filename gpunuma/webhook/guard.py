@@ -5,8 +5,8 @@ there must not be able to take it down (issue #16). Each bound here has a reason
 
 - **connections**: at most ``MAX_CONNECTIONS``, TLS handshakes in progress included (each costs
   ~300 KB: TLS and parser buffers). At the cap a new connection evicts one that is set up and
-  not inside a request — first one that never carried a request, else the oldest; when there is
-  none, the new one is closed before its handshake;
+  not inside a request — first one that never carried a request, else the one idle longest if
+  for over ``SERVED_IDLE_S``; when there is none, the new one is closed before its handshake;
 - **time**: a TLS handshake gets ``HANDSHAKE_TIMEOUT_S``; from its start, or from the end of its
   last response, a connection has ``HEADER_TIMEOUT_S`` to deliver a request's headers (idle
   keep-alives are closed by the same timer); a body gets ``BODY_TIMEOUT_S`` to arrive whole;
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 import weakref
 from typing import Any
 
@@ -53,6 +54,9 @@ SMALL_BODY_BYTES = 64 * 1024
 LARGE_BODIES_BYTES = 16 * 1024 * 1024
 # Quoted user values in answers and logs are cut to this many characters.
 QUOTE_CHARS = 64
+# At the connection cap, a connection that has carried requests is evicted only after this long
+# without one.
+SERVED_IDLE_S = 1.0
 
 log = logging.getLogger("gpunuma.webhook")
 
@@ -116,8 +120,9 @@ class GuardedSite(web.BaseSite):
         # when the connection ends, TLS handshakes that fail included (those never reach
         # connection_made or connection_lost, so only the reference count can tell).
         self._live: weakref.WeakSet[Any] = weakref.WeakSet()
-        # Connections that have carried at least one request (the server's handler adds them).
-        self.served: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Connections that have carried a request, with when the last one ended (the server's
+        # handler records it).
+        self.served: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     @property
     def name(self) -> str:
@@ -142,12 +147,15 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         if len(self._live) >= self.max_connections:
             # An idle connection that never carried a request goes first (an attacker holding
-            # connections open), then the oldest idle one. A client that sends requests, like
-            # the API server, keeps its keep-alive connections.
+            # connections open), then the one idle longest, if for over a second. A client that
+            # keeps sending requests, like the API server, keeps its keep-alive connections.
             idle_ones = [c for c in server.connections
                          if c not in self._busy and c.transport is not None]
-            idle = next((c for c in idle_ones if c not in self.served),
-                        idle_ones[0] if idle_ones else None)
+            idle = next((c for c in idle_ones if c not in self.served), None)
+            if idle is None and idle_ones:
+                oldest = min(idle_ones, key=lambda c: self.served.get(c, 0.0))
+                if self.served.get(oldest, 0.0) < time.monotonic() - SERVED_IDLE_S:
+                    idle = oldest
             if idle is None:
                 self.refused += 1
                 # Raised here, asyncio closes the accepted socket before any TLS handshake (and

@@ -272,8 +272,6 @@ class WebhookServer:
             self._in_flight += 1
             self._idle.clear()
             self.busy.add(request.protocol)
-            if self.site is not None:
-                self.site.served.add(request.protocol)
             declared = request.content_length
             # A body of unknown length may be as large as the largest allowed.
             large = declared is None or declared > SMALL_BODY_BYTES
@@ -321,6 +319,8 @@ class WebhookServer:
                 return web.Response(body=answer, content_type="application/json")
             finally:
                 self.busy.discard(request.protocol)
+                if self.site is not None:
+                    self.site.served[request.protocol] = time.monotonic()
                 self._in_flight -= 1
                 if not self._in_flight:
                     self._idle.set()
