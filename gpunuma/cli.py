@@ -1,7 +1,7 @@
 """The ``gpunuma`` command: one argparse entry for every component (docs/design.md §2).
 
-Each subcommand imports its component only when it runs, so that ``gpunuma install-launcher`` (run in
-every injected pod's init container) starts without loading kopf, the Kubernetes client or NVML.
+Each subcommand imports its component only when it runs, so that ``gpunuma install-launcher`` starts
+without loading kopf, the Kubernetes client or NVML.
 
 Every flag that a Deployment would set is a setting of ``gpunuma.settings``: its flag, its
 ``GPUNUMA_*`` variable, its default, its help and its parser come from there (:func:`add_settings`),
@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.set_defaults(handler=_run_agent)
 
     install = commands.add_parser(
-        "install-launcher", help="copy numa-exec into DIR (the webhook's init container runs this)",
+        "install-launcher", help="copy this package's numa-exec for this machine's architecture "
+        "into DIR (the launcher image's /numa-exec --install DIR does the same)",
     )
     install.add_argument("directory", type=Path, metavar="DIR")
     install.set_defaults(handler=_run_install_launcher)

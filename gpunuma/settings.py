@@ -197,7 +197,8 @@ DEFAULT_GPU_RESOURCES: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/mig-*", 
 # DRA: at admission a pod names its ResourceClaims (or their templates) but not their DeviceClass,
 # so a container counts as a GPU container when a claim it uses has a name matching these globs.
 DEFAULT_GPU_CLAIMS: tuple[str, ...] = ("*gpu*",)
-DEFAULT_LAUNCHER_IMAGE = f"ghcr.io/gpunuma/gpunuma:{__version__}"
+# The launcher image: only the static numa-exec (the Dockerfile's `launcher` target).
+DEFAULT_LAUNCHER_IMAGE = f"ghcr.io/gpunuma/numa-exec:{__version__}"
 DEFAULT_KUBELET_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 
 
@@ -227,7 +228,9 @@ class MutationSettings:
     """What the pod mutation needs: the same for the webhook and for ``gpunuma inject``."""
 
     launcher_image: str = setting(DEFAULT_LAUNCHER_IMAGE, "--launcher-image",
-                                  help="image of the init container that installs numa-exec")
+                                  help="the launcher image (only the static numa-exec), run "
+                                  "by the injected init container as /numa-exec --install "
+                                  "/opt/gpunuma; REPO@sha256:… pins a digest")
     gpu_resources: tuple[str, ...] = _gpu_resources()
     default_policy: str = setting(names.DEFAULT_POLICY, "--default-policy", choices=names.POLICIES,
                                   help="policy for pods that do not set gpunuma.io/policy")

@@ -40,7 +40,10 @@ __all__ = [
 
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 POLICY_ENV = "GPUNUMA_POLICY"
-INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
+# The launcher image holds only the static binary, at /numa-exec; it copies itself into the volume.
+INSTALL_COMMAND: tuple[str, ...] = ("/numa-exec", "--install", names.LAUNCHER_MOUNT_PATH)
+# What releases before the launcher image injected: still ours when a pod comes back through.
+_LEGACY_INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
 # The launcher image's USER (the Dockerfile's 65532:65532), named only for pods that run as root.
 LAUNCHER_UID = 65532
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
@@ -64,10 +67,10 @@ _LAUNCHER_VOLUME: dict[str, Any] = {
 # The init container's own resources. requests == limits, so that a Guaranteed pod stays
 # Guaranteed (every container, init ones included, must have equal cpu and memory requests and
 # limits): the kubelet's CPU manager hands exclusive CPUs only to Guaranteed pods.
-# 100m keeps Python's start-up (about 0.1 s of CPU) from being throttled into seconds.
+# It copies a static binary of under 1 MB: milliseconds of CPU, and memory for one page cache copy.
 _LAUNCHER_RESOURCES: dict[str, Any] = {
-    "requests": {"cpu": "100m", "memory": "64Mi"},
-    "limits": {"cpu": "100m", "memory": "64Mi"},
+    "requests": {"cpu": "10m", "memory": "16Mi"},
+    "limits": {"cpu": "10m", "memory": "16Mi"},
 }
 _QUANTITY_NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+))")
 
@@ -156,8 +159,8 @@ def mutate(
     if not selected:
         return unchanged("no GPU containers")
     if _is_windows(spec):
-        warnings.append(warning_line("Windows pods are not bound: numa-exec is a POSIX shell "
-                                     "script"))
+        warnings.append(warning_line("Windows pods are not bound: numa-exec is a Linux "
+                                     "executable"))
         return unchanged("windows pod")
 
     wrapped: list[str] = []
@@ -514,7 +517,7 @@ def _is_windows(spec: Mapping[str, Any]) -> bool:
 def _is_launcher(container: Mapping[str, Any]) -> bool:
     """Our init container: its name and the command only gpunuma gives it."""
     return (container.get("name") == names.LAUNCHER_INIT_CONTAINER
-            and container.get("command") == list(INSTALL_COMMAND))
+            and container.get("command") in (list(INSTALL_COMMAND), list(_LEGACY_INSTALL_COMMAND)))
 
 
 def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str]) -> None:

@@ -444,7 +444,7 @@ def test_the_readme_builds_and_pushes_the_image_before_helm_install() -> None:
 
 def test_the_launcher_image_must_be_pullable_from_opted_in_namespaces_is_documented() -> None:
     values = (CHART / "values.yaml").read_text()
-    image_block = values[values.index("image:"):values.index("imagePullSecrets:")]
+    image_block = values[values.index("launcher:"):values.index("imagePullSecrets:")]
     assert "pullable from every opted-in namespace" in image_block
     assert "pullable from every opted-in namespace" in (CHART.parents[1] / "docs/limits.md").read_text()
 
@@ -477,14 +477,15 @@ def test_custom_gpu_resources_reach_the_webhook_and_the_agent(chart: Any) -> Non
         assert rendered.env(component)["GPUNUMA_GPU_RESOURCES"] == "example.com/fake-gpu,nvidia.com/gpu"
 
 
-def test_the_webhook_installs_the_launcher_from_the_chart_image(chart: Any) -> None:
-    rendered = render(chart, {"image": {"tag": "0.2.0"}})
+def test_the_webhook_installs_the_launcher_from_the_launcher_image(chart: Any) -> None:
+    rendered = render(chart, {"image": {"tag": "0.2.0"}, "launcher": {"image": {"tag": "0.2.1"}}})
     container = rendered.pod_spec("webhook")["containers"][0]
     assert container["image"] == "ghcr.io/gpunuma/gpunuma:0.2.0"
-    assert rendered.env("webhook")["GPUNUMA_LAUNCHER_IMAGE"] == container["image"]
+    assert rendered.env("webhook")["GPUNUMA_LAUNCHER_IMAGE"] == "ghcr.io/gpunuma/numa-exec:0.2.1"
     digest = "sha256:" + "ab" * 32
-    pinned = render(chart, {"image": {"digest": digest}})
-    assert pinned.env("webhook")["GPUNUMA_LAUNCHER_IMAGE"] == f"ghcr.io/gpunuma/gpunuma@{digest}"
+    pinned = render(chart, {"launcher": {"image": {"repository": "registry.example/numa-exec",
+                                                   "digest": digest}}})
+    assert pinned.env("webhook")["GPUNUMA_LAUNCHER_IMAGE"] == f"registry.example/numa-exec@{digest}"
 
 
 def test_the_webhook_is_highly_available_with_https_probes(default: Rendered) -> None:
@@ -570,7 +571,7 @@ def test_the_webhook_container_starts_with_the_settings_the_chart_means(
     assert tuple(parse_as_the_container_would(monkeypatch, render(chart, {"gpuClaims": []}),
                                               "webhook").gpu_claims) == ()
     assert parsed.default_policy == "cpu-only"
-    assert parsed.launcher_image == "ghcr.io/gpunuma/gpunuma:0.1.0"
+    assert parsed.launcher_image == "ghcr.io/gpunuma/numa-exec:0.1.0"
     container = rendered.pod_spec("webhook")["containers"][0]
     assert container["ports"][0]["containerPort"] == 9443
 

@@ -125,10 +125,14 @@ def test_the_entrypoint_is_the_gpunuma_console_script() -> None:
 
 
 def test_the_environment_is_not_hidden_by_the_launcher_mount() -> None:
-    # The webhook's init container runs this image with an emptyDir mounted at LAUNCHER_MOUNT_PATH.
+    # install-launcher may run this image with an emptyDir mounted at LAUNCHER_MOUNT_PATH. (The
+    # launcher image's stages come first and name that path on purpose: it is where they install.)
+    instructions = dockerfile_instructions()
+    python_start = next(i for i, (keyword, arguments) in enumerate(instructions)
+                        if keyword == "FROM" and arguments.startswith("${PYTHON_IMAGE}"))
     paths = {
         word.strip('",:;[]').split("=")[-1]
-        for _, arguments in dockerfile_instructions()
+        for _, arguments in instructions[python_start:]
         for word in arguments.replace(":", " ").split()
         if "/" in word
     }
@@ -138,9 +142,10 @@ def test_the_environment_is_not_hidden_by_the_launcher_mount() -> None:
     assert hidden == set()
 
 
-def test_both_stages_use_the_same_python_base() -> None:
+def test_both_python_stages_use_the_same_python_base() -> None:
     froms = [arguments.split()[0] for keyword, arguments in dockerfile_instructions() if keyword == "FROM"]
-    assert froms == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
+    # The launcher's build and image stages come first (tests/launcher/test_image.py).
+    assert froms == ["${BUILD_IMAGE}", "scratch", "${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]
 
 
 def included_by_dockerignore(path: str) -> bool:
@@ -177,5 +182,5 @@ def test_the_chart_deploys_the_image_of_this_version() -> None:
     assert values["image"]["repository"] == "ghcr.io/gpunuma/gpunuma"
     from gpunuma.settings import DEFAULT_LAUNCHER_IMAGE
 
-    expected = f"{values['image']['repository']}:{chart['appVersion']}"
+    expected = f"{values['launcher']['image']['repository']}:{chart['appVersion']}"
     assert expected == DEFAULT_LAUNCHER_IMAGE

@@ -2,7 +2,9 @@
 
 Skipped unless ``GPUNUMA_E2E_KUBECONFIG`` names a kubeconfig. The cluster must be able to pull the
 gpunuma image (``GPUNUMA_E2E_IMAGE``, default the chart's; for kind: ``docker build -t
-gpunuma:e2e . && kind load docker-image gpunuma:e2e`` and ``GPUNUMA_E2E_IMAGE=gpunuma:e2e``).
+gpunuma:e2e . && kind load docker-image gpunuma:e2e`` and ``GPUNUMA_E2E_IMAGE=gpunuma:e2e``) and the
+launcher image (``GPUNUMA_E2E_LAUNCHER_IMAGE``: ``docker build --target launcher -t numa-exec:e2e .
+&& kind load docker-image numa-exec:e2e`` and ``GPUNUMA_E2E_LAUNCHER_IMAGE=numa-exec:e2e``).
 
 Without GPUs (kind), a node advertises a fake extended resource (``GPUNUMA_E2E_FAKE_RESOURCE``,
 default ``example.com/fake-gpu``) which the release counts as a GPU resource, so the webhook's
@@ -71,6 +73,10 @@ def release_values() -> dict[str, Any]:
     if image:
         repository, _, tag = image.rpartition(":")
         values["image"] = {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}
+    launcher = os.environ.get("GPUNUMA_E2E_LAUNCHER_IMAGE")
+    if launcher:
+        repository, _, tag = launcher.rpartition(":")
+        values["launcher"] = {"image": {"repository": repository, "tag": tag}}
     return values
 
 

@@ -179,9 +179,8 @@ def cluster(kmock: Any, tmp_path: Path) -> Any:
 
 
 TRAINER_GPUS = "GPU-00000000-0000-0000-0000-000000000004,GPU-00000000-0000-0000-0000-000000000005"
-TRAINER_LINE = ("gpunuma: policy=strict gpus=0000:9a:00.0,0000:ab:00.0 numa=1 cpus=56-111,168-223 mem=bind "
-                "via=numactl")
-VLLM_LINE = "gpunuma: policy=preferred gpus=0000:1b:00.0 numa=0 cpus=0-55,112-167 mem=preferred via=numactl"
+TRAINER_LINE = ("gpunuma: policy=strict gpus=0000:9a:00.0,0000:ab:00.0 numa=1 cpus=56-111,168-223 mem=bind")
+VLLM_LINE = "gpunuma: policy=preferred gpus=0000:1b:00.0 numa=0 cpus=0-55,112-167 mem=preferred"
 LOGS = {
     ("ml", "trainer-0", "trainer"): f"{TRAINER_LINE}\n[rank0] epoch 1 step 10 loss 2.31\n".encode(),
     # numa-exec writes before it execs the command: its line comes first.

@@ -1,16 +1,16 @@
-"""Running the real numa-exec script under a chosen shell, with exactly the tools a test allows.
+"""Running the real numa-exec executable against fixture trees.
 
-Each run gets a PATH made of one directory of symlinks: awk, cat and readlink (busybox's under
-``busybox sh``, so busybox awk is exercised too), plus numactl and taskset only when the test says
-so. A script that used any other tool would fail here, which is how the tests hold numa-exec to
-its promise of needing nothing else. numactl in dry-run tests is a stand-in that records the probe
-and can fail the ways a real one does: refuse memory policies (containerd's default seccomp profile
-without SYS_NICE), refuse CPUs (a CPU list the kernel does not have) or not run at all (a slim image
-whose numactl lacks libnuma).
+The session builds the binaries with the project's Makefile (``launcher/``) into
+``launcher/build/``: the static executable for this machine, the same sources compiled with
+``-fsanitize=address,undefined``, and, where Debian's cross compiler and qemu-user are installed,
+the arm64 executable, run under ``qemu-aarch64``. The ``launcher`` fixture runs every test with
+each of them. PATH holds only what a test asks for, which is how the tests hold numa-exec to its
+promise of needing nothing from the image (no shell, awk, numactl or taskset).
 """
 
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -20,78 +20,86 @@ from typing import Any
 
 import pytest
 
-from gpunuma.launcher import script_path
 from tests.conftest import require_tool
 from tests.fixtures import machines
 
-SCRIPT = script_path()
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "launcher"
+BUILD = SOURCE / "build"
 EXIT_REFUSED = 125
+HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "")
+
+
+def make(*targets: str) -> None:
+    """Run the launcher's Makefile; a failed build fails the tests with the compiler's words."""
+    require_tool("make")
+    require_tool("gcc")
+    result = subprocess.run(
+        ["make", "-s", "-C", str(SOURCE), f"BUILD={BUILD}", *targets],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"make {' '.join(targets)} failed:\n{result.stdout}{result.stderr}")
 
 
 @dataclass(frozen=True)
-class Shell:
-    """A shell to run numa-exec with, and where its awk/cat/readlink come from."""
+class Variant:
+    """One way of running numa-exec: the binary and what runs it (qemu for a foreign arch)."""
 
     name: str
-    argv: tuple[str, ...]
-    coreutils: str | None  # a multi-call binary for awk/cat/readlink, or None for the system's
+    binary: Path
+    runner: tuple[str, ...] = ()
 
-    def link_tools(self, directory: Path) -> None:
-        for tool in ("awk", "cat", "readlink"):
-            target = self.coreutils or shutil.which(tool)
-            assert target is not None, f"{tool} is not installed"
-            (directory / tool).symlink_to(target)
+    @property
+    def argv(self) -> list[str]:
+        return [*self.runner, str(self.binary)]
 
-
-SHELLS = {
-    "dash": ("dash", None),
-    "busybox": ("busybox", "busybox"),
-    "bash-posix": ("bash", None),
-}
+    @property
+    def native(self) -> bool:
+        """Whether the exec'd command and the binding are this machine's (not under qemu)."""
+        return not self.runner
 
 
-def make_shell(name: str) -> Shell:
-    program, coreutils = SHELLS[name]
-    path = require_tool(program)
-    argv = {"dash": (path,), "busybox": (path, "sh"), "bash-posix": (path, "--posix")}[name]
-    return Shell(name, argv, path if coreutils else None)
+@pytest.fixture(scope="session")
+def native_binary() -> Path:
+    """The static numa-exec for this machine, as shipped."""
+    if not HOST_ARCH:
+        pytest.skip(f"numa-exec is built for amd64 and arm64, not {platform.machine()}")
+    make("native")
+    return BUILD / f"numa-exec-{HOST_ARCH}"
 
 
-@pytest.fixture(params=sorted(SHELLS))
-def shell(request: pytest.FixtureRequest) -> Shell:
-    """A test that takes this runs under dash, busybox sh (with busybox awk) and bash --posix."""
-    return make_shell(request.param)
+@pytest.fixture(scope="session")
+def sanitized_binary() -> Path:
+    make("check-build")
+    return BUILD / "sanitized" / "numa-exec"
 
 
-FAKE_NUMACTL = """#!/bin/sh
-# Stand-in numactl: records each call; with NUMACTL_UNLOADABLE=1 it cannot start, the way a numactl
-# without its libnuma fails; NUMACTL_REFUSE_CPUS=1 refuses --physcpubind as libnuma does a CPU the
-# kernel lacks; NUMACTL_REFUSE_MEMORY=1 refuses memory policies as seccomp does without SYS_NICE.
-[ -n "$NUMACTL_LOG" ] && printf '%s\\n' "$*" >>"$NUMACTL_LOG"
-if [ "$NUMACTL_UNLOADABLE" = 1 ]; then
-    echo "numactl: error while loading shared libraries: libnuma.so.1: cannot open shared \\
-object file: No such file or directory" >&2
-    exit 127
-fi
-for arg; do
-    case $arg in
-    --physcpubind=*)
-        if [ "$NUMACTL_REFUSE_CPUS" = 1 ]; then
-            printf '%s\\n' "libnuma: Warning: cpu argument 223 out of range" "" \\
-                "<${arg#*=}> is invalid" >&2
-            exit 1
-        fi ;;
-    --preferred=* | --membind=*)
-        if [ "$NUMACTL_REFUSE_MEMORY" = 1 ]; then
-            echo "set_mempolicy: Operation not permitted" >&2
-            exit 1
-        fi ;;
-    --) break ;;
-    esac
-done
-if [ -n "$NUMACTL_REAL" ]; then exec "$NUMACTL_REAL" "$@"; fi
-exit 0
-"""
+@pytest.fixture(scope="session")
+def seccomp_refuse() -> Path:
+    """A helper that installs a seccomp filter refusing set_mempolicy with EPERM, then execs."""
+    make("check-build")
+    return BUILD / "seccomp-refuse"
+
+
+def arm64_variant() -> Variant:
+    require_tool("aarch64-linux-gnu-gcc")
+    qemu = shutil.which("qemu-aarch64-static") or require_tool("qemu-aarch64")
+    make("arm64")
+    return Variant("arm64", BUILD / "numa-exec-arm64", (qemu,))
+
+
+VARIANTS = ("native", "sanitized", "arm64")
+
+
+def make_variant(name: str, request: pytest.FixtureRequest) -> Variant:
+    if name == "native":
+        return Variant(name, request.getfixturevalue("native_binary"))
+    if name == "sanitized":
+        return Variant(name, request.getfixturevalue("sanitized_binary"))
+    if HOST_ARCH == "arm64":
+        return Variant(name, request.getfixturevalue("native_binary"))
+    return arm64_variant()
 
 
 @dataclass(frozen=True)
@@ -99,20 +107,19 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
-    probes: tuple[str, ...]  # the stand-in numactl's calls
 
     @property
     def plan(self) -> dict[str, str]:
-        """The dry-run plan: key=value lines of stdout (DESIGN §6)."""
+        """The dry-run plan: key=value lines of stdout (README.md, "numa-exec")."""
         return dict(line.split("=", 1) for line in self.stdout.splitlines())
 
 
 @dataclass
 class Launcher:
-    """Runs numa-exec against a fixture tree; ``tools`` chooses what is on PATH besides awk, cat
-    and readlink, ``extra`` adds commands the test runs (e.g. ``sleep``)."""
+    """Runs numa-exec against a fixture tree; ``extra`` puts commands on PATH (e.g. ``sleep``),
+    ``wrap`` runs numa-exec under another program (the seccomp helper)."""
 
-    shell: Shell
+    variant: Variant
     workdir: Path
 
     def run(
@@ -120,19 +127,22 @@ class Launcher:
         tree: machines.Tree | None,
         *command: str,
         arguments: Sequence[str] | None = None,
-        timeout: float = 20,
+        timeout: float = 30,
         **options: Any,
     ) -> Result:
-        argv, environment, log = self.prepare(tree, command, arguments, **options)
-        completed = subprocess.run(
-            argv, env=environment, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        probes = tuple(log.read_text().splitlines()) if log.exists() else ()
-        return Result(completed.returncode, completed.stdout, completed.stderr, probes)
+        argv, environment = self.prepare(tree, command, arguments, **options)
+        completed = subprocess.run(argv, env=environment, capture_output=True, timeout=timeout,
+                                   check=False)
+        stdout = completed.stdout.decode(errors="replace")
+        stderr = completed.stderr.decode(errors="replace")
+        assert "Sanitizer" not in stderr, stderr
+        assert "runtime error:" not in stderr, stderr
+        return Result(completed.returncode, stdout, stderr)
 
-    def start(self, tree: machines.Tree, *command: str, **options: Any) -> subprocess.Popen[bytes]:
-        argv, environment, _ = self.prepare(tree, command, None, **options)
-        return subprocess.Popen(argv, env=environment)
+    def start(self, tree: machines.Tree, *command: str, pass_fds: Sequence[int] = (),
+              **options: Any) -> subprocess.Popen[bytes]:
+        argv, environment = self.prepare(tree, command, None, **options)
+        return subprocess.Popen(argv, env=environment, pass_fds=pass_fds)
 
     def prepare(
         self,
@@ -141,18 +151,16 @@ class Launcher:
         arguments: Sequence[str] | None,
         *,
         env: Mapping[str, str] | None = None,
-        tools: Sequence[str] = ("numactl", "taskset"),
         extra: Sequence[str] = (),
-        refuse_memory_policy: bool = False,
-        refuse_cpus: bool = False,
-        numactl_unloadable: bool = False,
-        real_numactl: bool = False,
+        wrap: Sequence[str] = (),
         dry_run: bool = True,
-    ) -> tuple[list[str], dict[str, str], Path]:
+    ) -> tuple[list[str], dict[str, str]]:
         number = len(list(self.workdir.iterdir()))
-        bin_dir = self._bin_dir(self.workdir / f"bin-{number}", tools, extra)
-        log = self.workdir / f"numactl-{number}.log"
-        environment = {"PATH": str(bin_dir), "NUMACTL_LOG": str(log)}
+        bin_dir = self.workdir / f"bin-{number}"
+        bin_dir.mkdir()
+        for tool in extra:
+            (bin_dir / tool).symlink_to(require_tool(tool))
+        environment = {"PATH": str(bin_dir)}
         if tree is not None:
             environment |= {
                 "GPUNUMA_SYSFS_ROOT": str(tree.sysfs),
@@ -161,35 +169,27 @@ class Launcher:
             }
         if dry_run:
             environment["GPUNUMA_DRY_RUN"] = "1"
-        if refuse_memory_policy:
-            environment["NUMACTL_REFUSE_MEMORY"] = "1"
-        if refuse_cpus:
-            environment["NUMACTL_REFUSE_CPUS"] = "1"
-        if numactl_unloadable:
-            environment["NUMACTL_UNLOADABLE"] = "1"
-        if real_numactl:
-            environment["NUMACTL_REAL"] = require_tool("numactl")
+        # The sanitizers must not hide a leak or stop at the first report without saying so.
+        environment["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=0"
+        environment["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
         environment |= dict(env or {})
-        argv = [*self.shell.argv, str(SCRIPT)]
+        argv = [*wrap, *self.variant.argv]
         argv += list(arguments) if arguments is not None else ["--", *command]
-        return argv, environment, log
-
-    def _bin_dir(self, bin_dir: Path, tools: Sequence[str], extra: Sequence[str]) -> Path:
-        bin_dir.mkdir()
-        self.shell.link_tools(bin_dir)
-        for tool in (*tools, *extra):
-            if tool == "numactl":
-                fake = bin_dir / "numactl"
-                fake.write_text(FAKE_NUMACTL)
-                fake.chmod(0o755)
-            else:
-                (bin_dir / tool).symlink_to(require_tool(tool))
-        return bin_dir
+        return argv, environment
 
 
-@pytest.fixture
-def launcher(shell: Shell, tmp_path: Path) -> Launcher:
+@pytest.fixture(params=VARIANTS)
+def launcher(request: pytest.FixtureRequest, tmp_path: Path) -> Launcher:
+    """A test that takes this runs the static binary, the sanitized build and arm64 under qemu."""
     workdir = tmp_path / "launcher"
     workdir.mkdir()
-    return Launcher(shell, workdir)
+    return Launcher(make_variant(request.param, request), workdir)
+
+
+@pytest.fixture(params=("native", "sanitized"))
+def native_launcher(request: pytest.FixtureRequest, tmp_path: Path) -> Launcher:
+    """For tests whose command really runs and is really bound: this machine's builds only."""
+    workdir = tmp_path / "launcher"
+    workdir.mkdir()
+    return Launcher(make_variant(request.param, request), workdir)
 

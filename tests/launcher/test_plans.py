@@ -1,14 +1,13 @@
-"""numa-exec's dry-run plans (DESIGN §6) on fixture machines: dash, busybox sh, bash --posix.
+"""numa-exec's dry-run plans (README.md, "numa-exec") on fixture machines, for every build of it.
 
-Every test runs the real script with GPUNUMA_DRY_RUN=1 and a PATH that holds only awk, cat,
-readlink and the numactl/taskset the case calls for, and asserts the key=value plan it prints.
+Every test runs the real executable with GPUNUMA_DRY_RUN=1 and an empty PATH (it needs no tool
+from the image) and asserts the key=value plan it prints. A dry run decides but makes no call: what
+the kernel answers to the binding itself is tested for real in test_real_binding.py.
 """
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -51,21 +50,18 @@ def test_gpus_on_one_node_prefer_that_nodes_memory_and_bind_its_cpus(
     result = launcher.run(build_machine(dgx(*BUS0[:count])), *CMD)
 
     assert result.returncode == 0, result.stderr
-    assert result.plan == planned(BUS0[:count], "0", NODE0, "preferred",
-           f"numactl --physcpubind={NODE0} --preferred=0 -- " + " ".join(CMD))
-    assert result.probes == (f"--physcpubind={NODE0} --preferred=0 -- /bin/sh -c :",)
-    assert result.stderr.startswith("gpunuma: policy=preferred gpus=")
-    assert result.stderr.count("\n") == 1
+    assert result.plan == planned(BUS0[:count], "0", NODE0, "preferred", " ".join(CMD))
+    assert result.stderr == (f"gpunuma: policy=preferred gpus={','.join(BUS0[:count])} numa=0 "
+                             f"cpus={NODE0} mem=preferred\n")
 
 
-def test_gpus_across_two_nodes_bind_the_union_of_cpus_without_a_memory_policy(
+def test_gpus_across_two_nodes_bind_the_union_of_cpus_and_prefer_both_nodes(
     launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0], BUS1[3])), *CMD)
 
-    assert result.plan == planned([BUS0[0], BUS1[3]], "0,1", BOTH, "local",
-           f"numactl --physcpubind={BOTH} -- " + " ".join(CMD))
-    assert result.probes == (f"--physcpubind={BOTH} -- /bin/sh -c :",)
+    # Several nodes: MPOL_PREFERRED_MANY where the kernel has it (see test_real_binding.py).
+    assert result.plan == planned([BUS0[0], BUS1[3]], "0,1", BOTH, "preferred", " ".join(CMD))
 
 
 def test_a_container_that_sees_every_gpu_is_bound_to_every_gpu_node(
@@ -80,15 +76,13 @@ def test_a_container_that_sees_every_gpu_is_bound_to_every_gpu_node(
 # Policies -----------------------------------------------------------------------------------------
 
 
-def test_strict_binds_memory_to_the_gpu_node_after_probing_it(
+def test_strict_binds_memory_to_the_gpu_node(
     launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(*BUS1[:2])), *CMD, env={"GPUNUMA_POLICY": "strict"})
 
     assert result.returncode == 0, result.stderr
-    assert result.plan == planned(BUS1[:2], "1", NODE1, "bind",
-           f"numactl --physcpubind={NODE1} --membind=1 -- " + " ".join(CMD))
-    assert result.probes == (f"--physcpubind={NODE1} --membind=1 -- /bin/sh -c :",)
+    assert result.plan == planned(BUS1[:2], "1", NODE1, "bind", " ".join(CMD))
 
 
 def test_strict_binds_memory_to_every_gpu_node_when_they_span_two(
@@ -97,18 +91,15 @@ def test_strict_binds_memory_to_every_gpu_node_when_they_span_two(
     result = launcher.run(build_machine(dgx(BUS0[1], BUS1[1])), "true",
                           env={"GPUNUMA_POLICY": "strict"})
 
-    assert result.plan == planned([BUS0[1], BUS1[1]], "0,1", BOTH, "bind",
-           f"numactl --physcpubind={BOTH} --membind=0,1 -- true")
+    assert result.plan == planned([BUS0[1], BUS1[1]], "0,1", BOTH, "bind", "true")
 
 
-def test_cpu_only_binds_cpus_and_leaves_memory_alone_after_probing_the_cpus(
+def test_cpu_only_binds_cpus_and_leaves_memory_alone(
     launcher: Launcher, build_machine: BuildMachineFixture
 ) -> None:
     result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, env={"GPUNUMA_POLICY": "cpu-only"})
 
-    assert result.plan == planned([BUS0[0]], "0", NODE0, "local",
-           f"numactl --physcpubind={NODE0} -- " + " ".join(CMD))
-    assert result.probes == (f"--physcpubind={NODE0} -- /bin/sh -c :",)
+    assert result.plan == planned([BUS0[0]], "0", NODE0, "local", " ".join(CMD))
 
 
 def test_an_empty_policy_means_preferred(
@@ -117,166 +108,6 @@ def test_an_empty_policy_means_preferred(
     result = launcher.run(build_machine(dgx(BUS0[0])), "true", env={"GPUNUMA_POLICY": ""})
 
     assert result.plan["mem"] == "preferred"
-
-
-# Tools missing or refusing ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("policy", ["preferred", "cpu-only"])
-def test_without_numactl_taskset_binds_the_cpus(
-    launcher: Launcher, build_machine: BuildMachineFixture, policy: str
-) -> None:
-    result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, tools=("taskset",),
-                          env={"GPUNUMA_POLICY": policy})
-
-    assert result.returncode == 0
-    assert result.plan == planned([BUS0[0]], "0", NODE0, "local",
-                                  f"taskset -c {NODE0} " + " ".join(CMD))
-    assert "via=taskset" in result.stderr
-
-
-def test_strict_without_numactl_refuses_even_with_taskset(
-    launcher: Launcher, build_machine: BuildMachineFixture
-) -> None:
-    result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, tools=("taskset",),
-                          env={"GPUNUMA_POLICY": "strict"})
-
-    assert result.returncode == EXIT_REFUSED
-    assert result.stderr.startswith("gpunuma: strict policy needs numactl")
-    assert result.plan["exec"] == ""
-
-
-@pytest.mark.parametrize("policy", ["preferred", "cpu-only"])
-def test_without_numactl_and_taskset_the_command_runs_unpinned(
-    launcher: Launcher, build_machine: BuildMachineFixture, policy: str
-) -> None:
-    result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, tools=(),
-                          env={"GPUNUMA_POLICY": policy})
-
-    assert result.returncode == 0
-    assert result.plan == planned([BUS0[0]], "0", "", "local", " ".join(CMD))
-    assert "via=none: neither numactl nor taskset is in PATH" in result.stderr
-
-
-def test_strict_without_numactl_and_taskset_refuses(
-    launcher: Launcher, build_machine: BuildMachineFixture
-) -> None:
-    result = launcher.run(build_machine(dgx(BUS0[0])), *CMD, tools=(),
-                          env={"GPUNUMA_POLICY": "strict"})
-
-    assert result.returncode == EXIT_REFUSED
-    assert result.stderr.startswith("gpunuma: ")
-
-
-def test_a_refused_memory_policy_probe_drops_the_memory_policy_under_preferred(
-    launcher: Launcher, build_machine: BuildMachineFixture
-) -> None:
-    result = launcher.run(build_machine(dgx(BUS0[2])), *CMD, refuse_memory_policy=True)
-
-    assert result.returncode == 0
-    assert result.plan == planned([BUS0[2]], "0", NODE0, "local",
-           f"numactl --physcpubind={NODE0} -- " + " ".join(CMD))
-    assert result.probes == (
-        f"--physcpubind={NODE0} --preferred=0 -- /bin/sh -c :",
-        f"--physcpubind={NODE0} -- /bin/sh -c :",
-    )
-    assert "Operation not permitted" in result.stderr
-    assert "SYS_NICE" in result.stderr
-
-
-def test_a_refused_memory_policy_probe_fails_strict_with_exit_125(
-    launcher: Launcher, build_machine: BuildMachineFixture
-) -> None:
-    result = launcher.run(build_machine(dgx(BUS0[2])), *CMD, refuse_memory_policy=True,
-                          env={"GPUNUMA_POLICY": "strict"})
-
-    assert result.returncode == EXIT_REFUSED
-    assert result.stderr.startswith(
-        "gpunuma: strict policy: numactl refused to bind memory to NUMA node 0 "
-        "(set_mempolicy: Operation not permitted); memory binding needs the SYS_NICE capability"
-    )
-    assert result.stderr.count("\n") == 1
-    assert result.plan == {"gpus": BUS0[2], "numa": "0", "cpus": "", "mem": "bind", "exec": ""}
-    # The CPUs alone were probed too, to tell a refused memory policy from refused CPUs.
-    assert result.probes == (
-        f"--physcpubind={NODE0} --membind=0 -- /bin/sh -c :",
-        f"--physcpubind={NODE0} -- /bin/sh -c :",
-    )
-
-
-NUMACTL_FAILURES = {
-    "refuses the cpus": ({"refuse_cpus": True}, "libnuma: Warning: cpu argument 223 out of range"),
-    "cannot run": (
-        {"numactl_unloadable": True},
-        "numactl: error while loading shared libraries: libnuma.so.1",
-    ),
-}
-
-
-@pytest.mark.parametrize("failure", sorted(NUMACTL_FAILURES))
-def test_strict_blames_the_cpus_not_memory_when_numactl_cannot_bind_them(
-    launcher: Launcher, build_machine: BuildMachineFixture, failure: str
-) -> None:
-    options, why = NUMACTL_FAILURES[failure]
-
-    result = launcher.run(build_machine(dgx(BUS0[2])), *CMD, env={"GPUNUMA_POLICY": "strict"},
-                          **options)
-
-    assert result.returncode == EXIT_REFUSED
-    assert result.stderr.startswith(
-        f"gpunuma: strict policy: numactl could not bind CPUs {NODE0} ({why}"
-    )
-    assert result.stderr.endswith("); not starting python3\n")
-    assert "SYS_NICE" not in result.stderr
-    assert "memory" not in result.stderr
-    assert result.stderr.count("\n") == 1
-    assert result.probes == (
-        f"--physcpubind={NODE0} --membind=0 -- /bin/sh -c :",
-        f"--physcpubind={NODE0} -- /bin/sh -c :",
-    )
-
-
-# Every non-strict plan that execs numactl probed it first; on failure taskset, then unpinned.
-NON_STRICT_PLANS = {
-    "preferred, one node": ((BUS0[0],), "0", NODE0, {}),
-    "preferred, two nodes": ((BUS0[0], BUS1[3]), "0,1", BOTH, {}),
-    "cpu-only": ((BUS0[0],), "0", NODE0, {"GPUNUMA_POLICY": "cpu-only"}),
-}
-
-
-@pytest.mark.parametrize("failure", sorted(NUMACTL_FAILURES))
-@pytest.mark.parametrize("case", sorted(NON_STRICT_PLANS))
-def test_a_numactl_that_cannot_bind_the_cpus_falls_back_to_taskset(
-    launcher: Launcher, build_machine: BuildMachineFixture, case: str, failure: str
-) -> None:
-    gpus, numa, cpus, env = NON_STRICT_PLANS[case]
-    options, why = NUMACTL_FAILURES[failure]
-
-    result = launcher.run(build_machine(dgx(*gpus)), *CMD, env=env, **options)
-
-    assert result.returncode == 0, result.stderr
-    assert result.plan == planned(list(gpus), numa, cpus, "local",
-                                  f"taskset -c {cpus} " + " ".join(CMD))
-    assert f"via=taskset: numactl cannot bind CPUs {cpus} ({why}" in result.stderr
-    assert "SYS_NICE" not in result.stderr
-    assert result.probes[-1] == f"--physcpubind={cpus} -- /bin/sh -c :"
-
-
-@pytest.mark.parametrize("failure", sorted(NUMACTL_FAILURES))
-@pytest.mark.parametrize("case", sorted(NON_STRICT_PLANS))
-def test_a_numactl_that_cannot_bind_the_cpus_and_no_taskset_runs_the_command_unpinned(
-    launcher: Launcher, build_machine: BuildMachineFixture, case: str, failure: str
-) -> None:
-    gpus, numa, _, env = NON_STRICT_PLANS[case]
-    options, why = NUMACTL_FAILURES[failure]
-
-    result = launcher.run(build_machine(dgx(*gpus)), *CMD, env=env, tools=("numactl",), **options)
-
-    assert result.returncode == 0, result.stderr
-    assert result.plan == planned(list(gpus), numa, "", "local", " ".join(CMD))
-    assert "via=none: numactl cannot bind CPUs" in result.stderr
-    assert why in result.stderr
-    assert result.stderr.endswith("; running unpinned\n")
 
 
 # Cpus_allowed_list --------------------------------------------------------------------------------
@@ -290,7 +121,7 @@ def test_cpus_allowed_list_cuts_the_nodes_cpus(
     result = launcher.run(tree, "true")
 
     assert result.plan == planned([BUS0[0]], "0", "2-5,112", "preferred",
-           "numactl --physcpubind=2-5,112 --preferred=0 -- true")
+           "true")
 
 
 def test_cpus_allowed_list_that_excludes_the_node_leaves_the_command_unpinned(
@@ -322,7 +153,7 @@ def test_numa_node_minus_one_on_a_one_node_machine_is_that_node(
     result = launcher.run(build_machine(machines.vm_single_node()), "true")
 
     assert result.plan == planned(["0000:00:1e.0"], "0", "0-7", "preferred",
-           "numactl --physcpubind=0-7 --preferred=0 -- true")
+           "true")
 
 
 def test_numa_node_minus_one_on_a_two_node_machine_is_unknown_and_runs_unpinned(
@@ -353,9 +184,9 @@ def test_a_gpu_on_a_memory_only_node_binds_to_the_nearest_cpu_node(
                          "true")
 
     assert gh200.plan == planned(["0009:01:00.0"], "0", "0-71", "preferred",
-           "numactl --physcpubind=0-71 --preferred=0 -- true")
+           "true")
     assert gb200.plan == planned(["0018:01:00.0"], "1", "72-143", "preferred",
-           "numactl --physcpubind=72-143 --preferred=1 -- true")
+           "true")
 
 
 def test_a_gpu_whose_numa_node_is_offline_on_a_two_node_machine_is_unknown(
@@ -407,24 +238,90 @@ def test_cuda_visible_devices_by_uuid_and_by_unique_uuid_prefix(
     assert result.plan["gpus"] == f"{BUS1[2]},{BUS0[3]}"
 
 
+# CUDA's rule (CUDA C++ Programming Guide, "CUDA Environment Variables"): the devices are those
+# listed, in the list's order; an invalid entry ends the list; an empty value means no device.
 @pytest.mark.parametrize(
-    ("value", "why"),
+    ("value", "kept", "why"),
     [
-        ("GPU-0000000", "matches several"),
-        ("MIG-4a1f5e2b-7c3d-5e6f-8a9b-0c1d2e3f4a5b", "(a MIG device)"),
-        ("3,GPU-ffffffff", "matches none"),
-        ("1,8", "is not one of the 8 visible GPUs"),
+        ("7,1,-1", [BUS1[3], BUS0[1]], "entry 3 (\"-1\") matches none"),
+        ("7,1,", [BUS1[3], BUS0[1]], "entry 3 (\"\") is empty"),
+        ("3,GPU-ffffffff,5", [BUS0[3]], "entry 2 (\"GPU-ffffffff\") matches none"),
+        ("1,8,2", [BUS0[1]], "entry 2 (\"8\") is not one of the 8 visible GPUs"),
+        ("2,GPU-0000000", [BUS0[2]], "entry 2 (\"GPU-0000000\") matches several"),
+        ("4,2,4", [BUS1[0], BUS0[2]], "entry 3 (\"4\") repeats one"),
     ],
 )
-def test_unresolvable_cuda_visible_devices_entries_mean_no_narrowing(
-    launcher: Launcher, build_machine: BuildMachineFixture, value: str, why: str
+def test_an_invalid_cuda_visible_devices_entry_ends_the_list_there(
+    launcher: Launcher, build_machine: BuildMachineFixture, value: str, kept: list[str], why: str
 ) -> None:
     result = launcher.run(build_machine(dgx()), "true", env={"CUDA_VISIBLE_DEVICES": value})
 
     assert result.returncode == 0
-    assert result.plan["gpus"] == ",".join(ALL8)
-    assert why in result.stderr
-    assert "not narrowing" in result.stderr
+    assert result.plan["gpus"] == ",".join(kept)
+    assert f"CUDA_VISIBLE_DEVICES {why}" in result.stderr
+    assert "CUDA stops there" in result.stderr
+
+
+def test_the_rank_counts_only_the_entries_before_an_invalid_one(
+    launcher: Launcher, build_machine: BuildMachineFixture
+) -> None:
+    """Issue #15 item 5: with "7,1," the sh launcher gave up narrowing and bound rank 0 to GPU 0
+    on node 0, while CUDA's device 0 is GPU 7 on node 1 (SGLang #24766 in another form)."""
+    tree = build_machine(dgx())
+    rank = {"GPUNUMA_RANK_ENV": "LOCAL_RANK"}
+
+    trailing_comma = launcher.run(tree, "true", env=rank | {
+        "LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": "7,1,"})
+    minus_one = launcher.run(tree, "true", env=rank | {
+        "LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": "7,1,-1,0"})
+
+    assert trailing_comma.plan == planned([BUS1[3]], "1", NODE1, "preferred", "true")
+    assert minus_one.plan["gpus"] == BUS0[1]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "CUDA_VISIBLE_DEVICES is empty, which hides every GPU"),
+        ("  ", "CUDA_VISIBLE_DEVICES is empty, which hides every GPU"),
+        ("-1", 'entry "-1" matches none of the 8 visible GPUs'),
+        ("GPU-0000000", 'entry "GPU-0000000" matches several'),
+        ("9", 'entry "9" is not one of the 8 visible GPUs'),
+    ],
+)
+def test_cuda_visible_devices_that_hides_every_gpu_leaves_nothing_to_bind(
+    launcher: Launcher, build_machine: BuildMachineFixture, value: str, why: str
+) -> None:
+    tree = build_machine(dgx())
+
+    preferred = launcher.run(tree, "true", env={"CUDA_VISIBLE_DEVICES": value})
+    strict = launcher.run(tree, "true", env={"CUDA_VISIBLE_DEVICES": value,
+                                             "GPUNUMA_POLICY": "strict"})
+
+    assert preferred.returncode == 0
+    assert preferred.plan == planned([], "", "", "local", "true")
+    assert why in preferred.stderr
+    assert strict.returncode == EXIT_REFUSED
+    assert strict.stderr.startswith("gpunuma: strict policy: ")
+    assert why in strict.stderr
+
+
+def test_a_mig_device_narrows_nothing_and_the_rank_is_not_applied(
+    launcher: Launcher, build_machine: BuildMachineFixture
+) -> None:
+    """A MIG UUID is valid to CUDA, but procfs cannot map it to its GPU here. Binding rank k to
+    the container's k-th GPU could be another GPU than the slice's (two slices of one GPU make
+    rank 1 the second GPU), so the binding covers every GPU of the container instead."""
+    mig = "MIG-4a1f5e2b-7c3d-5e6f-8a9b-0c1d2e3f4a5b"
+    tree = build_machine(dgx(BUS0[0], BUS1[0]))
+
+    result = launcher.run(tree, "true", env={
+        "CUDA_VISIBLE_DEVICES": mig, "GPUNUMA_RANK_ENV": "LOCAL_RANK", "LOCAL_RANK": "1"})
+
+    assert result.plan["gpus"] == f"{BUS0[0]},{BUS1[0]}"
+    assert result.plan["numa"] == "0,1"
+    assert "is a MIG device, which numa-exec cannot map to its GPU" in result.stderr
+    assert "LOCAL_RANK=1 not applied" in result.stderr
 
 
 def test_nvidia_visible_devices_all_does_not_narrow(
@@ -484,6 +381,11 @@ def test_cuda_indices_are_ignored_when_models_differ_and_the_order_is_not_pci_bu
 
     assert fastest_first.plan["gpus"] == ",".join(ALL8)
     assert "different models" in fastest_first.stderr
+    with_rank = launcher.run(tree, "true", env={
+        "CUDA_VISIBLE_DEVICES": "1", "GPUNUMA_RANK_ENV": "LOCAL_RANK", "LOCAL_RANK": "0"})
+    # The order is unknown, so device 0 of the application is too: no GPU is picked by the rank.
+    assert with_rank.plan["gpus"] == ",".join(ALL8)
+    assert "LOCAL_RANK=0 not applied" in with_rank.stderr
     assert bus_order.plan["gpus"] == BUS0[1]
     assert by_uuid.plan["gpus"] == BUS1[0]
 
@@ -500,7 +402,7 @@ def test_the_rank_variable_picks_one_gpu_of_the_list(
     )
 
     assert fifth.plan == planned([BUS1[1]], "1", NODE1, "preferred",
-           f"numactl --physcpubind={NODE1} --preferred=1 -- true")
+           "true")
     assert after_cuda.plan["gpus"] == BUS1[3]
 
 
@@ -530,10 +432,10 @@ def test_amd_render_nodes_resolve_through_sysfs(
     second = launcher.run(tree, "true", env={"ROCR_VISIBLE_DEVICES": "1"})
     by_uuid = launcher.run(tree, "true", env={"HIP_VISIBLE_DEVICES": "GPU-5c2b7a1f00000001"})
 
-    assert both.plan == planned(["0000:03:00.0", "0000:83:00.0"], "0,1", "0-63", "local",
-           "numactl --physcpubind=0-63 -- true")
+    assert both.plan == planned(["0000:03:00.0", "0000:83:00.0"], "0,1", "0-63", "preferred",
+           "true")
     assert second.plan == planned(["0000:83:00.0"], "1", "32-63", "preferred",
-           "numactl --physcpubind=32-63 --preferred=1 -- true")
+           "true")
     assert by_uuid.plan["gpus"] == "0000:03:00.0"
 
 
@@ -552,7 +454,7 @@ def test_an_amd_partition_render_node_maps_to_its_parent_gpu_through_the_kfd_top
     result = launcher.run(tree, "true")
 
     assert result.plan == planned([sixth.bdf], "1", "96-191,288-383", "preferred",
-           "numactl --physcpubind=96-191,288-383 --preferred=1 -- true")
+           "true")
 
 
 def test_every_partition_of_a_cpx_gpu_counts_as_one_gpu(
@@ -604,7 +506,7 @@ def test_nvidia_gpus_whose_device_file_is_absent_are_not_the_containers(
     ("arguments", "message"),
     [
         ([], "no command given"),
-        (["python3"], "expected -- before the command, got 'python3'"),
+        (["python3"], 'expected -- before the command, got "python3"'),
         (["--"], "no command after --"),
         (["-x", "--", "true"], "expected -- before the command"),
     ],
@@ -627,7 +529,7 @@ def test_an_unknown_policy_exits_125(
 
     assert result.returncode == EXIT_REFUSED
     assert result.stderr == (
-        "gpunuma: unknown GPUNUMA_POLICY 'Strict'; use preferred, strict or cpu-only\n"
+        'gpunuma: unknown GPUNUMA_POLICY "Strict"; use preferred, strict or cpu-only\n'
     )
 
 
@@ -656,7 +558,7 @@ def test_the_exec_line_joins_the_arguments_with_single_spaces(
     result = launcher.run(build_machine(dgx(BUS0[0])), "printf", "%s|", "a b", "*", "$HOME",
                           env={"GPUNUMA_POLICY": "cpu-only"})
 
-    assert result.plan["exec"] == f"numactl --physcpubind={NODE0} -- printf %s| a b * $HOME"
+    assert result.plan["exec"] == "printf %s| a b * $HOME"
 
 
 def test_relative_roots_work_like_absolute_ones(
@@ -670,26 +572,6 @@ def test_relative_roots_work_like_absolute_ones(
     })
 
     assert result.plan["gpus"] == "0000:03:00.0,0000:83:00.0"
-
-
-def test_without_awk_the_command_still_runs_unpinned_and_strict_refuses(
-    launcher: Launcher, build_machine: BuildMachineFixture
-) -> None:
-    tree = build_machine(dgx(BUS0[0]))
-    outcomes = []
-    for policy in ("preferred", "strict"):
-        argv, env, _ = launcher.prepare(tree, ["true"], None, env={"GPUNUMA_POLICY": policy})
-        (Path(env["PATH"]) / "awk").unlink()
-        outcomes.append(subprocess.run(argv, env=env, capture_output=True, text=True, check=False))
-    preferred, strict = outcomes
-
-    assert preferred.returncode == 0
-    assert preferred.stdout.splitlines()[-1] == "exec=true"
-    assert preferred.stderr.endswith(
-        "via=none: awk is not in PATH, so the machine's topology cannot be read\n"
-    )
-    assert preferred.stderr.count("\n") == 1
-    assert strict.returncode == EXIT_REFUSED
 
 
 def test_render_nodes_of_other_vendors_are_not_gpus_of_the_container(

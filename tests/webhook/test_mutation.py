@@ -86,11 +86,21 @@ def test_a_realistic_gpu_pod_gets_a_patch_that_applies_and_validates(make_pod, e
     assert mutate(out, SETTINGS).changed is False
 
 
+def test_a_pod_injected_by_a_release_before_the_launcher_image_is_not_injected_twice():
+    out = applied(pods.vllm_server(), mutate(pods.vllm_server(), SETTINGS))
+    out["spec"]["initContainers"][0]["command"] = ["gpunuma", "install-launcher", "/opt/gpunuma"]
+
+    again = mutate(out, SETTINGS)
+
+    assert again.changed is False
+
+
 def test_the_init_container_is_restricted_and_installs_numa_exec():
     out = applied(pods.vllm_server(), mutate(pods.vllm_server(), SETTINGS))
     launcher = out["spec"]["initContainers"][0]
     assert launcher["image"] == "registry.example/gpunuma:1.2.3"
-    assert launcher["command"] == ["gpunuma", "install-launcher", "/opt/gpunuma"]
+    # The launcher image holds only the static binary, which copies itself into the volume.
+    assert launcher["command"] == ["/numa-exec", "--install", "/opt/gpunuma"]
     assert "restartPolicy" not in launcher
     security = launcher["securityContext"]
     assert security["runAsNonRoot"] is True
@@ -178,7 +188,7 @@ def test_a_windows_gpu_pod_is_left_alone_with_a_warning(where):
         pod["spec"]["nodeSelector"] = {"kubernetes.io/os": "windows"}
     result = mutate(pod, SETTINGS)
     assert (result.changed, result.reason) == (False, "windows pod")
-    assert "POSIX shell script" in result.warnings[0]
+    assert "numa-exec is a Linux executable" in result.warnings[0]
 
 
 def test_a_pod_without_gpu_containers_gets_no_patch():

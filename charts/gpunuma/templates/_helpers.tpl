@@ -68,6 +68,14 @@ annotations:
 {{- end -}}
 {{- end -}}
 
+{{- define "gpunuma.launcherImage" -}}
+{{- if .Values.launcher.image.digest -}}
+{{ .Values.launcher.image.repository }}@{{ .Values.launcher.image.digest }}
+{{- else -}}
+{{ .Values.launcher.image.repository }}:{{ default .Chart.AppVersion .Values.launcher.image.tag }}
+{{- end -}}
+{{- end -}}
+
 {{- define "gpunuma.image" -}}
 {{- if .Values.image.digest -}}
 {{ .Values.image.repository }}@{{ .Values.image.digest }}
