@@ -389,7 +389,8 @@ def test_operator_and_webhook_pods_pass_the_restricted_level(
 def test_the_agent_breaks_baseline_only_by_its_host_mounts(default: Rendered) -> None:
     spec = default.pod_spec("agent")
     host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert host_paths == {"/sys", "/proc", "/var/lib/kubelet/pod-resources"}
+    # Of /proc, only the drivers' files and meminfo (agent.hostProc: driver; docs/security.md).
+    assert host_paths == {"/sys", "/proc/driver", "/proc/meminfo", "/var/lib/kubelet/pod-resources"}
     assert all(v.startswith("HostPath volumes") for v in baseline_violations(spec))
     # Against restricted, only the mounts and running as root (kubelet.sock is root's 0755).
     for violation in restricted_violations(spec):
@@ -411,7 +412,8 @@ def test_the_agent_runs_with_the_least_it_needs(default: Rendered) -> None:
     assert all(mounts[name]["readOnly"] is True for name in host_volumes)
     env = default.env("agent")
     assert env["GPUNUMA_SYSFS_ROOT"] == mounts["host-sys"]["mountPath"] == "/host/sys"
-    assert env["GPUNUMA_PROCFS_ROOT"] == mounts["host-proc"]["mountPath"] == "/host/proc"
+    assert env["GPUNUMA_PROCFS_ROOT"] == "/host/proc"
+    assert mounts["host-proc"]["mountPath"] == "/host/proc/driver"
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert "--node-name=$(NODE_NAME)" in container["args"]
     assert env["GPUNUMA_KUBELET_SOCKET"] == mounts["pod-resources"]["mountPath"] + "/kubelet.sock"
