@@ -182,9 +182,13 @@ class Connection:
         from lightkube.config.kubeconfig import KubeConfig  # noqa: PLC0415
         from lightkube.core.exceptions import ConfigError  # noqa: PLC0415
 
-        path = kubeconfig or Path(os.environ.get("KUBECONFIG") or "~/.kube/config").expanduser()
+        listed = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        path = kubeconfig or Path(listed).expanduser()
         try:
-            config = KubeConfig.from_file(path).get(context_name=context)
+            if kubeconfig is None and os.pathsep in listed:
+                config = _merged_kubeconfig(listed).get(context_name=context)
+            else:
+                config = KubeConfig.from_file(path).get(context_name=context)
             if config is None:
                 raise ConfigError("it has no current-context; pass --context")
             auth = client_adapter.user_auth(config.user)
@@ -200,7 +204,8 @@ class Connection:
             if auth is None:
                 return None
             flow = auth.sync_auth_flow(httpx2.Request("GET", config.cluster.server))
-            return next(flow).headers.get("Authorization")
+            header: str | None = next(flow).headers.get("Authorization")
+            return header
 
         return cls(server=config.cluster.server.rstrip("/"), ssl_context=ssl_context,
                    authorization=authorization, namespace=config.namespace)
@@ -367,6 +372,44 @@ class KubeClient:
             raise ApiError(0, f"the answer is not a JSON object: {text[:100]!r}",
                            method=method, path=path)
         return result
+
+
+# Kubeconfig fields that name files: relative to the kubeconfig that holds them.
+_FILE_FIELDS = ("certificate-authority", "client-certificate", "client-key", "tokenFile")
+
+
+def _merged_kubeconfig(listed: str) -> Any:
+    """``KUBECONFIG=a:b``, merged as kubectl merges it: the first file to name a cluster, user or
+    context (or to set current-context) wins, missing files are skipped, and file paths stay
+    relative to the file that holds them. lightkube loads one file only."""
+    import yaml  # noqa: PLC0415 - only for a kubeconfig
+    from lightkube.config.kubeconfig import KubeConfig  # noqa: PLC0415
+    from lightkube.core.exceptions import ConfigError  # noqa: PLC0415
+
+    files = [Path(item).expanduser() for item in listed.split(os.pathsep) if item]
+    merged: dict[str, Any] = {"clusters": [], "contexts": [], "users": []}
+    found = False
+    for file in files:
+        if not file.is_file():
+            continue
+        found = True
+        document = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        if not merged.get("current-context") and document.get("current-context"):
+            merged["current-context"] = document["current-context"]
+        for section, inner in (("clusters", "cluster"), ("contexts", "context"), ("users", "user")):
+            names = {item["name"] for item in merged[section]}
+            for item in document.get(section) or []:
+                if not isinstance(item, dict) or item.get("name") in names:
+                    continue
+                fields = dict(item.get(inner) or {})
+                for key in _FILE_FIELDS:
+                    if isinstance(fields.get(key), str):
+                        fields[key] = str(file.parent / Path(fields[key]).expanduser())
+                merged[section].append({**item, inner: fields})
+                names.add(item["name"])
+    if not found:
+        raise ConfigError(f"none of the files in KUBECONFIG exists ({listed})")
+    return KubeConfig.from_dict(merged, fname=files[0])
 
 
 def _no_user() -> Any:

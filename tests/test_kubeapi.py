@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -389,3 +390,25 @@ async def test_delete_answers_the_object_and_none_when_it_is_already_gone(
     finally:
         await client.close()
     assert client.requests == {("DELETE", "nodes"): 2}
+
+
+async def test_a_kubeconfig_list_is_merged_as_kubectl_merges_it(
+    api_server: ApiServer, authority: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """KUBECONFIG=a:b: the first file's current-context, the cluster from the second file with its
+    CA named relative to that file, a missing file in the list skipped."""
+    (tmp_path / "b").mkdir()
+    authority.cert_pem.write_to_path(str(tmp_path / "b" / "ca.crt"))
+    first, second = tmp_path / "a.kubeconfig", tmp_path / "b" / "b.kubeconfig"
+    first.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "contexts": [{"name": "lab", "context": {"cluster": "test", "user": "me"}}],
+        "users": [{"name": "me", "user": {"token": "merged"}}], "clusters": []}))
+    second.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "elsewhere",
+        "clusters": [{"name": "test", "cluster": {"server": api_server.url,
+                                                  "certificate-authority": "ca.crt"}}],
+        "users": [{"name": "me", "user": {"token": "not-this-one"}}], "contexts": []}))
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(first), str(tmp_path / "gone"),
+                                                      str(second)]))
+    assert await get_once(Connection.from_kubeconfig()) == echo("Bearer merged")

@@ -161,13 +161,12 @@ def read_gpus(host: HostRoots) -> BackendReport:
         except ValueError as exc:
             problems.append(Problem(entry.name, SOURCE, str(exc)))
             continue
-        vendor, failure = _gpu_vendor(entry)
-        if vendor is None:
-            if failure is not None:
-                problems.append(Problem(bus_id, SOURCE, failure))
+        identity = _gpu_identity(entry)
+        problems.extend(Problem(bus_id, SOURCE, message) for message in identity.problems)
+        if identity.vendor is None:
             continue
-        if failure is not None:  # a GPU vendor's function whose class cannot be read
-            problems.append(Problem(bus_id, SOURCE, failure))
+        vendor = identity.vendor
+        if identity.failed:
             gpus.append(GpuFacts(pci_bus_id=bus_id, vendor=vendor, failed=True))
             continue
         try:
@@ -178,35 +177,69 @@ def read_gpus(host: HostRoots) -> BackendReport:
     return BackendReport(source=SOURCE, gpus=tuple(gpus), problems=tuple(problems))
 
 
-def _gpu_vendor(entry: Path) -> tuple[Vendor | None, str | None]:
-    """The GPU vendor of a PCI function (None: not a GPU) and what could not be read, if anything.
+_DRIVER_VENDORS: dict[str, Vendor] = {"nvidia": "nvidia", "amdgpu": "amd"}
 
-    ``vendor`` and ``class`` come with ``uevent``'s ``PCI_ID``/``PCI_CLASS`` as a second source.
-    A GPU vendor's function whose class cannot be read at all is returned with the failure: it may
-    be a GPU, and dropping it silently would shift the indices of every GPU after it.
-    """
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """Whether a PCI function is a GPU, and of which vendor; what could not be read on the way."""
+
+    vendor: Vendor | None  # None: not a GPU (or nothing says it is one)
+    problems: tuple[str, ...] = ()
+    failed: bool = False  # a GPU vendor's function whose class is unknown: kept, node unknown
+
+
+def _gpu_identity(entry: Path) -> _Identity:
+    """Vendor and class from their files, else from ``uevent`` (``PCI_ID``, ``PCI_CLASS``), the
+    vendor also from the bound driver. A broken file is reported even when a second source
+    answers; a GPU vendor's function of unknown class is kept as a failed GPU, since dropping it
+    would shift the index of every GPU after it."""
     uevent = _uevent(entry)
+    problems: list[str] = []
     try:
         vendor_id = int(read_text(entry / "vendor"), 16)
     except (OSError, ValueError) as exc:
-        pci_id = uevent.get("PCI_ID", "")
-        try:
-            vendor_id = int(pci_id.split(":")[0], 16)
-        except ValueError:
-            return None, (f"cannot read vendor ({exc}) nor uevent's PCI_ID: cannot tell whether it "
-                          "is a GPU, not counted; check the device's sysfs files")
+        fallback = _hex(uevent.get("PCI_ID", "").partition(":")[0])
+        driver = _driver(entry)
+        if fallback is None and driver in _DRIVER_VENDORS:
+            fallback = next(k for k, v in GPU_VENDORS.items() if v == _DRIVER_VENDORS[driver])
+        if fallback is None:
+            return _Identity(None, (f"cannot read vendor ({exc}), and neither uevent nor the "
+                                    "driver tell it: cannot tell whether it is a GPU, not "
+                                    "counted; check the device's sysfs files",))
+        vendor_id = fallback
+        problems.append(f"cannot read vendor ({exc}); uevent or the driver says "
+                        f"0x{vendor_id:04x}")
     vendor = GPU_VENDORS.get(vendor_id)
     if vendor is None:
-        return None, None
+        return _Identity(None)
+    pci_class: int | None
     try:
         pci_class = int(read_text(entry / "class"), 16)
     except (OSError, ValueError) as exc:
-        try:
-            pci_class = int(uevent.get("PCI_CLASS", ""), 16)
-        except ValueError:
-            return vendor, (f"cannot read class ({exc}): counted as a GPU whose NUMA node is "
-                            "unknown")
-    return (vendor if pci_class >> 16 in GPU_CLASSES else None), None
+        pci_class = _hex(uevent.get("PCI_CLASS", ""))
+        if pci_class is None:
+            return _Identity(vendor, (*problems, f"cannot read class ({exc}): counted as a GPU "
+                                      "whose NUMA node is unknown"), failed=True)
+        problems.append(f"cannot read class ({exc}); uevent says 0x{pci_class:06x}")
+    if pci_class >> 16 not in GPU_CLASSES:
+        return _Identity(None)
+    return _Identity(vendor, tuple(problems))
+
+
+def _hex(text: str) -> int | None:
+    try:
+        return int(text, 16)
+    except ValueError:
+        return None
+
+
+def _driver(entry: Path) -> str | None:
+    """The bound driver's name: the last part of the ``driver`` link (``…/drivers/nvidia``)."""
+    try:
+        return (entry / "driver").readlink().name
+    except OSError:
+        return None
 
 
 def _uevent(entry: Path) -> dict[str, str]:

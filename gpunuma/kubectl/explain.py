@@ -30,6 +30,7 @@ from gpunuma.kubectl.render import format_table
 from gpunuma.settings import DEFAULT_GPU_RESOURCES
 from gpunuma.webhook.mutation import (
     MIRROR_POD_ANNOTATION,
+    gpu_claims_used,
     gpu_requests,
     listed_containers,
     selected_containers,
@@ -133,6 +134,7 @@ def _containers_report(pod: Obj, gpu_resources: Sequence[str], opted_in: bool) -
     for container in all_containers(pod):
         name = container.get("name", "")
         gpus = gpu_requests(container, gpu_resources)
+        gpus.update({f"claim {claim}": "" for claim in gpu_claims_used(pod, container)})
         selected = name in chosen
         state: ContainerState
         if name in wrapped:
@@ -212,7 +214,8 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
         f"Injected:    {f'by gpunuma {injected_by}' if injected_by else 'no'}",
         "Containers:",
     ]
-    rows = [[c.name, ",".join(f"{r}={q}" for r, q in sorted(c.gpus.items())) or NONE, _STATE_TEXT[c.state]]
+    rows = [[c.name, ",".join(f"{r}={q}" if q else r for r, q in sorted(c.gpus.items())) or NONE,
+             _STATE_TEXT[c.state]]
             for c in containers]
     lines += ["  " + line for line in format_table(["NAME", "GPU REQUEST", "STATUS"], rows).splitlines()]
     if placement:

@@ -261,18 +261,30 @@ def served_cas(serving: Mapping[str, str] | None, now: dt.datetime) -> tuple[x50
 def pki_from_secrets(
     serving: Mapping[str, str] | None, authority: Mapping[str, str] | None,
 ) -> Pki:
-    """Read the Secrets' ``data`` back; :class:`PkiError` says what is missing or unreadable."""
-    if not serving or not authority:
-        raise PkiError("the serving or CA Secret does not exist yet")
+    """Read the Secrets' ``data`` back; :class:`PkiError` says what is missing or unreadable.
+
+    A readable CA Secret is kept even when the serving Secret is gone or unreadable (deleted by
+    hand to force a new certificate, a partial restore): the API server trusts that CA, while the
+    webhook still serves its old leaf until its Secret volume is updated, so a new CA would fail
+    (or, under ``Ignore``, silently skip) every admission in between. The CA then stands in for
+    the leaf, and :func:`plan` renews it (it names no Service) from the same CA.
+    """
+    if not authority:
+        raise PkiError("the CA Secret does not exist yet")
     try:
         ca_cert = x509.load_pem_x509_certificate(_field(authority, TLS_CERT_KEY, "CA"))
         ca_key = _ec_key(_field(authority, TLS_KEY_KEY, "CA"), "CA")
-        leaf_cert = x509.load_pem_x509_certificate(_field(serving, TLS_CERT_KEY, "serving"))
-        leaf_key = _ec_key(_field(serving, TLS_KEY_KEY, "serving"), "serving")
         previous_pem = base64.b64decode(authority.get(PREVIOUS_CA_KEY) or "")
         previous = tuple(x509.load_pem_x509_certificates(previous_pem)) if previous_pem else ()
     except (ValueError, TypeError) as exc:
         raise PkiError(f"unreadable certificate data: {exc}") from None
+    try:
+        if not serving:
+            raise PkiError("the serving Secret does not exist")
+        leaf_cert = x509.load_pem_x509_certificate(_field(serving, TLS_CERT_KEY, "serving"))
+        leaf_key = _ec_key(_field(serving, TLS_KEY_KEY, "serving"), "serving")
+    except (PkiError, ValueError, TypeError):
+        leaf_cert, leaf_key = ca_cert, ca_key
     return Pki(ca_cert, ca_key, leaf_cert, leaf_key, previous)
 
 

@@ -44,6 +44,8 @@ POLICY_ENV = "GPUNUMA_POLICY"
 INSTALL_COMMAND: tuple[str, ...] = ("/numa-exec", "--install", names.LAUNCHER_MOUNT_PATH)
 # What releases before the launcher image injected: still ours when a pod comes back through.
 _LEGACY_INSTALL_COMMAND: tuple[str, ...] = ("gpunuma", "install-launcher", names.LAUNCHER_MOUNT_PATH)
+# The two as lists, to compare with a container's command (never handed out).
+_INSTALL_COMMANDS = (list(INSTALL_COMMAND), list(_LEGACY_INSTALL_COMMAND))
 # The launcher image's USER (the Dockerfile's 65532:65532), named only for pods that run as root.
 LAUNCHER_UID = 65532
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
@@ -259,6 +261,18 @@ def selected_containers(pod: Mapping[str, Any], gpu_resources: Sequence[str],
                    gpu_resources, [], gpu_claims=_gpu_claim_names(spec, gpu_claims))
 
 
+def gpu_claims_used(pod: Mapping[str, Any], container: Mapping[str, Any],
+                    gpu_claims: Sequence[str] = DEFAULT_GPU_CLAIMS) -> list[str]:
+    """The pod's GPU claims (see ``--gpu-claims``) this container uses, by their names in the pod.
+    Raises ``InvalidPod``."""
+    spec = _mapping(pod, "spec", "spec") or {}
+    claims = _gpu_claim_names(spec, gpu_claims)
+    resources = container.get("resources")
+    used = resources.get("claims") if isinstance(resources, dict) else None
+    return [str(item["name"]) for item in used or []
+            if isinstance(item, dict) and item.get("name") in claims]
+
+
 def _gpu_claim_names(spec: Mapping[str, Any], globs: Sequence[str]) -> frozenset[str]:
     """The names of the pod's ``resourceClaims`` entries that stand for GPUs: the entry's own name,
     its ResourceClaim's or its ResourceClaimTemplate's matches a ``--gpu-claims`` glob.
@@ -332,9 +346,9 @@ def _uses_claim(container: Mapping[str, Any], claims: frozenset[str]) -> bool:
         return False
     resources = container.get("resources")
     used = resources.get("claims") if isinstance(resources, dict) else None
-    if not isinstance(used, list):
-        return False
-    return any(isinstance(item, dict) and item.get("name") in claims for item in used)
+    if used is not None and not isinstance(used, list):
+        raise InvalidPod(f"container {container['name']!r}: resources.claims must be a list")
+    return any(isinstance(item, dict) and item.get("name") in claims for item in used or [])
 
 
 def _requests_gpu(container: Mapping[str, Any], gpu_resources: re.Pattern[str]) -> bool:
@@ -517,7 +531,7 @@ def _is_windows(spec: Mapping[str, Any]) -> bool:
 def _is_launcher(container: Mapping[str, Any]) -> bool:
     """Our init container: its name and the command only gpunuma gives it."""
     return (container.get("name") == names.LAUNCHER_INIT_CONTAINER
-            and container.get("command") in (list(INSTALL_COMMAND), list(_LEGACY_INSTALL_COMMAND)))
+            and container.get("command") in _INSTALL_COMMANDS)
 
 
 def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str]) -> None:

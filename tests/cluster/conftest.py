@@ -144,12 +144,18 @@ def webhook(release: Release, operator: Process,
     configuration = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/" \
                     f"{release.name}"
 
+    secrets = f"/api/v1/namespaces/{release.namespace}/secrets"
+
     def bundle_written() -> bool:
+        # The operator patches the bundle first and writes the Secrets after: wait for both.
         webhooks = cluster.request("GET", configuration)["webhooks"]
-        return all(w["clientConfig"].get("caBundle") for w in webhooks)
+        names = {item["metadata"]["name"] for item in cluster.request("GET", secrets)["items"]}
+        return (all(w["clientConfig"].get("caBundle") for w in webhooks)
+                and f"{release.name}-webhook-tls" in names)
 
     try:
-        cluster.wait_for("the operator to write the webhook's CA bundle", bundle_written, 90)
+        cluster.wait_for("the operator to write the webhook's CA bundle and Secret",
+                         bundle_written, 120)
     except AssertionError as error:
         raise AssertionError(f"{error}\n--- operator ---\n{operator.tail()}") from None
     assert secret.endswith("/tls.crt"), env
@@ -160,30 +166,24 @@ def webhook(release: Release, operator: Process,
                GPUNUMA_TLS_CERT_FILE=str(directory / "tls" / "tls.crt"),
                GPUNUMA_TLS_KEY_FILE=str(directory / "tls" / "tls.key"))
     process = agents.gpunuma("webhook", ["webhook"], directory / "webhook.log", env=env)
+    # The API server calls https://<service>.<namespace>.svc:<port> (the chart's Service port),
+    # which its CONNECT goes to the harness's proxy for; that Service must exist.
     service = cluster.request(
         "GET", f"/api/v1/namespaces/{release.namespace}/services/"
                f"{release.service_account('webhook')}")
-    route = f"{service['spec']['clusterIP']}:443"
+    server_name = f"{service['metadata']['name']}.{release.namespace}.svc"
+    route = f"{server_name}:{service['spec']['ports'][0]['port']}"
     assert cluster.proxy is not None
     cluster.proxy.route(route, port)
-    hook = Webhook(process, port, route, volume, directory / "tls" / "ca.crt",
-                   f"{release.service_account('webhook')}.{release.namespace}.svc")
+    hook = Webhook(process, port, route, volume, directory / "tls" / "ca.crt", server_name)
     try:
-        cluster.wait_for("the webhook to be ready", lambda: _ready(hook), 60)
+        cluster.wait_for("the webhook to be ready", hook.ready, 60)
         yield hook
     finally:
         cluster.proxy.route(route, None)
         process.stop()
         volume.close()
     assert_every_request_allowed(release, "operator")
-
-
-def _ready(hook: Webhook) -> bool:
-    try:
-        return bool(hook.get("/readyz"))
-    except OSError:
-        assert hook.process.alive(), hook.process.tail()
-        return False
 
 
 KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml")

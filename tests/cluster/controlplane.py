@@ -13,10 +13,11 @@ deletion, garbage collection, default ServiceAccounts: :meth:`ControlPlane.names
 kubelets of the Nodes it manages). Nothing here imports gpunuma: the tests drive the product
 through its commands, the chart and HTTP, as a user would.
 
-Service traffic: the API server reaches an admission webhook's Service by its ClusterIP, which no
-network here routes. The API server runs with ``HTTPS_PROXY`` pointing at :class:`ServiceProxy`,
-a CONNECT proxy in the test process that maps ``ClusterIP:port`` (or a host name) to a local port;
-the API server still verifies the webhook's certificate for ``<service>.<namespace>.svc``.
+Service traffic: the API server calls an admission webhook's Service at
+``https://<service>.<namespace>.svc:<port>``, which no DNS or network here resolves. The API server
+runs with ``HTTPS_PROXY`` pointing at :class:`ServiceProxy`, a CONNECT proxy in the test process
+that maps such ``host:port`` targets to local ports; the API server still verifies the webhook's
+certificate for ``<service>.<namespace>.svc`` through the tunnel.
 """
 
 from __future__ import annotations

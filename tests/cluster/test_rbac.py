@@ -22,6 +22,7 @@ GROUPS = {
     "nodes": "", "pods": "", "secrets": "", "events": "", "configmaps": "", "namespaces": "",
     "serviceaccounts": "", "services": "",
     "gpunumalayouts": "gpunuma.io",
+    "resourceslices": "resource.k8s.io",
     "mutatingwebhookconfigurations": "admissionregistration.k8s.io",
     "validatingwebhookconfigurations": "admissionregistration.k8s.io",
     "clusterkopfpeerings": "kopf.dev",

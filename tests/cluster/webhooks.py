@@ -76,10 +76,21 @@ class Webhook:
             text: str = answer.read().decode()
             return text
 
-    def requests(self) -> float:
-        """Admission requests the webhook counted so far (every outcome)."""
-        total = 0.0
+    def ready(self) -> bool:
+        try:
+            return bool(self.get("/readyz"))
+        except OSError:
+            assert self.process.alive(), self.process.tail()
+            return False
+
+    def requests(self) -> dict[str, float]:
+        """Admission requests the webhook counted so far, by outcome (patched, unchanged, …)."""
+        counts: dict[str, float] = {}
         for line in self.get("/metrics").splitlines():
-            if line.startswith("gpunuma_webhook_requests_total"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+            if line.startswith("gpunuma_webhook_requests_total{"):
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                counts[outcome] = float(line.rsplit(" ", 1)[1])
+        return counts
+
+    def total(self) -> float:
+        return sum(self.requests().values())

@@ -58,28 +58,38 @@ def test_a_gpu_whose_vendor_or_class_file_cannot_be_read_is_not_dropped_silently
     tree = build_machine(machine)
     device = tree.sysfs / "bus/pci/devices/0000:52:00.0"
     (device / broken).unlink()
-    (device / broken).mkdir()
+    (device / broken).mkdir()  # reading it fails (IsADirectoryError), as a broken attribute does
     (device / "uevent").write_text(
         "DRIVER=nvidia\nPCI_CLASS=30200\nPCI_ID=10DE:2330\nPCI_SLOT_NAME=0000:52:00.0\n"
     )
     layout = discover(sysfs_only(tree))
-    # uevent says the same: the GPU is found as if nothing had failed.
+    # uevent says the same: the GPU is found as if nothing had failed, and the fault is reported.
     assert [gpu.pci_bus_id for gpu in layout.gpus] == [f.bdf for f in machine.gpus]
-    assert layout.gpus[2].numa_node == 0
+    assert [gpu.numa_node for gpu in layout.gpus] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [p.device for p in layout.errors] == ["0000:52:00.0"]
+    assert f"cannot read {broken}" in layout.errors[0].message
 
     (device / "uevent").unlink()
     layout = discover(sysfs_only(tree))
+    assert [gpu.index for gpu in layout.gpus] == list(range(8))
+    assert layout.gpus[2].pci_bus_id == "0000:52:00.0"
+    assert [p.device for p in layout.errors] == ["0000:52:00.0"]
+    assert f"cannot read {broken}" in layout.errors[0].message
     if broken == "class":
-        # A GPU vendor's function of unknown class: kept in its place, node unknown, reported.
-        assert [gpu.index for gpu in layout.gpus] == list(range(8))
-        assert layout.gpus[2].pci_bus_id == "0000:52:00.0"
+        # A GPU vendor's function of unknown class: kept in its place, node unknown.
         assert layout.gpus[2].numa_node is None
         assert node_labels(layout)["gpunuma.io/layout"] == "unknown"
     else:
-        # Without a vendor nothing says it is a GPU at all; it is still named, never silently lost.
+        # The bound driver (nvidia) still tells the vendor; class and numa_node are readable.
+        assert layout.gpus[2].numa_node == 0
+
+    (device / "driver").unlink()
+    if broken == "vendor":
+        # Nothing says it is a GPU at all: named in errors, never silently lost.
+        layout = discover(sysfs_only(tree))
         assert "0000:52:00.0" not in [gpu.pci_bus_id for gpu in layout.gpus]
-    assert [p.device for p in layout.errors] == ["0000:52:00.0"]
-    assert f"cannot read {broken}" in layout.errors[0].message
+        assert [p.device for p in layout.errors] == ["0000:52:00.0"]
+        assert "cannot tell whether it is a GPU" in layout.errors[0].message
 
 
 def test_a_distance_row_of_the_wrong_length_is_dropped_and_reported(

@@ -120,7 +120,9 @@ def cluster(kmock: Any, tmp_path: Path) -> Any:
     b, b_labels = layout_object("gpu-b", machines.vm_two_node(), tmp_path, heartbeat_minutes_ago=95,
                                 stale=True)
     c, _ = layout_object("gpu-c", machines.epyc_nps4_8node(), tmp_path, heartbeat_minutes_ago=3.5)
-    gone, _ = layout_object("gpu-old", machines.vm_single_node(), tmp_path, heartbeat_minutes_ago=300)
+    # Its Node is gone, so no label can say it is stale: only the layout's Stale condition does.
+    gone, _ = layout_object("gpu-old", machines.vm_single_node(), tmp_path, heartbeat_minutes_ago=300,
+                            stale=True)
     for obj in (a, b, c, gone):
         kmock.objects[LAYOUTS, None, obj["metadata"]["name"]] = obj
     for node in (node_object("gpu-a", a_labels),

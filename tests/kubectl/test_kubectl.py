@@ -27,7 +27,7 @@ NODE                  GPUS   NUMA   LAYOUT            SOURCE   STALE   HEARTBEAT
 gpu-a                 8      2      4-4               sysfs    no      4m
 gpu-b                 2      2      unknown           sysfs    yes     1h
 gpu-c                 8      8      0-2-0-2-0-2-0-2   sysfs    no      3m
-gpu-old (node gone)   1      1      1                 sysfs    no      5h
+gpu-old (node gone)   1      1      1                 sysfs    yes     5h
 """
 
 NODES_TABLE_WIDE = (
@@ -37,7 +37,7 @@ NODES_TABLE_WIDE = (
 gpu-a                 8      2      4-4               0:0-3 1:4-7               sysfs    yes       no      4m
 gpu-b                 2      2      unknown           ?:0-1                     sysfs    yes       yes     1h
 gpu-c                 8      8      0-2-0-2-0-2-0-2   1:2-3 3:0-1 5:6-7 7:4-5   sysfs    no        no      3m
-gpu-old (node gone)   1      1      1                 0:0                       sysfs    no        no      5h
+gpu-old (node gone)   1      1      1                 0:0                       sysfs    no        yes     5h
 """)
 
 PODS_TABLE = """\
@@ -326,6 +326,21 @@ def test_containers_named_by_annotation_are_selected_without_gpu_requests() -> N
     assert "  dra    -             would be wrapped, had the webhook mutated the pod\n" in text
     assert f"  side   -             not selected: not listed in {names.ANNOTATION_CONTAINERS}\n" in text
     assert "the webhook did not mutate this pod" in text
+
+
+def test_a_container_using_a_gpu_claim_is_selected_and_shows_the_claim() -> None:
+    """DRA: selected by the claim's name, as the webhook selects it; a NIC claim's is not."""
+    server = {"name": "server", "image": "vllm/vllm-openai:v0.6.3", "command": ["serve"],
+              "resources": {"claims": [{"name": "gpu"}, {"name": "rdma"}]}}
+    router = {"name": "router", "image": "img", "command": ["route"],
+              "resources": {"claims": [{"name": "rdma"}]}}
+    pod = pod_object("ml", "vllm-dra", [server, router], annotations={names.ANNOTATION_INJECT: "true"})
+    pod["spec"]["resourceClaims"] = [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"},
+                                     {"name": "rdma", "resourceClaimName": "ib-nic"}]
+    assert mutate(pod, MutationSettings()).wrapped == ("server",)
+    text = explain(pod, {"metadata": {"name": "ml"}})
+    assert "  server   claim gpu     would be wrapped, had the webhook mutated the pod\n" in text
+    assert "  router   -             not selected: requests no GPU\n" in text
 
 
 def test_a_zero_gpu_quantity_is_no_gpu_request_as_for_the_webhook() -> None:

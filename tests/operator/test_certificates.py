@@ -120,14 +120,36 @@ def test_the_secrets_round_trip() -> None:
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbage"])
-def test_unusable_secret_data_is_reported(damage: str) -> None:
+def test_an_unusable_ca_secret_is_reported(damage: str) -> None:
     serving, authority = pki_to_secrets(fresh())
     if damage == "missing":
-        del serving["tls.key"]
+        del authority["tls.key"]
     else:
         authority["tls.crt"] = base64.b64encode(b"not a certificate").decode()
     with pytest.raises(PkiError):
         pki_from_secrets(serving, authority)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "no key", "garbage"])
+def test_a_lost_serving_secret_gets_a_new_leaf_from_the_same_ca(damage: str) -> None:
+    """Regression (found by tests/cluster/test_webhook.py): a deleted serving Secret made the
+    operator issue a new CA, so the API server stopped trusting the leaf the webhook still served
+    and admissions failed open (unmutated) until the webhook's files were updated."""
+    pki = fresh()
+    serving, authority = pki_to_secrets(pki)
+    if damage == "no key":
+        del serving["tls.key"]
+    elif damage == "garbage":
+        serving["tls.crt"] = base64.b64encode(b"not a certificate").decode()
+    kept = pki_from_secrets(None if damage == "deleted" else serving, authority)
+    decision = plan(kept, NOW, NAMES, POLICY)
+    assert decision is not None
+    renewed, reason = decision
+    assert reason == "Renewed"
+    assert renewed.ca_cert == pki.ca_cert
+    assert ca_bundle(renewed) == ca_bundle(pki)
+    assert sorted(renewed.leaf_cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)) == sorted(NAMES)
 
 
 # Real TLS handshakes -----------------------------------------------------------------------------

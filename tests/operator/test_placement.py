@@ -40,6 +40,17 @@ def test_entries_of_one_container_are_merged_and_the_pod_gets_the_unions() -> No
     assert annotations[names.ANNOTATION_CPUSET] == "0-15,32-47"
 
 
+def test_a_dra_claims_entry_places_its_container_like_a_device_plugins() -> None:
+    """The agent's entry for a ResourceClaim (resource = the DRA driver, claim, pool/device ids)."""
+    dra = {**entry("server", "gpu.nvidia.com", ["gpu-node-7/gpu-5"], [1], "100-101",
+                   pod="vllm-dra"), "claim": "single-gpu"}
+    annotations = pod_annotations([*ALLOCATIONS, dra], "ml", "vllm-dra")
+    assert annotations is not None
+    assert json.loads(annotations[names.ANNOTATION_PLACEMENT]) == {
+        "server": {"gpus": ["gpu-node-7/gpu-5"], "numaNodes": [1], "cpus": "100-101"}}
+    assert annotations[names.ANNOTATION_NUMA_NODES] == "1"
+
+
 def test_the_placement_json_is_canonical_whatever_the_entry_order() -> None:
     forward = pod_annotations(ALLOCATIONS, "ml", "train-0")
     backward = pod_annotations(list(reversed(ALLOCATIONS[:3])), "ml", "train-0")

@@ -1,0 +1,152 @@
+"""A DRA pod end to end on the real control plane: the real ``gpunuma agent`` process with the
+chart's agent identity, a gRPC kubelet that reports the pod's ResourceClaim device, the DRA
+driver's ResourceSlices served by kube-apiserver (resource.k8s.io/v1), the GPUNumaLayout it writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent.conftest import FakeKubelet, KubeletServer, container, pod
+from tests.cluster import agents
+from tests.cluster.conftest import Release, assert_every_request_allowed
+from tests.cluster.controlplane import ApiError
+from tests.fixtures import machines
+
+NODE = "dra-gpu-1"
+LAYOUT = f"/apis/gpunuma.io/v1alpha1/gpunumalayouts/{NODE}"
+SLICES = "/apis/resource.k8s.io/v1/resourceslices"
+
+
+def resource_slice(name: str, node: str, devices: dict[str, str | None]) -> dict[str, Any]:
+    """A slice as NVIDIA's DRA driver publishes it: one device per GPU, bus id when known."""
+    listed = []
+    for device, bus_id in devices.items():
+        attributes: dict[str, Any] = {"index": {"int": int(device.rsplit("-", 1)[1])}}
+        if bus_id is not None:
+            attributes["resource.kubernetes.io/pciBusID"] = {"string": bus_id}
+        listed.append({"name": device, "attributes": attributes})
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+            "metadata": {"name": name},
+            "spec": {"driver": "gpu.nvidia.com", "nodeName": node,
+                     "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+                     "devices": listed}}
+
+
+@pytest.fixture
+async def kubelet() -> AsyncIterator[KubeletServer]:
+    with tempfile.TemporaryDirectory(prefix="gn-", dir="/tmp") as directory:
+        server = KubeletServer(socket=Path(directory) / "kubelet.sock", servicer=FakeKubelet())
+        await server.start()
+        yield server
+        await server.stop()
+
+
+@pytest.fixture
+def dra_objects(release: Release) -> Any:
+    cluster = release.cluster
+    created = [("/api/v1/nodes", NODE, {"apiVersion": "v1", "kind": "Node",
+                                         "metadata": {"name": NODE}}),
+               (SLICES, f"{NODE}-gpu.nvidia.com", resource_slice(
+                   f"{NODE}-gpu.nvidia.com", NODE, {"gpu-5": "0000:c3:00.0", "gpu-6": None})),
+               # Another node's slice, same pool and device names: never taken for this node's.
+               (SLICES, "other-gpu.nvidia.com", resource_slice(
+                   "other-gpu.nvidia.com", "other", {"gpu-6": "0000:1b:00.0"}))]
+    for collection, _, body in created:
+        cluster.request("POST", collection, body)
+    yield
+    for collection, name, _ in [*created, ("/apis/gpunuma.io/v1alpha1/gpunumalayouts", NODE, None)]:
+        try:
+            cluster.request("DELETE", f"{collection}/{name}")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+
+
+async def test_a_dra_pods_gpu_reaches_the_layout_through_the_real_api_server(
+    release: Release, dra_objects: Any, kubelet: KubeletServer, tmp_path: Path,
+) -> None:
+    cluster = release.cluster
+    kubelet.servicer.pods = [
+        pod("ml", "vllm-dra", container("server", cpu_ids=[100, 101], claims=[
+            ("ml", "single-gpu", [("gpu.nvidia.com", NODE, "gpu-5")])])),
+        pod("ml", "no-bus-id", container("main", claims=[
+            ("ml", "gpu", [("gpu.nvidia.com", NODE, "gpu-6")])])),
+    ]
+    tree = machines.build(machines.two_socket_8gpu(), tmp_path / "machine")
+    process = agents.agent(NODE, tree, release.kubeconfig("agent"), tmp_path / "agent.log",
+                           kubelet_socket=kubelet.socket,
+                           extra=["--interval", "1", "--allocations-interval", "0.2"])
+    try:
+        allocations: list[dict[str, Any]] = []
+        for _ in range(300):  # the gRPC kubelet is served by this event loop: never block it
+            try:
+                allocations = cluster.request("GET", LAYOUT)["spec"].get("allocations") or []
+            except ApiError as error:
+                if error.status != 404:
+                    raise
+            if len(allocations) == 2:
+                break
+            assert process.alive(), process.tail()
+            await asyncio.sleep(0.1)
+        assert allocations == [
+            {"namespace": "ml", "pod": "no-bus-id", "container": "main",
+             "resource": "gpu.nvidia.com", "claim": "gpu", "deviceIds": [f"{NODE}/gpu-6"],
+             "numaNodes": [], "cpus": "", "unknownDeviceIds": [f"{NODE}/gpu-6"]},
+            {"namespace": "ml", "pod": "vllm-dra", "container": "server",
+             "resource": "gpu.nvidia.com", "claim": "single-gpu", "deviceIds": [f"{NODE}/gpu-5"],
+             "numaNodes": [1], "cpus": "100-101"},
+        ], process.tail()
+    finally:
+        process.stop()
+    assert_every_request_allowed(release, "agent")  # the chart lets it list ResourceSlices
+
+
+def test_the_webhook_wraps_the_container_of_a_gpu_claim_in_a_pod_the_api_server_creates(
+    release: Release, webhook: Any,
+) -> None:
+    """The API server sends the pod to the real webhook over TLS; the container that uses the GPU
+    claim is wrapped, the one with only a NIC claim is not, and the stored pod is what the server
+    validated."""
+    cluster = release.cluster
+    namespace = "dra-webhook"
+    cluster.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                   "metadata": {"name": namespace}})
+    # No controller-manager here: the ServiceAccount admission plugin needs "default" to exist.
+    cluster.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})
+    # kube-apiserver asks its proxy for the Service by name (<service>.<namespace>.svc:443), not by
+    # ClusterIP, which is the route the webhook fixture sets.
+    assert cluster.proxy is not None
+    by_name = f"{webhook.server_name}:443"
+    cluster.proxy.route(by_name, webhook.port)
+    try:
+        created = cluster.request("POST", f"/api/v1/namespaces/{namespace}/pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "vllm-dra", "annotations": {"gpunuma.io/inject": "true"}},
+            "spec": {
+                "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"},
+                                   {"name": "rdma", "resourceClaimName": "ib-nic"}],
+                "containers": [
+                    {"name": "server", "image": "vllm/vllm-openai:v0.6.3",
+                     "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+                     "resources": {"claims": [{"name": "gpu"}, {"name": "rdma"}]}},
+                    {"name": "router", "image": "envoyproxy/envoy:v1.31.0",
+                     "command": ["envoy"], "resources": {"claims": [{"name": "rdma"}]}},
+                ]},
+        })
+        annotations = created["metadata"]["annotations"]
+        assert annotations.get("gpunuma.io/wrapped") == "server", (annotations, webhook.requests())
+        server, router = created["spec"]["containers"]
+        assert server["command"][:2] == ["/opt/gpunuma/numa-exec", "--"]
+        assert router["command"] == ["envoy"]
+        assert created["spec"]["initContainers"][0]["name"] == "gpunuma-launcher"
+    finally:
+        cluster.proxy.route(by_name, None)
+        cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")
