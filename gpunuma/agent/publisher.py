@@ -9,11 +9,16 @@ would read as "delete this key".
 
 It reads the object only when it knows nothing (at start, after an error): an agent that restarts
 on an unchanged node finds its CR current and writes nothing until the heartbeat is due.
+
+Each heartbeat's answer is the stored object: when its spec is not what the server stored for the
+agent's last write, someone else changed it (another node's credentials, a hand edit), and the
+agent writes its spec back whole ("repaired") instead of keeping a forgery fresh.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -31,7 +36,8 @@ __all__ = [
     "layout_summary",
 ]
 
-PublishResult = Literal["created", "updated", "heartbeat", "unchanged"]
+log = logging.getLogger("gpunuma.agent")
+PublishResult = Literal["created", "updated", "heartbeat", "repaired", "unchanged"]
 
 API_VERSION = f"{names.CRD_GROUP}/{names.CRD_VERSION}"
 
@@ -106,11 +112,14 @@ class LayoutPublisher:
         self._monotonic = monotonic
         self._wall = wall
         self._published: dict[str, Any] | None = None  # spec without heartbeatTime
+        # The spec as the server stored it after the agent's last write (pruning included).
+        self._stored: dict[str, Any] | None = None
         self._heartbeat_at: float | None = None  # monotonic time of the last heartbeatTime
 
     def forget(self) -> None:
         """Read the object again before the next write (after an error left its state unknown)."""
         self._published = None
+        self._stored = None
         self._heartbeat_at = None
 
     def heartbeat_due_in(self, period: float) -> float:
@@ -141,20 +150,31 @@ class LayoutPublisher:
             current = dict(existing.get("spec") or {})
             written = _heartbeat_time(current.pop("heartbeatTime", None))
             self._published = current
+            self._stored = dict(current)
             if written is not None:
                 age = (self._wall() - written).total_seconds()
                 self._heartbeat_at = self._monotonic() - max(0.0, age)
         now = self._wall()
         if spec != self._published:
-            value = {**spec, "heartbeatTime": format_rfc3339(now)}
-            await self._client.json_patch(path, [{"op": "add", "path": "/spec", "value": value}])
-            self._remember(spec)
+            await self._write(path, spec, now)
             return "updated"
         if self.heartbeat_due_in(heartbeat) <= 0:
-            await self._client.merge_patch(path, {"spec": {"heartbeatTime": format_rfc3339(now)}})
+            answer = await self._client.merge_patch(
+                path, {"spec": {"heartbeatTime": format_rfc3339(now)}})
             self._heartbeat_at = self._monotonic()
+            stored = _spec_of(answer)
+            if stored is not None and self._stored is not None and stored != self._stored:
+                log.warning("GPUNumaLayout %s: its spec was changed by someone else; writing "
+                            "this node's layout back", self._node_name)
+                await self._write(path, spec, now)
+                return "repaired"
             return "heartbeat"
         return "unchanged"
+
+    async def _write(self, path: str, spec: dict[str, Any], now: datetime.datetime) -> None:
+        value = {**spec, "heartbeatTime": format_rfc3339(now)}
+        answer = await self._client.json_patch(path, [{"op": "add", "path": "/spec", "value": value}])
+        self._remember(spec, _spec_of(answer))
 
     async def _create(self, spec: dict[str, Any]) -> PublishResult:
         node = await self._client.get(f"/api/v1/nodes/{self._node_name}")
@@ -165,12 +185,23 @@ class LayoutPublisher:
         if not isinstance(uid, str) or not uid:
             raise ApiError(0, f"Node {self._node_name!r} has no metadata.uid to own the layout")
         body = layout_object(self._node_name, uid, {**spec, "heartbeatTime": format_rfc3339(self._wall())})
-        await self._client.create(layout_path(), body)
-        self._remember(spec)
+        answer = await self._client.create(layout_path(), body)
+        self._remember(spec, _spec_of(answer))
         return "created"
 
-    def _remember(self, spec: dict[str, Any]) -> None:
+    def _remember(self, spec: dict[str, Any], stored: dict[str, Any] | None) -> None:
         # What we sent, not what came back: a field the server prunes (an older CRD) must not
-        # look like a change on every pass.
+        # look like a change on every pass. What came back is what later answers are compared
+        # with, to notice a write by someone else.
         self._published = spec
+        self._stored = stored
         self._heartbeat_at = self._monotonic()
+
+
+def _spec_of(answer: object) -> dict[str, Any] | None:
+    """The spec of an object the API server returned, without ``heartbeatTime``."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("spec"), dict):
+        return None
+    stored = dict(answer["spec"])
+    stored.pop("heartbeatTime", None)
+    return stored

@@ -74,9 +74,29 @@ def _placement(pod: Obj) -> dict[str, Any]:
     return placement if isinstance(placement, dict) else {}
 
 def _numa_exec_lines(log: str | None) -> list[str]:
+    """numa-exec's lines: those at the very start of the log. numa-exec writes before it execs the
+    command, so a ``gpunuma:`` line after the workload's first line is the workload's own (it could
+    print a fake "bound" line) and is not shown."""
     if not log:
         return []
-    return [line.strip() for line in log.splitlines() if line.lstrip().startswith(NUMA_EXEC_PREFIX)]
+    found: list[str] = []
+    for line in log.splitlines():
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith(NUMA_EXEC_PREFIX):
+            break
+        found.append(line.strip())
+    return found
+
+
+def _safe(line: str) -> str:
+    """A line of the report with control characters escaped: pod names, annotations, placements
+    and log lines come from users and workloads, and a terminal escape sequence among them could
+    rewrite what the reader sees."""
+    if line.isprintable():
+        return line
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in line)
 
 # What became of one container, and what ``explain`` says about it.
 ContainerState = Literal["wrapped", "cgroup-bound", "skipped", "not-listed", "no-gpu",
@@ -259,7 +279,7 @@ def explain(pod: Obj, namespace: Obj | None, *, gpu_resources: Sequence[str] = D
             else:
                 lines.append(f"  {name}: (no {NUMA_EXEC_PREFIX} line in the log: GPUNUMA_QUIET=1, or the log "
                              "was rotated)")
-    return "\n".join(lines) + "\n"
+    return "\n".join(_safe(line) for line in lines) + "\n"
 
 def excluded_namespaces(configurations: Iterable[Obj]) -> tuple[str, ...] | None:
     """The namespaces gpunuma's MutatingWebhookConfiguration never sends to the webhook (system

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpunuma import names
+from gpunuma.operator.derived import Derivations, Derived
 
 __all__ = ["Cache", "LayoutView", "NodeView", "PodView", "newer"]
 
@@ -99,6 +100,8 @@ class Cache:
         default_factory=lambda: defaultdict(dict)
     )
     _pod_nodes: dict[tuple[str, str], str] = field(default_factory=dict)
+    # What layouts' specs say (labels, placements), parsed once per generation.
+    derivations: Derivations = field(default_factory=Derivations)
 
     def observe_node(self, body: Mapping[str, Any], *, deleted: bool = False) -> NodeView:
         view = NodeView.from_body(body)
@@ -112,6 +115,7 @@ class Cache:
         view = LayoutView.from_body(body)
         if deleted:
             self.layouts.pop(view.name, None)
+            self.derivations.forget(view.name)
         elif newer(view.resource_version, self.layouts.get(view.name)):
             self.layouts[view.name] = view
         return view
@@ -128,6 +132,11 @@ class Cache:
             self.pods[view.node][key] = view
             self._pod_nodes[key] = view.node
         return view
+
+    def derived(self, layout: LayoutView) -> Derived:
+        """The layout's spec read, once per generation however many rounds and pods ask."""
+        return self.derivations.of(layout.name, layout.generation, layout.resource_version,
+                                   layout.spec)
 
     def pod(self, node: str, namespace: str, name: str) -> PodView | None:
         return self.pods.get(node, {}).get((namespace, name))

@@ -35,6 +35,7 @@ __all__ = [
     "pki_from_secrets",
     "pki_to_secrets",
     "plan",
+    "served_cas",
     "service_dns_names",
 ]
 
@@ -165,18 +166,24 @@ def _issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
 
 def plan(
     current: Pki | None, now: dt.datetime, dns_names: Sequence[str], policy: CertificateSettings,
-    *, common_name: str = "gpunuma webhook CA",
+    *, common_name: str = "gpunuma webhook CA", served: Sequence[x509.Certificate] = (),
 ) -> tuple[Pki, str] | None:
     """What the certificates should become, with a reason; ``None`` when nothing must change.
 
     Reasons: ``Created`` (nothing usable yet), ``CARotated`` (CA near expiry: new CA and leaf, old
     CA kept in the bundle), ``Renewed`` (leaf near expiry, for other names, or not from this CA),
     ``PrunedExpiredCA`` (a retired CA expired and leaves the bundle).
+
+    ``served``: the CAs that issued the leaf webhook pods may still be serving (see
+    :func:`served_cas`). When a new CA must be created because the CA Secret is gone, they stay in
+    the bundle as retired CAs: the pods serve the old leaf until they reload the new one, and a
+    bundle of the new CA alone would fail every admission meanwhile.
     """
     if current is None or not _matches_key(current.ca_cert, current.ca_key):
         ca_cert, ca_key = new_ca(now, policy, common_name)
         leaf_cert, leaf_key = new_leaf(ca_cert, ca_key, dns_names, now, policy)
-        return Pki(ca_cert, ca_key, leaf_cert, leaf_key), "Created"
+        kept = tuple(ca for ca in served if ca.not_valid_after_utc > now and ca != ca_cert)
+        return Pki(ca_cert, ca_key, leaf_cert, leaf_key, kept), "Created"
 
     previous = tuple(c for c in current.previous_cas if c.not_valid_after_utc > now)
     if now >= current.ca_cert.not_valid_after_utc - policy.ca_renew_before:
@@ -233,6 +240,22 @@ def pki_to_secrets(pki: Pki) -> tuple[dict[str, str], dict[str, str]]:
         PREVIOUS_CA_KEY: _b64(b"".join(_pem(c) for c in pki.previous_cas)),
     }
     return serving, authority
+
+
+def served_cas(serving: Mapping[str, str] | None, now: dt.datetime) -> tuple[x509.Certificate, ...]:
+    """The CA of the serving Secret's ``ca.crt`` that signed its ``tls.crt`` (the leaf webhook
+    pods serve), if unexpired; nothing when the Secret is missing or unreadable.
+
+    Only a CA that verifiably issued the served leaf is kept: ``ca.crt`` is not otherwise trusted
+    into the bundle.
+    """
+    try:
+        leaf = x509.load_pem_x509_certificate(_field(serving or {}, TLS_CERT_KEY, "serving"))
+        bundle = x509.load_pem_x509_certificates(_field(serving or {}, CA_BUNDLE_KEY, "serving"))
+    except (PkiError, ValueError, TypeError):
+        return ()
+    return tuple(ca for ca in bundle
+                 if ca.not_valid_after_utc > now and _issued_by(leaf, ca))[:1]
 
 
 def pki_from_secrets(

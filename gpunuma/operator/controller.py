@@ -20,6 +20,7 @@ from typing import Any
 from gpunuma import names
 from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.operator.cache import Cache, LayoutView, NodeView, PodView
+from gpunuma.operator.derived import Derivations
 from gpunuma.operator.events import post_pod_warnings, warning_target
 from gpunuma.operator.layouts import LayoutReconciler
 from gpunuma.operator.leadership import Leadership
@@ -82,6 +83,10 @@ class Controller:
     @property
     def _sent(self) -> Mapping[tuple[str, str], object]:
         return self.writes.sent
+
+    @property
+    def derivations(self) -> Derivations:
+        return self.cache.derivations
 
     @property
     def peering_joined(self) -> bool:

@@ -32,7 +32,6 @@ from gpunuma.operator.status import (
 )
 from gpunuma.operator.writes import PatchOnce
 from gpunuma.settings import OperatorSettings
-from gpunuma.topology import Layout, LayoutDocumentError, node_labels
 
 __all__ = ["LayoutReconciler"]
 
@@ -63,13 +62,11 @@ class LayoutReconciler:
             heartbeat.reason, heartbeat.message,
         )
         applied: dict[str, str] | None = None
-        try:
-            desired: dict[str, str] | None = node_labels(Layout.from_document(layout.spec))
-        except LayoutDocumentError as exc:
-            desired = None
-            labeled = Condition(CONDITION_LABELED, "False", "InvalidLayout",
-                                f"spec is not a valid layout document: {exc}")
-        if desired is not None:
+        derived = self.cache.derived(layout)
+        desired = None if derived.labels is None else dict(derived.labels)
+        if desired is None:
+            labeled = Condition(CONDITION_LABELED, "False", "InvalidLayout", derived.invalid or "")
+        else:
             if heartbeat.stale:
                 desired[names.LABEL_STALE] = "true"
             node = self.cache.nodes.get(layout.name) or await self._fetch_node(layout.name)

@@ -25,6 +25,7 @@ from gpunuma.topology import CpuListError, format_cpulist, parse_cpulist
 __all__ = [
     "AllocationError",
     "annotation_patch",
+    "placements",
     "pod_annotations",
     "pods_with_allocations",
     "unbound_containers",
@@ -57,18 +58,44 @@ def pods_with_allocations(allocations: object) -> frozenset[tuple[str, str]]:
 
 
 def pod_annotations(allocations: object, namespace: str, pod: str) -> dict[str, str] | None:
-    """The three placement annotations for one pod, or ``None`` when it has no allocation."""
+    """The placement annotations for one pod, or ``None`` when it has no allocation."""
+    mine: list[tuple[int, Mapping[str, Any]]] = []
+    for index, entry in _entries(allocations):
+        if not isinstance(entry, Mapping):
+            raise AllocationError(f"spec.allocations[{index}]: expected an object, got "
+                                  f"{type(entry).__name__}")
+        if entry.get("namespace") == namespace and entry.get("pod") == pod:
+            mine.append((index, entry))
+    return _annotations(mine) if mine else None
+
+
+def placements(allocations: object) -> dict[tuple[str, str], dict[str, str] | AllocationError]:
+    """Every pod's placement annotations (or what is wrong with its entries) in one pass over the
+    allocations: each cpulist is parsed once, not once per pod that the operator looks up."""
+    groups: dict[tuple[str, str], list[tuple[int, Mapping[str, Any]]]] = {}
+    for index, entry in _entries(allocations):
+        if isinstance(entry, Mapping):
+            namespace, pod = entry.get("namespace"), entry.get("pod")
+            if isinstance(namespace, str) and isinstance(pod, str):
+                groups.setdefault((namespace, pod), []).append((index, entry))
+    result: dict[tuple[str, str], dict[str, str] | AllocationError] = {}
+    for key, entries in groups.items():
+        try:
+            result[key] = _annotations(entries)
+        except AllocationError as exc:
+            result[key] = exc
+    return result
+
+
+def _annotations(entries: Iterable[tuple[int, Mapping[str, Any]]]) -> dict[str, str]:
     containers: dict[str, tuple[list[str], set[int], set[int]]] = {}
     observed: dict[str, Mapping[str, Any]] = {}
-    for index, entry in _entries(allocations):
+    for index, entry in entries:
         path = f"spec.allocations[{index}]"
-        if not isinstance(entry, Mapping):
-            raise AllocationError(f"{path}: expected an object, got {type(entry).__name__}")
-        if entry.get("namespace") != namespace or entry.get("pod") != pod:
-            continue
         container = entry.get("container")
         if not isinstance(container, str) or not container:
-            raise AllocationError(f"{path}.container: expected a container name, got {container!r}")
+            raise AllocationError(f"{path}.container: expected a container name, got "
+                                  f"{_short(container)}")
         gpus, nodes, cpus = containers.setdefault(container, ([], set(), set()))
         for device in _strings(entry.get("deviceIds"), f"{path}.deviceIds"):
             if device not in gpus:
@@ -76,7 +103,7 @@ def pod_annotations(allocations: object, namespace: str, pod: str) -> dict[str, 
         nodes.update(_node_ids(entry.get("numaNodes"), f"{path}.numaNodes"))
         cpus_text = entry.get("cpus") or ""
         if not isinstance(cpus_text, str):
-            raise AllocationError(f"{path}.cpus: expected a cpulist string, got {cpus_text!r}")
+            raise AllocationError(f"{path}.cpus: expected a cpulist string, got {_short(cpus_text)}")
         try:
             cpus.update(parse_cpulist(cpus_text))
         except CpuListError as exc:
@@ -84,8 +111,6 @@ def pod_annotations(allocations: object, namespace: str, pod: str) -> dict[str, 
         seen = entry.get("observed")
         if isinstance(seen, Mapping) and seen.get("binding") in _BINDINGS:
             observed.setdefault(container, seen)
-    if not containers:
-        return None
     placement: dict[str, dict[str, Any]] = {}
     bound_nodes: set[int] = set()
     running_cpus: set[int] = set()
@@ -158,7 +183,7 @@ def _strings(value: object, path: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise AllocationError(f"{path}: expected an array of strings, got {value!r}")
+        raise AllocationError(f"{path}: expected an array of strings, got {_short(value)}")
     return list(value)
 
 
@@ -168,5 +193,13 @@ def _node_ids(value: object, path: str) -> list[int]:
     if not isinstance(value, list) or not all(
         isinstance(item, int) and not isinstance(item, bool) and item >= 0 for item in value
     ):
-        raise AllocationError(f"{path}: expected an array of NUMA node ids (integers ≥ 0), got {value!r}")
+        raise AllocationError(
+            f"{path}: expected an array of NUMA node ids (integers ≥ 0), got {_short(value)}"
+        )
     return list(value)
+
+
+def _short(value: object, limit: int = 64) -> str:
+    """``repr`` of a value from the layout, cut: a message must not echo a megabyte."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

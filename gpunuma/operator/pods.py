@@ -15,7 +15,6 @@ from gpunuma.operator.events import post_pod_event
 from gpunuma.operator.placement import (
     AllocationError,
     annotation_patch,
-    pod_annotations,
     pods_with_allocations,
     unbound_containers,
 )
@@ -59,7 +58,7 @@ class PodReconciler:
         if pod is None or layout is None or pod.phase != "Running":
             return
         try:
-            desired = pod_annotations(layout.spec.get("allocations"), namespace, name)
+            desired = self.cache.derived(layout).placement(namespace, name)
         except AllocationError as exc:
             logger.warning("layout %s: %s", node, exc)
             return

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 from gpunuma.rfc3339 import format_rfc3339, parse_rfc3339
 
-__all__ = ["Heartbeat", "judge_heartbeat"]
+__all__ = ["FUTURE_TOLERANCE", "Heartbeat", "judge_heartbeat"]
+
+# How far ahead of the operator's clock a heartbeat may be (clock skew between nodes). Beyond it
+# the heartbeat proves nothing: a layout written with heartbeatTime in year 2999 would otherwise
+# stay fresh forever, whatever happens to its agent.
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,13 @@ def judge_heartbeat(
     except ValueError as exc:
         return Heartbeat(None, "InvalidHeartbeat", f"spec.heartbeatTime: {exc}")
     age = now - beat
+    if -age > FUTURE_TOLERANCE:
+        return Heartbeat(
+            True, "HeartbeatFromTheFuture",
+            f"last heartbeat {format_rfc3339(beat)} is {int(-age.total_seconds())} s ahead of the "
+            f"operator's clock (more than {int(FUTURE_TOLERANCE.total_seconds())} s): the node's "
+            "clock is wrong or the layout was not written by its agent",
+        )
     if age > limit:
         return Heartbeat(
             True, "HeartbeatMissed",

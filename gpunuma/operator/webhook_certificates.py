@@ -24,6 +24,7 @@ from gpunuma.operator.certificates import (
     pki_from_secrets,
     pki_to_secrets,
     plan,
+    served_cas,
     service_dns_names,
 )
 from gpunuma.operator.events import EVENT_SOURCE
@@ -71,8 +72,9 @@ class CertificateReconciler:
             if serving is not None or authority is not None:
                 logger.warning("webhook certificates: %s; issuing new ones", exc)
             current = None
-        decision = plan(current, self.clock(), service_dns_names(certs.service_name,
-                                                                  certs.namespace), certs)
+        now = self.clock()
+        decision = plan(current, now, service_dns_names(certs.service_name, certs.namespace),
+                        certs, served=served_cas((serving or {}).get("data"), now))
         if decision is None:
             assert current is not None
             self._record_expiry(current)

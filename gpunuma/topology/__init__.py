@@ -1,8 +1,9 @@
 """The pure model of a node's GPU↔NUMA layout: cpulists, NUMA nodes, GPUs, labels. No I/O."""
 
-from gpunuma.topology.cpulist import CpuListError, format_cpulist, parse_cpulist
+from gpunuma.topology.cpulist import MAX_CPUS, CpuListError, format_cpulist, parse_cpulist
 from gpunuma.topology.labels import is_valid_label_value, node_labels
 from gpunuma.topology.model import (
+    MAX_NUMA_NODES,
     VENDORS,
     Gpu,
     Layout,
@@ -18,6 +19,8 @@ from gpunuma.topology.model import (
 )
 
 __all__ = [
+    "MAX_CPUS",
+    "MAX_NUMA_NODES",
     "VENDORS",
     "CpuListError",
     "Gpu",

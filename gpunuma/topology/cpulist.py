@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["CpuListError", "format_cpulist", "parse_cpulist"]
+__all__ = ["MAX_CPUS", "CpuListError", "format_cpulist", "parse_cpulist"]
 
-# Far above any real machine (the kernel's NR_CPUS tops out at 8192), low enough that a typo such as
-# "0-999999999" cannot make us build a billion-element set.
-MAX_CPU_ID = 65535
+# No Linux machine has more CPUs: the kernel's NR_CPUS tops out at 8192 (x86-64 and arm64 alike).
+# A cpulist is bounded by it twice: no id at or above it, and no more ids in all (ranges counted
+# with their repeats), so that a hostile layout ("0-65535," a hundred times: 1 KiB) costs at most
+# MAX_CPUS set insertions per cpulist instead of millions.
+MAX_CPUS = 8192
+MAX_CPU_ID = MAX_CPUS - 1
+# Quoted input in messages is cut to this many characters: an error must not echo a megabyte.
+_QUOTE_CHARS = 64
 
 
 class CpuListError(ValueError):
@@ -26,17 +31,26 @@ def parse_cpulist(text: str) -> frozenset[int]:
     stripped = text.strip()
     if not stripped:
         return frozenset()
+    whole = _quote(stripped)
     cpus: set[int] = set()
+    named = 0
     for part in stripped.split(","):
         item = part.strip()
         if not item:
-            raise CpuListError(f"cpulist {stripped!r} has an empty entry; expected e.g. '0-3,8'")
+            raise CpuListError(f"cpulist {whole} has an empty entry; expected e.g. '0-3,8'")
         low_text, dash, high_text = item.partition("-")
-        low = _parse_cpu_id(low_text, stripped)
-        high = _parse_cpu_id(high_text, stripped) if dash else low
+        low = _parse_cpu_id(low_text, whole)
+        high = _parse_cpu_id(high_text, whole) if dash else low
         if high < low:
             raise CpuListError(
-                f"cpulist {stripped!r} has the descending range {item!r}; write it as '{high}-{low}'"
+                f"cpulist {whole} has the descending range {_quote(item)}; write it as "
+                f"'{high}-{low}'"
+            )
+        named += high - low + 1
+        if named > MAX_CPUS:
+            raise CpuListError(
+                f"cpulist {whole} names more than {MAX_CPUS} CPUs, more than a Linux machine can "
+                "have (NR_CPUS); it is not a real machine's cpulist"
             )
         cpus.update(range(low, high + 1))
     return frozenset(cpus)
@@ -46,12 +60,22 @@ def _parse_cpu_id(text: str, whole: str) -> int:
     item = text.strip()
     if not item.isdecimal() or not item.isascii():
         raise CpuListError(
-            f"cpulist {whole!r} has {item!r} where a CPU number was expected; expected e.g. '0-3,8'"
+            f"cpulist {whole} has {_quote(item)} where a CPU number was expected; "
+            "expected e.g. '0-3,8'"
         )
-    value = int(item)
-    if value > MAX_CPU_ID:
-        raise CpuListError(f"cpulist {whole!r} names CPU {value}, above the maximum {MAX_CPU_ID}")
-    return value
+    if len(item) > 5 or int(item) > MAX_CPU_ID:
+        raise CpuListError(
+            f"cpulist {whole} names CPU {_quote(item)}, above {MAX_CPU_ID}, the highest CPU id a "
+            "Linux machine can have (NR_CPUS is at most 8192)"
+        )
+    return int(item)
+
+
+def _quote(text: str) -> str:
+    """``repr`` of the text, cut to a readable length."""
+    if len(text) <= _QUOTE_CHARS:
+        return repr(text)
+    return f"{text[:_QUOTE_CHARS]!r}… ({len(text)} characters)"
 
 
 def format_cpulist(cpus: Iterable[int]) -> str:

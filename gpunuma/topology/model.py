@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from gpunuma.topology.cpulist import CpuListError, format_cpulist, parse_cpulist
+from gpunuma.topology.cpulist import MAX_CPUS, CpuListError, format_cpulist, parse_cpulist
 
 __all__ = [
+    "MAX_NUMA_NODES",
     "VENDORS",
     "Gpu",
     "Layout",
@@ -30,6 +31,14 @@ __all__ = [
     "normalize_pci_bus_id",
     "resolve_cpu_node",
 ]
+
+# Linux's MAX_NUMNODES (NODES_SHIFT at most 10): no machine has more NUMA nodes. A layout claiming
+# more is refused before its nodes are read (each carries one distance per node: quadratic).
+MAX_NUMA_NODES = 1024
+# The GPUNumaLayout CRD bounds errors (count and message length): a document keeps the first ones
+# and cuts long messages, so a chatty vendor library never makes the whole layout unwritable.
+MAX_PROBLEMS = 256
+MAX_PROBLEM_MESSAGE = 4096
 
 Vendor = Literal["nvidia", "amd"]
 VENDORS: tuple[Vendor, ...] = ("nvidia", "amd")
@@ -175,8 +184,9 @@ class Layout:
             ],
             "source": self.source,
             "errors": [
-                {"device": problem.device, "source": problem.source, "message": problem.message}
-                for problem in self.errors
+                {"device": problem.device, "source": problem.source,
+                 "message": _cut(problem.message, MAX_PROBLEM_MESSAGE)}
+                for problem in self.errors[:MAX_PROBLEMS]
             ],
         }
 
@@ -190,6 +200,10 @@ class Layout:
         return replace(self, errors=self.errors + tuple(problems))
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 class LayoutDocumentError(ValueError):
     """A layout document (a CR spec, a JSON file) that does not have the shape of DESIGN §4."""
 
@@ -200,10 +214,18 @@ class _DocumentReader:
     def layout(self, doc: Mapping[str, Any]) -> Layout:
         if not isinstance(doc, Mapping):
             raise LayoutDocumentError(f"layout document: expected an object, got {_kind(doc)}")
-        nodes = tuple(
-            self.numa_node(item, f"numaNodes[{i}]")
-            for i, item in enumerate(self.array(doc, "numaNodes", "", required=True))
-        )
+        items = self.array(doc, "numaNodes", "", required=True)
+        if len(items) > MAX_NUMA_NODES:
+            raise LayoutDocumentError(
+                f"numaNodes: {len(items)} nodes, more than the {MAX_NUMA_NODES} a Linux machine "
+                "can have (MAX_NUMNODES)"
+            )
+        nodes = tuple(self.numa_node(item, f"numaNodes[{i}]") for i, item in enumerate(items))
+        if (cpu_count := sum(len(node.cpus) for node in nodes)) > MAX_CPUS:
+            raise LayoutDocumentError(
+                f"numaNodes: {cpu_count} CPUs in all, more than the {MAX_CPUS} a Linux machine "
+                "can have (NR_CPUS)"
+            )
         ids = [node.id for node in nodes]
         if ids != sorted(set(ids)):
             raise LayoutDocumentError(f"numaNodes: ids must be unique and ascending, got {ids}")

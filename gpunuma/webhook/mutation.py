@@ -54,6 +54,17 @@ _INSTALL_COMMANDS = (list(INSTALL_COMMAND), list(_LEGACY_INSTALL_COMMAND))
 LAUNCHER_UID = 65532
 # Kubernetes may truncate admission warnings longer than this; keep them whole and readable.
 WARNING_LIMIT = 120
+# gpunuma.io/containers holds container names (at most 63 characters each): 16 KiB is 256 of the
+# longest. A longer value is not read at all (the API server refuses annotations over 256 KiB
+# after admission anyway), so a 3 MB value costs a length check, not a million names.
+MAX_CONTAINERS_ANNOTATION = 16 * 1024
+# Containers (init ones included) of a pod the webhook mutates. Real pods have a handful; a pod of
+# thousands costs the webhook 100+ ms of CPU per review (issue #16: four clients looping such pods
+# starved every other admission), so it is left alone: admitted unchanged under preferred and
+# cpu-only, denied under strict, which promises a binding.
+MAX_CONTAINERS = 256
+# Names listed in a warning or a denial; the rest are counted.
+_NAMES_SHOWN = 5
 
 _LAUNCHER_VOLUME: dict[str, Any] = {
     "name": names.LAUNCHER_VOLUME,
@@ -142,6 +153,15 @@ def mutate(
     init_containers = _named_list(spec, "initContainers")
     volumes = _named_list(spec, "volumes")
     policy = _policy(annotations, settings.default_policy, warnings)
+    if (count := len(containers) + len(init_containers)) > MAX_CONTAINERS:
+        too_many = (f"the pod has {count} containers, more than the {MAX_CONTAINERS} gpunuma "
+                    "binds")
+        if policy == "strict":
+            return unchanged("too many containers", f"{names.ANNOTATION_POLICY} is \"strict\" but "
+                             f"{too_many}. Fix: split the pod, or use {names.ANNOTATION_POLICY}: "
+                             "\"preferred\"")
+        warnings.append(warning_line(f"pod not bound: {too_many}"))
+        return unchanged("too many containers")
     selected = _select(annotations, init_containers, containers, settings.gpu_resources, warnings,
                        gpu_claims=_gpu_claim_names(spec, settings.gpu_claims))
     if not selected:
@@ -304,7 +324,9 @@ def listed_containers(annotations: Mapping[str, str]) -> list[str]:
     """The names in ``gpunuma.io/containers``; empty when it is absent or lists none (then the
     containers requesting GPUs are selected)."""
     listed = annotations.get(names.ANNOTATION_CONTAINERS) or ""
-    return [name.strip() for name in listed.split(",") if name.strip()]
+    if len(listed) > MAX_CONTAINERS_ANNOTATION:
+        return []
+    return list(dict.fromkeys(name.strip() for name in listed.split(",") if name.strip()))
 
 
 def gpu_requests(container: Mapping[str, Any], gpu_resources: Sequence[str]) -> dict[str, str]:
@@ -326,14 +348,19 @@ def _select(
     """Names of the containers to wrap: the annotation's list, else those that request GPUs or
     use a claim of ``gpu_claims`` (names of the pod's ``resourceClaims`` entries)."""
     candidates = [c for c in (*init_containers, *containers) if not is_launcher(c)]
+    listed = annotations.get(names.ANNOTATION_CONTAINERS) or ""
+    if len(listed) > MAX_CONTAINERS_ANNOTATION:
+        warnings.append(warning_line(f"{names.ANNOTATION_CONTAINERS} ignored: {len(listed)} "
+                                     f"characters, over {MAX_CONTAINERS_ANNOTATION}"))
     requested = listed_containers(annotations)
     if requested:
         known = {c["name"] for c in candidates}
-        for name in requested:
-            if name not in known:
-                warnings.append(warning_line(f"{names.ANNOTATION_CONTAINERS} names "
-                                             f"{_quote(name)}, which is not a container of this "
-                                             "pod"))
+        unknown = [name for name in requested if name not in known]
+        if unknown:
+            warnings.append(warning_line(
+                f"{names.ANNOTATION_CONTAINERS} names {_some(unknown)}, not containers of this "
+                "pod" if len(unknown) > 1 else f"{names.ANNOTATION_CONTAINERS} names "
+                f"{_quote(unknown[0])}, which is not a container of this pod"))
         return {name for name in requested if name in known}
     pattern = gpu_resource_pattern(tuple(gpu_resources))
     return {c["name"] for c in candidates
@@ -474,7 +501,7 @@ def _skip_or_deny(policy: str, clash: str, warnings: list[str]) -> tuple[str | N
 
 
 def _strict_denial(skipped: Sequence[str]) -> str:
-    listed = ", ".join(repr(name) for name in skipped)
+    listed = _some(skipped, limit=63)
     return (f"{names.ANNOTATION_POLICY} is \"strict\" but container(s) {listed} have no command, "
             "so gpunuma cannot put numa-exec in front of the image's ENTRYPOINT. Fix: set "
             "command (and args) in the pod spec to what the image runs; or list only the other "
@@ -652,6 +679,13 @@ def _is_string_list(value: object) -> bool:
 def _quote(value: str, limit: int = 24) -> str:
     """A user's string made safe and short for a warning line: printable, quoted, truncated."""
     return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def _some(values: Sequence[str], limit: int = 24) -> str:
+    """The first few values quoted, and how many more there are."""
+    shown = ", ".join(_quote(value, limit) for value in values[:_NAMES_SHOWN])
+    more = len(values) - _NAMES_SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def warning_line(text: str) -> str:

@@ -24,11 +24,28 @@ import orjson
 from gpunuma.settings import MutationSettings
 from gpunuma.webhook.mutation import InvalidPod, admission_warning, mutate, warning_line
 
-__all__ = ["API_VERSION", "KIND", "Admission", "BadRequest", "Memory", "Outcome", "admit"]
+__all__ = [
+    "API_VERSION",
+    "KIND",
+    "MAX_DENIAL_CHARS",
+    "MAX_WARNINGS",
+    "Admission",
+    "BadRequest",
+    "Memory",
+    "Outcome",
+    "admit",
+]
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
 _POD_KIND = {"group": "", "version": "v1", "kind": "Pod"}
+# An answer's warnings and denial text are bounded whatever the pod: repeated warnings are sent
+# once, at most MAX_WARNINGS of them (the last one says how many more there were), and a denial is
+# cut to MAX_DENIAL_CHARS. kubectl shows every warning; a thousand are no help to anyone.
+MAX_WARNINGS = 20
+MAX_DENIAL_CHARS = 2048
+# Quoted client values in BadRequest messages are cut to this many characters.
+_QUOTE_CHARS = 64
 
 Outcome = Literal["patched", "unchanged", "denied", "error"]
 """How a well-formed request ended; a malformed one is the server's ``invalid``."""
@@ -53,6 +70,9 @@ class Admission:
 class Memory:
     """The answers to the last pods admitted, keyed by the whole pod and the mutation's settings.
 
+    Bounded in bytes: each entry costs its key (the pod, serialised) plus its answer serialised
+    (the base64 patch included), and the oldest entries go when the total is over ``max_bytes``.
+
     ``mutate`` is a pure function of the pod, the settings and the path's namespace opt-in, so an
     answer found under exactly those inputs is the answer ``mutate`` would give; only the request's
     uid differs, and it is not part of the key. Keying on the whole pod, rather than on the fields
@@ -63,15 +83,20 @@ class Memory:
     Only answers that patched or denied a pod are remembered (pods that opted in: the others are
     answered in microseconds, and without matchConditions they are nearly every pod of the
     cluster), and only for request bodies of at most ``max_body_bytes``. Each key holds about one
-    body, so the memory stays under ``size × max_body_bytes`` (16 MiB by default) however large the
-    pods the API server may send (up to 3 MiB each).
+    body, and its answer (a patch several times the pod's size, in base64) counts too, so the
+    memory stays under ``max_bytes`` (16 MiB by default) however large the pods the API server may
+    send (up to 3 MiB each).
     """
 
-    def __init__(self, size: int = 256, max_body_bytes: int = 64 * 1024) -> None:
+    def __init__(self, size: int = 256, max_body_bytes: int = 64 * 1024,
+                 max_bytes: int = 16 * 1024 * 1024) -> None:
         self.size = size
         self.max_body_bytes = max_body_bytes
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        """What the remembered keys and answers take, serialised."""
         self.hits = 0
-        self._answers: dict[tuple[MutationSettings, bytes], _Answer] = {}
+        self._answers: dict[tuple[MutationSettings, bytes], tuple[_Answer, int]] = {}
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -84,15 +109,22 @@ class Memory:
             return None
 
     def recall(self, key: tuple[MutationSettings, bytes]) -> _Answer | None:
-        answer = self._answers.get(key)
-        if answer is not None:
-            self.hits += 1
-        return answer
+        found = self._answers.get(key)
+        if found is None:
+            return None
+        self.hits += 1
+        return found[0]
 
     def remember(self, key: tuple[MutationSettings, bytes], answer: _Answer) -> None:
-        if len(self._answers) >= self.size:
-            del self._answers[next(iter(self._answers))]  # the oldest
-        self._answers[key] = answer
+        cost = len(key[1]) + len(orjson.dumps(answer.response)) + len(answer.reason)
+        if cost > self.max_bytes or key in self._answers:
+            return
+        while self._answers and (len(self._answers) >= self.size
+                                 or self.bytes + cost > self.max_bytes):
+            oldest = next(iter(self._answers))
+            self.bytes -= self._answers.pop(oldest)[1]
+        self._answers[key] = (answer, cost)
+        self.bytes += cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +165,7 @@ def admit(
                          known.reason)
     try:
         mutation = mutate(pod, settings, namespace_opted_in=namespace_opted_in)
-        warnings = list(mutation.warnings)
+        warnings = bounded_warnings(mutation.warnings)
         outcome: Outcome = ("denied" if mutation.denial is not None
                             else "patched" if mutation.patch else "unchanged")
         answer = _Answer(outcome, mutation.reason,
@@ -161,15 +193,32 @@ def _parse(body: bytes) -> dict[str, Any]:
         raise BadRequest("the body must be a JSON object (an AdmissionReview)")
     if review.get("apiVersion") != API_VERSION or review.get("kind") != KIND:
         raise BadRequest(f"expected apiVersion {API_VERSION} and kind {KIND}, got "
-                         f"{review.get('apiVersion')!r} and {review.get('kind')!r}; register the "
-                         "webhook with admissionReviewVersions: [v1]")
+                         f"{_short(review.get('apiVersion'))} and {_short(review.get('kind'))}; "
+                         "register the webhook with admissionReviewVersions: [v1]")
     request = review.get("request")
     if not isinstance(request, dict):
         raise BadRequest("the AdmissionReview has no request")
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise BadRequest("request.uid is missing; the response must echo it")
+    if len(uid) > 128:  # the API server's uids are 36-character UUIDs
+        raise BadRequest(f"request.uid {_short(uid)} is not a UID")
     return request
+
+
+def _short(value: object) -> str:
+    """``repr`` of a client's value, cut: an answer or a log line must not echo megabytes."""
+    text = repr(value)
+    return text if len(text) <= _QUOTE_CHARS else f"{text[:_QUOTE_CHARS]}… ({len(text)} characters)"
+
+
+def bounded_warnings(warnings: tuple[str, ...] | list[str]) -> list[str]:
+    """The warnings once each, in order, at most ``MAX_WARNINGS`` (the last says how many more)."""
+    unique = list(dict.fromkeys(warnings))
+    if len(unique) <= MAX_WARNINGS:
+        return unique
+    kept = unique[:MAX_WARNINGS - 1]
+    return [*kept, warning_line(f"and {len(unique) - len(kept)} more warnings like these")]
 
 
 def _pod_name(request: Mapping[str, Any], pod: object) -> str:
@@ -179,7 +228,17 @@ def _pod_name(request: Mapping[str, Any], pod: object) -> str:
     name = request.get("name") or metadata.get("name")
     if not name:
         name = f"{metadata.get('generateName') or ''}*"
-    return f"{namespace}/{name}"
+    return f"{_printable(namespace)}/{_printable(name)}"
+
+
+def _printable(value: object, limit: int = 253) -> str:
+    """A name from the request for a log line: control characters escaped, at most ``limit``
+    characters (Kubernetes names are at most 253; these are not validated yet)."""
+    text = str(value)
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return cut if len(text) <= limit else f"{cut}…"
 
 
 def _response(uid: str, *, warnings: list[str] | None = None) -> dict[str, Any]:
@@ -195,6 +254,8 @@ def _answer(
     """An AdmissionReview response, but for its uid."""
     response: dict[str, Any] = {"allowed": denial is None}
     if denial is not None:
+        if len(denial) > MAX_DENIAL_CHARS:
+            denial = denial[:MAX_DENIAL_CHARS - 1] + "…"
         response["status"] = {"code": 403, "reason": "Forbidden", "message": denial}
     if patch:
         response["patchType"] = "JSONPatch"

@@ -26,16 +26,29 @@ import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gpunuma import __version__
 from gpunuma.buildinfo import register_build_info
 from gpunuma.settings import WebhookSettings, parse_listen
+from gpunuma.webhook.guard import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    SMALL_BODY_BYTES,
+    BodyBudget,
+    GuardedSite,
+    QuietServerLog,
+    short,
+)
 from gpunuma.webhook.review import Admission, BadRequest, Memory, admit
 
 __all__ = [
@@ -53,6 +66,9 @@ MAX_BODY_BYTES = 3 * 1024 * 1024
 SHUTDOWN_TIMEOUT_S = 10.0
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
+# TLS 1.2 offers only forward-secret AEAD suites (TLS 1.3's are all AEAD and not set here).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
 log = logging.getLogger("gpunuma.webhook")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -64,6 +80,7 @@ class TLSError(RuntimeError):
 def _server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
     context.set_alpn_protocols(["http/1.1"])
     try:
         context.load_cert_chain(cert_file, key_file)
@@ -155,6 +172,13 @@ class WebhookServer:
         self.reloader = CertificateReloader(settings.tls_cert_file, settings.tls_key_file)
         self.metrics = _Metrics(CollectorRegistry(auto_describe=True))
         self.memory = Memory()
+        self.budget = BodyBudget()
+        # Connections inside a request handler (never evicted at the connection cap).
+        self.busy: set[Any] = set()
+        # Large reviews are decided here, one at a time, off the event loop: a client looping
+        # 10,000-container pods then delays small admissions by a GIL switch, not by its work.
+        self._large = ThreadPoolExecutor(1, thread_name_prefix="gpunuma-large-review")
+        self.site: GuardedSite | None = None
         self._reload_interval = reload_interval
         self._ready = False
         self._in_flight = 0
@@ -176,11 +200,18 @@ class WebhookServer:
     async def start(self) -> None:
         host, port = parse_listen(self.settings.listen)
         # No access log: a line per admission request is noise (and time); /metrics counts them.
+        # keepalive_timeout also bounds the wait for a request's headers: aiohttp arms it when a
+        # connection opens and after each response, and data arriving does not re-arm it.
+        # lingering_time: after an answer to a body that was not read (too slow, too large),
+        # what is left of it is drained for at most this long before the connection closes.
         self._runner = web.AppRunner(self.application(), access_log=None,
-                                     shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+                                     shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                                     keepalive_timeout=HEADER_TIMEOUT_S, lingering_time=1.0,
+                                     logger=QuietServerLog())
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.reloader.context)
-        await site.start()
+        self.site = GuardedSite(self._runner, host, port, ssl_context=self.reloader.context,
+                                busy=self.busy)
+        await self.site.start()
         self.port = self._runner.addresses[0][1]
         self._watcher = asyncio.create_task(self._watch_certificate())
         self._ready = True
@@ -214,6 +245,7 @@ class WebhookServer:
                 log.warning("%d request(s) still in flight after %.0f s; closing anyway",
                             self._in_flight, SHUTDOWN_TIMEOUT_S)
             await self._runner.cleanup()
+        self._large.shutdown(wait=False, cancel_futures=True)
         log.info("gpunuma webhook stopped")
 
     def reload_certificate(self) -> bool | None:
@@ -231,29 +263,66 @@ class WebhookServer:
     def _handler(self, *, namespace_opted_in: bool) -> Handler:
         settings, metrics, memory = self.settings.mutation, self.metrics, self.memory
 
+        def decide(body: bytes) -> tuple[Admission, bytes]:
+            admission = admit(body, settings, namespace_opted_in=namespace_opted_in,
+                              memory=memory)
+            return admission, orjson.dumps(admission.response)
+
         async def handle(request: web.Request) -> web.Response:
             started = time.perf_counter()
             outcome = "invalid"
             self._in_flight += 1
             self._idle.clear()
+            self.busy.add(request.protocol)
+            declared = request.content_length
+            # A body of unknown length may be as large as the largest allowed.
+            large = declared is None or declared > SMALL_BODY_BYTES
+            reserved = min(declared if declared is not None else MAX_BODY_BYTES, MAX_BODY_BYTES)
             try:
-                if (request.content_length or 0) > MAX_BODY_BYTES:
+                if (declared or 0) > MAX_BODY_BYTES:
                     return _bad_request(f"the body is over {MAX_BODY_BYTES} bytes")
+                if large and not self.budget.take(reserved):
+                    return web.json_response(
+                        {"reason": "too many large requests at once; try again"}, status=503)
                 try:
-                    body = await request.read()
-                except web.HTTPRequestEntityTooLarge:
-                    return _bad_request(f"the body is over {MAX_BODY_BYTES} bytes")
-                try:
-                    admission = admit(body, settings, namespace_opted_in=namespace_opted_in,
-                                      memory=memory)
-                except BadRequest as exc:
-                    log.warning("bad admission request from %s: %s", request.remote, exc)
-                    return _bad_request(str(exc))
+                    try:
+                        body = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+                    except web.HTTPRequestEntityTooLarge:
+                        return _bad_request(f"the body is over {MAX_BODY_BYTES} bytes")
+                    except TimeoutError:
+                        log.warning("request from %s: the body took over %g s; closing",
+                                    request.remote, BODY_TIMEOUT_S)
+                        return web.json_response(
+                            {"reason": f"the body did not arrive within {BODY_TIMEOUT_S:g} s"},
+                            status=408, headers={"Connection": "close"})
+                    except (HttpProcessingError, RequestPayloadError) as exc:
+                        # A body that is not what its Content-Encoding says (aiohttp decodes
+                        # gzip, deflate and br while reading).
+                        log.warning("request from %s: unreadable body: %s", request.remote,
+                                    short(str(exc.__cause__ or exc), 200))
+                        return _bad_request(
+                            "the body cannot be decoded as its Content-Encoding "
+                            f"{short(request.headers.get('Content-Encoding', ''))} says")
+                    try:
+                        if len(body) > SMALL_BODY_BYTES:
+                            loop = asyncio.get_running_loop()
+                            admission, answer = await loop.run_in_executor(
+                                self._large, decide, body)
+                        else:
+                            admission, answer = decide(body)
+                    except BadRequest as exc:
+                        log.warning("bad admission request from %s: %s", request.remote, exc)
+                        return _bad_request(str(exc))
+                finally:
+                    if large:
+                        self.budget.give(reserved)
                 outcome = admission.outcome
                 _log_admission(admission)
-                return web.Response(body=orjson.dumps(admission.response),
-                                    content_type="application/json")
+                return web.Response(body=answer, content_type="application/json")
             finally:
+                self.busy.discard(request.protocol)
+                if self.site is not None:
+                    self.site.served[request.protocol] = time.monotonic()
                 self._in_flight -= 1
                 if not self._in_flight:
                     self._idle.set()

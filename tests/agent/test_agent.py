@@ -199,6 +199,27 @@ async def test_the_heartbeat_patches_only_heartbeat_time(
     assert run.agent.metrics.api_writes.labels(kind="heartbeat")._value.get() == len(heartbeats)
 
 
+async def test_a_spec_changed_by_someone_else_is_written_back_at_the_next_heartbeat(
+    api: Any, start: Callable[..., Running], hgx: Machine
+) -> None:
+    """Issue #16 item 4: a forged layout survived, because the victim's agent only merge-patched
+    heartbeatTime and so kept the forgery fresh."""
+    run = start(hgx, heartbeat=0.2)
+    await eventually(lambda: published(api) and len(writes(api)) >= 2)  # created, a heartbeat
+    forged = {"spec": {"source": "pwned-by-gpu-a", "summary": {"layout": "8-0"}}}
+    await api.patch(f"/apis/gpunuma.io/v1alpha1/gpunumalayouts/{NODE}", json=forged)
+    expected = layout_spec(layout_of(hgx.tree), [])
+
+    def repaired() -> bool:
+        spec = dict(cr(api)["spec"])
+        spec.pop("heartbeatTime")
+        return spec == expected
+
+    await eventually(repaired, within=5)
+    await run.halt()
+    assert run.agent.metrics.api_writes.labels(kind="repaired")._value.get() >= 1
+
+
 async def test_server_errors_are_retried_with_backoff(
     api: Any, start: Callable[..., Running], hgx: Machine
 ) -> None:

@@ -214,6 +214,44 @@ def test_a_wrong_document_is_rejected(
     assert not validator.is_valid(document), where
 
 
+@pytest.mark.parametrize(("change", "where"), [
+    (lambda s: s.update(numaNodes=[dict(s["numaNodes"][0], id=i % 1024) for i in range(1025)]),
+     "more NUMA nodes than Linux allows"),
+    (lambda s: s["numaNodes"][0].update(cpus="0-65535," * 3000 + "0"), "a 24 KB cpulist"),
+    (lambda s: s["numaNodes"][0].update(distances=[10] * 1025), "1025 distances"),
+    (lambda s: s.update(gpus=s["gpus"] * 33), "264 GPUs"),
+    (lambda s: s["gpus"][0].update(model="x" * 257), "a 257-character model"),
+    (lambda s: s.update(errors=[{"device": None, "source": "nvml", "message": "m"}] * 257),
+     "257 errors"),
+    (lambda s: s.update(errors=[{"device": None, "source": "nvml", "message": "m" * 4097}]),
+     "an error message of 4097 characters"),
+    (lambda s: s.update(allocations=s["allocations"] * 4097), "4097+ allocations"),
+    (lambda s: s["allocations"][0].update(pod="p" * 254), "a pod name longer than Kubernetes'"),
+    (lambda s: s["allocations"][0].update(deviceIds=["GPU-x"] * 1025), "1025 device ids"),
+    (lambda s: s.update(source="s" * 65), "a 65-character source"),
+])
+def test_the_crd_bounds_every_string_and_array(
+    documents: dict[str, dict[str, Any]], validator: jsonschema.Draft7Validator,
+    change: Callable[[dict[str, Any]], None], where: str,
+) -> None:
+    """The API server refuses a layout that could make the operator slow or big (issue #16)."""
+    document = copy.deepcopy(documents["two_socket_8gpu"])
+    change(document["spec"])
+    assert not validator.is_valid(document), where
+
+
+def test_the_agent_fits_long_vendor_errors_into_the_bounds(
+    documents: dict[str, dict[str, Any]], validator: jsonschema.Draft7Validator,
+) -> None:
+    """A vendor library's long messages, or many of them, never make the whole layout invalid."""
+    layout = Layout.from_document(documents["workstation"]["spec"]).with_errors(
+        [Problem(f"0000:{i % 256:02x}:00.0", "nvml", "x" * 10_000) for i in range(300)]
+    )
+    spec = {**layout_spec(layout, []), "heartbeatTime": HEARTBEAT}
+    errors = [e.message for e in validator.iter_errors(layout_object("n", "uid", spec))]
+    assert errors == []
+
+
 def test_the_status_the_operator_writes_validates(
     documents: dict[str, dict[str, Any]], validator: jsonschema.Draft7Validator
 ) -> None:

@@ -269,19 +269,35 @@ def test_in_operator_mode_the_operator_writes_the_secret_the_webhook_mounts(defa
 
 def test_in_cert_manager_mode_cert_manager_issues_the_secret_and_injects_the_ca(chart: Any) -> None:
     rendered = render(chart, SCENARIOS["cert-manager"])
-    certificate = rendered.one("Certificate")
+    certificate = rendered.one("Certificate", f"{RELEASE}-webhook")
     annotations = rendered.one("MutatingWebhookConfiguration")["metadata"]["annotations"]
     assert annotations["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{certificate['metadata']['name']}"
     assert certificate["spec"]["secretName"] == mounted_secret(rendered)
     assert f"{RELEASE}-webhook.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
-    issuer = rendered.one("Issuer")
-    assert issuer["spec"] == {"selfSigned": {}}
-    assert certificate["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
     # The operator no longer needs Secrets or the webhook configuration.
     assert rendered.of_kind("Role") == []
     operator_rules = rendered.one("ClusterRole", f"{RELEASE}-operator")["rules"]
     assert all("mutatingwebhookconfigurations" not in rule["resources"] for rule in operator_rules)
     assert rendered.env("operator")["GPUNUMA_CERTIFICATES"] == "cert-manager"
+
+
+def test_cert_manager_mode_issues_the_serving_certificate_from_a_ca_of_its_own(chart: Any) -> None:
+    """Issue #16 item 6: self-signed bootstrap → CA Certificate → CA Issuer → serving certificate,
+    so that a renewal of the serving certificate is never a change of the trusted CA."""
+    rendered = render(chart, SCENARIOS["cert-manager"])
+    issuers = {doc["metadata"]["name"]: doc["spec"] for doc in rendered.of_kind("Issuer")}
+    certificates = {doc["metadata"]["name"]: doc["spec"] for doc in rendered.of_kind("Certificate")}
+    serving = certificates[f"{RELEASE}-webhook"]
+    ca_issuer = issuers[serving["issuerRef"]["name"]]
+    assert serving["issuerRef"]["kind"] == "Issuer"
+    assert "ca" in ca_issuer, "the serving certificate must come from a CA Issuer"
+    ca_certificate = next(spec for spec in certificates.values()
+                          if spec["secretName"] == ca_issuer["ca"]["secretName"])
+    assert ca_certificate["isCA"] is True
+    assert ca_certificate["privateKey"]["rotationPolicy"] == "Never"
+    assert issuers[ca_certificate["issuerRef"]["name"]] == {"selfSigned": {}}
+    assert ca_certificate["secretName"] != serving["secretName"]
+    assert serving.get("isCA") is not True
 
 
 def test_cert_manager_mode_can_use_an_existing_issuer(chart: Any) -> None:
@@ -401,7 +417,8 @@ def test_the_agent_runs_with_the_least_it_needs(default: Rendered) -> None:
     assert all(mounts[name]["readOnly"] is True for name in host_volumes)
     env = default.env("agent")
     assert env["GPUNUMA_SYSFS_ROOT"] == mounts["host-sys"]["mountPath"] == "/host/sys"
-    assert env["GPUNUMA_PROCFS_ROOT"] == mounts["host-proc"]["mountPath"] == "/host/proc"
+    assert env["GPUNUMA_PROCFS_ROOT"] == "/host/proc"
+    assert mounts["host-proc"]["mountPath"] == "/host/proc/driver"
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert "--node-name=$(NODE_NAME)" in container["args"]
     assert env["GPUNUMA_KUBELET_SOCKET"] == mounts["pod-resources"]["mountPath"] + "/kubelet.sock"

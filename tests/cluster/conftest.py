@@ -18,6 +18,7 @@ from tests.cluster import agents
 from tests.cluster.controlplane import (
     BINARIES,
     BUILD_SCRIPT,
+    ApiError,
     ControlPlane,
     Process,
     binaries_dir,
@@ -64,6 +65,28 @@ class Release:
         """A kubeconfig with a token of the chart's ServiceAccount for ``component``."""
         return self.cluster.kubeconfig_for(self.namespace, self.service_account(component))
 
+    def agent_token(self, node: str) -> str:
+        """The agent's token as its DaemonSet pod on ``node`` has it: bound to a pod of the
+        agent's ServiceAccount on that node (the chart's admission policy reads the node from
+        it). The pod is created here; with no kubelet it never runs."""
+        name = f"agent-{node}"[:63]
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
+        try:
+            pod = self.cluster.request("GET", f"{path}/{name}")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            pod = self.cluster.request("POST", path, {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"serviceAccountName": self.service_account("agent"), "nodeName": node,
+                         "containers": [{"name": "agent", "image": "gpunuma:test"}]}})
+        return self.cluster.token(self.namespace, self.service_account("agent"), pod=pod)
+
+    def agent_kubeconfig(self, node: str) -> Path:
+        """A kubeconfig for the agent of ``node`` (see ``agent_token``)."""
+        path = self.cluster.directory / f"agent-{node}.kubeconfig"
+        return self.cluster.write_kubeconfig(path, user={"token": self.agent_token(node)})
+
 
 # The session's release: the defaults, except NVML (no NVIDIA runtime class here) and the webhook
 # enabled with certificates from the operator, as on a user's cluster.
@@ -87,11 +110,13 @@ def service_account_user(release: Release, component: str) -> str:
 
 
 def assert_every_request_allowed(release: Release, component: str) -> int:
-    """No request the component made so far was refused (401/403) by the API server, by its
-    audit log; returns how many requests it made."""
+    """No request the component made so far was refused (401/403) by authentication or RBAC, by
+    the API server's audit log; returns how many requests it made. (Refusals by the chart's
+    admission policies, which RBAC allowed, are test_admission_policies.py's business.)"""
     events = release.cluster.audit_events(service_account_user(release, component))
     refused = [f"{e['verb']} {e['requestURI']} → {e['responseStatus']['code']}"
-               for e in events if e.get("responseStatus", {}).get("code") in (401, 403)]
+               for e in events if e.get("responseStatus", {}).get("code") in (401, 403)
+               and (e.get("annotations") or {}).get("authorization.k8s.io/decision") != "allow"]
     assert not refused, f"the {component}'s requests refused by RBAC:\n" + "\n".join(refused)
     return len(events)
 

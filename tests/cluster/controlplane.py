@@ -425,7 +425,7 @@ class ControlPlane:
             ], self.directory / "kube-apiserver.log", env=environment).start()
             self.processes.append(apiserver)
             self.server = f"https://127.0.0.1:{secure_port}"
-            self._write_kubeconfig(self.admin_kubeconfig, user={
+            self.write_kubeconfig(self.admin_kubeconfig, user={
                 "client-certificate": str(admin_cert), "client-key": str(admin_key)})
             if self._wait_ready(apiserver, etcd):
                 self.start_seconds = time.monotonic() - started
@@ -491,7 +491,7 @@ class ControlPlane:
                 raise ApiError(error.code, error.read().decode(errors="replace")) from None
         return text if raw else json.loads(text)
 
-    def _write_kubeconfig(self, path: Path, *, user: Mapping[str, str]) -> Path:
+    def write_kubeconfig(self, path: Path, *, user: Mapping[str, str]) -> Path:
         config = {
             "apiVersion": "v1", "kind": "Config",
             "clusters": [{"name": "test", "cluster": {
@@ -505,19 +505,26 @@ class ControlPlane:
         path.chmod(0o600)
         return path
 
-    def token(self, namespace: str, service_account: str, *, seconds: int = 3600) -> str:
-        """A token for a ServiceAccount, minted by the API server (TokenRequest)."""
+    def token(self, namespace: str, service_account: str, *, seconds: int = 3600,
+              pod: Mapping[str, Any] | None = None) -> str:
+        """A token for a ServiceAccount, minted by the API server (TokenRequest); bound to ``pod``
+        (a Pod object as stored) when given, like the token the kubelet mounts into a pod: the API
+        server then names the pod's node in the token's user info."""
+        spec: dict[str, Any] = {"expirationSeconds": seconds}
+        if pod is not None:
+            spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod",
+                                      "name": pod["metadata"]["name"],
+                                      "uid": pod["metadata"]["uid"]}
         answer = self.request(
             "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-             "spec": {"expirationSeconds": seconds}})
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
         token: str = answer["status"]["token"]
         return token
 
     def kubeconfig_for(self, namespace: str, service_account: str) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount ``namespace/service_account``."""
         path = self.directory / f"sa-{namespace}-{service_account}.kubeconfig"
-        return self._write_kubeconfig(path, user={"token": self.token(namespace, service_account)})
+        return self.write_kubeconfig(path, user={"token": self.token(namespace, service_account)})
 
     def kubectl(self, *args: str, kubeconfig: Path | None = None, stdin: str | None = None,
                 check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -29,7 +29,6 @@ def test_the_served_crd_keeps_every_agent_document_and_kubectl_shows_the_columns
     nodes = {shape: node_name(shape) for shape in sorted(machines.SHAPES)}
     cluster.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
                   for node in nodes.values())
-    kubeconfig = release.kubeconfig("agent")
     trees = {shape: machines.build(machines.SHAPES[shape](), tmp_path / shape) for shape in nodes}
     processes: list[Process] = []
 
@@ -41,6 +40,9 @@ def test_the_served_crd_keeps_every_agent_document_and_kubectl_shows_the_columns
 
     try:
         for shape, node in nodes.items():
+            # Each agent with its own pod-bound token, as on a node: the chart's admission
+            # policy lets it write only the layout of that node.
+            kubeconfig = release.agent_kubeconfig(node)
             processes.append(agents.agent(node, trees[shape], kubeconfig, tmp_path / f"{node}.log",
                                           kubelet_socket=tmp_path / "no-kubelet.sock"))
         try:

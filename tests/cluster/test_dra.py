@@ -82,7 +82,9 @@ async def test_a_dra_pods_gpu_reaches_the_layout_through_the_real_api_server(
             ("ml", "gpu", [("gpu.nvidia.com", NODE, "gpu-6")])])),
     ]
     tree = machines.build(machines.two_socket_8gpu(), tmp_path / "machine")
-    process = agents.agent(NODE, tree, release.kubeconfig("agent"), tmp_path / "agent.log",
+    # The agent's pod-bound token for its node, as the kubelet mounts it (the chart's admission
+    # policy lets it write only that node's layout).
+    process = agents.agent(NODE, tree, release.agent_kubeconfig(NODE), tmp_path / "agent.log",
                            kubelet_socket=kubelet.socket,
                            extra=["--interval", "1", "--allocations-interval", "0.2"])
     try:

@@ -74,9 +74,10 @@ def test_agents_operator_webhook_and_kubectl_plugin_on_kwok_gpu_nodes(
     kubelets = {name: PodResourcesServer(socket_dir / f"{name}.sock") for name in NODES}
     env = agents.workload_env(cluster, release.namespace, "DaemonSet",
                               release.service_account("agent"))
-    agent_kubeconfig = release.kubeconfig("agent")
     processes = [
-        agents.agent(name, trees[name], agent_kubeconfig, tmp_path / f"agent-{name}.log",
+        # Each agent with its node's pod-bound token, as on a node (the chart's admission policy
+        # lets it write only that node's layout).
+        agents.agent(name, trees[name], release.agent_kubeconfig(name), tmp_path / f"agent-{name}.log",
                      kubelet_socket=kubelets[name].socket,
                      extra=("--allocations-interval", "0.5",
                             "--heartbeat", env.get("GPUNUMA_HEARTBEAT", "600")))

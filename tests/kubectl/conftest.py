@@ -185,7 +185,8 @@ TRAINER_LINE = ("gpunuma: policy=strict gpus=0000:9a:00.0,0000:ab:00.0 numa=1 cp
 VLLM_LINE = "gpunuma: policy=preferred gpus=0000:1b:00.0 numa=0 cpus=0-55,112-167 mem=preferred"
 LOGS = {
     ("ml", "trainer-0", "trainer"): f"{TRAINER_LINE}\n[rank0] epoch 1 step 10 loss 2.31\n".encode(),
-    ("ml", "vllm-0", "server"): f"INFO starting\n{VLLM_LINE}\nINFO Uvicorn running on :8000\n".encode(),
+    # numa-exec writes before it execs the command: its line comes first.
+    ("ml", "vllm-0", "server"): f"{VLLM_LINE}\nINFO starting\nINFO Uvicorn running on :8000\n".encode(),
     ("research", "sim-0", "sim"): b"sim: 4 devices\n",
 }
 

@@ -411,3 +411,36 @@ def test_explain_names_gpunumas_own_init_container_for_what_it_is() -> None:
     assert f"  {names.LAUNCHER_INIT_CONTAINER}   -                  gpunuma's init container: copies " \
            f"numa-exec into {names.LAUNCHER_MOUNT_PATH}\n" in text
     assert "not selected" not in text
+
+
+def _wrapped_pod(**annotations: str) -> dict[str, Any]:
+    pod = pod_object("ml", "job-0", [gpu_container("app", ["run"], wrapped_policy="preferred")],
+                     annotations={names.ANNOTATION_INJECT: "true",
+                                  names.ANNOTATION_INJECTED: "0.1.0",
+                                  names.ANNOTATION_WRAPPED: "app", **annotations})
+    return pod
+
+
+def test_explain_shows_only_numa_exec_lines_not_a_workloads_fake_gpunuma_line() -> None:
+    """Issue #16 item 7: numa-exec writes before the exec; a gpunuma: line after the workload's
+    first output is the workload's, and must not pass for numa-exec's decision."""
+    log = ("gpunuma: no GPU found; running unpinned\n"
+           "Loading model...\n"
+           "gpunuma: bound to NUMA node 0, CPUs 0-55 (policy strict)\n")
+    text = explain(_wrapped_pod(), None, logs={"app": log})
+    assert "  app: gpunuma: no GPU found; running unpinned\n" in text
+    assert "bound to NUMA node 0" not in text
+
+
+def test_explain_escapes_control_characters_from_annotations_and_logs() -> None:
+    placement = '{"app":{"gpus":["\\u001b[2J\\u001b[Hgpu"],"numaNodes":[0],"cpus":"0-3"}}'
+    pod = _wrapped_pod(**{names.ANNOTATION_PLACEMENT: placement,
+                          names.ANNOTATION_NUMA_NODES: "0\x1b]0;owned\x07",
+                          names.ANNOTATION_CPUSET: "0-3"})
+    text = explain(pod, None, logs={"app": "gpunuma: bound\x1b[31m red\u202eevil\x08\n"})
+    assert "\x1b" not in text
+    assert "\x08" not in text
+    assert "\u202e" not in text
+    assert "\x07" not in text
+    assert "\\x1b[2J" in text
+    assert "gpunuma: bound\\x1b[31m red\\u202eevil\\x08" in text

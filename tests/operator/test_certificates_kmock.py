@@ -13,6 +13,7 @@ from typing import Any
 
 import kmock
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.controller import Controller
@@ -150,3 +151,58 @@ async def test_a_forbidden_secret_read_is_one_clear_warning_not_a_crash(
     finally:
         await controller.client.close()
     assert "--certificates cert-manager" in caplog.text
+
+
+async def test_a_lost_ca_secret_keeps_the_served_leaf_trusted_while_the_new_one_propagates(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    """Issue #16 item 6: the CA Secret deleted, the operator makes a new CA, but webhook pods still
+    serve the old leaf for a minute or two: the bundle must keep the CA that signed it."""
+    await cluster.post(MWC_URL, json=webhook_configuration())
+    controller = controller_for(cluster)
+    try:
+        assert await controller.reconcile_certificates() == "written"
+        served = leaf(cluster)
+        await cluster.delete(f"/api/v1/namespaces/{NAMESPACE}/secrets/gpunuma-webhook-tls-ca")
+        assert await controller.reconcile_certificates() == "written"
+    finally:
+        await controller.client.close()
+    new_ca = x509.load_pem_x509_certificate(
+        secret_data(cluster, "gpunuma-webhook-tls-ca")["tls.crt"])
+    for bundle in ca_bundles(cluster):
+        assert bundle[0] == new_ca
+        assert any(_verifies(served, ca) for ca in bundle), "the served leaf is no longer trusted"
+        assert any(_verifies(leaf(cluster), ca) for ca in bundle)
+
+
+async def test_junk_in_the_served_ca_bundle_is_not_carried_into_the_new_bundle(
+    cluster: kmock.KubernetesEmulator,
+) -> None:
+    """Only a CA that verifiably signed the served leaf is kept, not whatever ca.crt holds."""
+    import trustme
+
+    await cluster.post(MWC_URL, json=webhook_configuration())
+    controller = controller_for(cluster)
+    stranger = x509.load_pem_x509_certificate(trustme.CA().cert_pem.bytes())
+    try:
+        assert await controller.reconcile_certificates() == "written"
+        old_ca = x509.load_pem_x509_certificate(secret_data(cluster, "gpunuma-webhook-tls")["ca.crt"])
+        await cluster.patch(f"/api/v1/namespaces/{NAMESPACE}/secrets/gpunuma-webhook-tls", json={
+            "data": {"ca.crt": base64.b64encode(
+                stranger.public_bytes(serialization.Encoding.PEM)
+                + old_ca.public_bytes(serialization.Encoding.PEM)).decode()}})
+        await cluster.delete(f"/api/v1/namespaces/{NAMESPACE}/secrets/gpunuma-webhook-tls-ca")
+        assert await controller.reconcile_certificates() == "written"
+    finally:
+        await controller.client.close()
+    for bundle in ca_bundles(cluster):
+        assert stranger not in bundle
+        assert old_ca in bundle
+
+
+def _verifies(leaf_cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        leaf_cert.verify_directly_issued_by(ca)
+    except Exception:
+        return False
+    return True

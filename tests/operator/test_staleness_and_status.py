@@ -75,3 +75,18 @@ def test_the_status_merge_patch_removes_a_label_key_and_is_empty_when_equal() ->
     desired = {"appliedLabels": {"a": "1"}, "observedGeneration": 1}
     assert merge_patch(current, desired) == {"appliedLabels": {"b": None}}
     assert merge_patch(desired, desired) == {}
+
+
+@pytest.mark.parametrize("ahead", [dt.timedelta(minutes=6), dt.timedelta(days=365 * 973)])
+def test_a_heartbeat_from_the_future_is_stale_not_fresh_forever(ahead: dt.timedelta) -> None:
+    """Issue #16 item 4: a forged heartbeat in year 2999 kept a node fresh for ever."""
+    verdict = judge_heartbeat(format_rfc3339(NOW + ahead), NOW, interval_s=600, missed=3)
+    assert verdict.stale is True
+    assert verdict.reason == "HeartbeatFromTheFuture"
+    assert "ahead of the operator's clock" in verdict.message
+
+
+def test_a_heartbeat_a_little_ahead_is_clock_skew_and_fresh() -> None:
+    verdict = judge_heartbeat(format_rfc3339(NOW + dt.timedelta(seconds=90)), NOW,
+                              interval_s=600, missed=3)
+    assert verdict.stale is False

@@ -73,3 +73,24 @@ def test_formatting_then_parsing_gives_back_the_same_cpus(cpus: set[int]) -> Non
     text = format_cpulist(cpus)
     assert parse_cpulist(text) == cpus
     assert format_cpulist(parse_cpulist(text + "\n")) == text
+
+
+def test_the_largest_real_machine_parses() -> None:
+    assert len(parse_cpulist("0-8191")) == 8192
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("0-65535," * 100 + "0", "65535"),  # the review's 1 KiB layout: 6.5 M insertions before
+        ("8192", "8192"),
+        ("0-4095,0-4095,0", "more than 8192 CPUs"),  # repeats count: the work is bounded
+        ("0," * 9000 + "0", "more than 8192 CPUs"),
+        ("0-" + "9" * 5000, "above 8191"),  # a 5000-digit number is not converted whole
+    ],
+)
+def test_a_cpulist_larger_than_a_real_machine_is_refused(text: str, named: str) -> None:
+    with pytest.raises(CpuListError, match="Linux machine") as caught:
+        parse_cpulist(text)
+    assert named in str(caught.value)
+    assert len(str(caught.value)) < 400, "the message must not echo the whole input"

@@ -193,3 +193,24 @@ def test_gpus_per_cpu_node_counts_zeros_and_skips_memory_only_nodes() -> None:
     layout = sample_layout()
     assert layout.gpus_per_cpu_node() == {0: 2}
     assert [node.id for node in layout.cpu_nodes] == [0]
+
+
+def _hostile(nodes: int, cpus: str) -> dict[str, Any]:
+    return {"numaNodes": [{"id": i, "cpus": cpus, "memoryMiB": 1, "distances": []}
+                          for i in range(nodes)], "gpus": [], "source": "sysfs", "errors": []}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        # The review's 6.8 KiB layout: 100 nodes of 0-65535 peaked at 691 MiB in the operator.
+        (_hostile(100, "0-65535"), "65535"),
+        (_hostile(100, "0-8191"), "819200 CPUs in all"),
+        (_hostile(1025, ""), "1025 nodes"),
+    ],
+)
+def test_a_layout_larger_than_a_real_machine_is_refused(document: dict[str, Any],
+                                                        message: str) -> None:
+    with pytest.raises(LayoutDocumentError, match="Linux machine") as caught:
+        Layout.from_document(document)
+    assert message in str(caught.value)

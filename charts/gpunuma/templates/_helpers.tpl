@@ -31,6 +31,7 @@ changes one line.
 {{- end -}}
 {{- define "gpunuma.webhook.certificateName" -}}{{ include "gpunuma.webhook.fullname" . }}{{- end -}}
 {{- define "gpunuma.webhook.issuerName" -}}{{ include "gpunuma.webhook.fullname" . }}-selfsigned{{- end -}}
+{{- define "gpunuma.webhook.caName" -}}{{ include "gpunuma.webhook.fullname" . }}-ca{{- end -}}
 
 {{- define "gpunuma.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
@@ -160,6 +161,16 @@ Namespaces the webhook is never called for: kube-system, kube-node-lease and our
 {{- $always := list "kube-system" "kube-node-lease" .Release.Namespace -}}
 {{- $excluded := concat $always .Values.webhook.additionalExcludedNamespaces | uniq -}}
 {{- toJson $excluded -}}
+{{- end -}}
+
+{{/* "true" when the chart installs its ValidatingAdmissionPolicies (GA in 1.30). */}}
+{{- define "gpunuma.admissionPolicies" -}}
+{{- $setting := toString .Values.admissionPolicies -}}
+{{- if eq $setting "auto" -}}
+{{- semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version | toString -}}
+{{- else -}}
+{{- $setting -}}
+{{- end -}}
 {{- end -}}
 
 {{/* "true" when the MutatingWebhookConfiguration should carry matchConditions (GA in 1.30). */}}
