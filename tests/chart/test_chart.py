@@ -418,7 +418,8 @@ def test_the_agent_runs_with_the_least_it_needs(default: Rendered) -> None:
     env = default.env("agent")
     assert env["GPUNUMA_SYSFS_ROOT"] == mounts["host-sys"]["mountPath"] == "/host/sys"
     assert env["GPUNUMA_PROCFS_ROOT"] == "/host/proc"
-    assert mounts["host-proc"]["mountPath"] == "/host/proc/driver"
+    # The whole /proc, read-only, for the observed binding (agent.hostProc: all, the default).
+    assert mounts["host-proc"]["mountPath"] == "/host/proc"
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert "--node-name=$(NODE_NAME)" in container["args"]
     assert env["GPUNUMA_KUBELET_SOCKET"] == mounts["pod-resources"]["mountPath"] + "/kubelet.sock"
