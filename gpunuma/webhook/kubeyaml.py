@@ -35,6 +35,8 @@ from ruamel.yaml.resolver import BaseResolver, VersionedResolver
 from ruamel.yaml.scalarstring import LiteralScalarString
 from ruamel.yaml.tag import Tag
 
+from gpunuma.webhook.patchdiff import same_json
+
 __all__ = ["Document", "KubeYAMLError", "decode_plain", "plain_is_string", "read"]
 
 _PREFIX = "tag:yaml.org,2002:"
@@ -212,7 +214,7 @@ class Document:
 
     def render(self, value: Any) -> str:
         """The text of this document holding ``value``: the original text if it is the same."""
-        if _same(self.value, value):
+        if same_json(self.value, value):
             return self.text
         handler = _yaml()
         mapping, sequence, offset = _guess_indent(self.text)
@@ -337,19 +339,6 @@ def _key(key: Any) -> str:
     return str(value)
 
 
-def _same(old: Any, new: Any) -> bool:
-    """Equal as JSON: ``True`` is not ``1``."""
-    if type(old) is not type(new):
-        return False
-    if isinstance(old, dict):
-        return old.keys() == new.keys() and all(_same(old[k], new[k]) for k in old)
-    if isinstance(old, list):
-        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new, strict=True))
-    if isinstance(old, float) and math.isnan(old):
-        return math.isnan(new)
-    return bool(old == new)
-
-
 # --- Editing the round-trip tree ---------------------------------------------------------------
 
 
@@ -366,7 +355,7 @@ def _fresh(value: Any) -> Any:
 
 def _update(node: Any, old: Any, new: Any, shared: set[int]) -> Any:
     """``node`` (read as ``old``) edited in place to read as ``new``; a new node if it must be."""
-    if _same(old, new):
+    if same_json(old, new):
         return node
     if id(node) in shared:
         return _fresh(new)
@@ -402,7 +391,7 @@ def _update_list(node: CommentedSeq, old: list[Any], new: list[Any], shared: set
     if old_names is not None and new_names is not None:
         pairs = _common(old_names, new_names, lambda a, b: a == b)
     else:
-        pairs = _common(old, new, _same)
+        pairs = _common(old, new, same_json)
     kept_old = {i for i, _ in pairs}
     for index in sorted(set(range(len(old))) - kept_old, reverse=True):
         del node[index]

@@ -11,11 +11,12 @@ is one ``add``, not a replacement of every item after it. Pure: no I/O.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["diff"]
+__all__ = ["diff", "same_json"]
 
 _ABSENT = object()  # a key missing from the old document (None is a JSON value)
 
@@ -75,21 +76,23 @@ def _diff(old: Any, new: Any, path: str, operations: list[dict[str, Any]]) -> No
                 operations.extend({"op": "add", "path": f"{path}/{index}", "value": new[index]}
                                   for index in range(added))
                 return
-    if not _same(old, new):
+    if not same_json(old, new):
         operations.append({"op": "replace", "path": path, "value": new})
 
 
-def _same(old: Any, new: Any) -> bool:
-    """Equal as JSON: Python's ``True == 1`` and ``1 == 1.0`` are not equal JSON documents."""
+def same_json(old: Any, new: Any) -> bool:
+    """Equal as JSON: Python's ``True == 1`` and ``1 == 1.0`` are not equal JSON documents; a NaN
+    (which YAML, unlike JSON, can hold: ``gpunuma inject``) equals a NaN."""
     if old is new:
         return True
     if type(old) is not type(new):
         return False
     if isinstance(old, dict):
-        return old.keys() == new.keys() and all(_same(old[k], new[k]) for k in old)
+        return old.keys() == new.keys() and all(same_json(old[k], new[k]) for k in old)
     if isinstance(old, list):
-        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new, strict=True))
-    return bool(old == new)
+        return len(old) == len(new) and all(same_json(a, b) for a, b in zip(old, new, strict=True))
+    # NaN != NaN: only compared when the values differ, off the common path.
+    return bool(old == new) or (isinstance(old, float) and math.isnan(old) and math.isnan(new))
 
 
 def _join(path: str, key: str) -> str:
