@@ -5,10 +5,10 @@ go back to the webhook (or to no gpunuma at all), and for pods read back with ``
 yaml``. Pure: no I/O.
 
 Removed: the launcher init container and volume, the ``/opt/gpunuma/numa-exec --`` in front of
-wrapped commands, their launcher mount and ``GPUNUMA_POLICY``, the annotations and label that the
-webhook and the operator write. Kept: what the user writes (``gpunuma.io/inject``,
-``gpunuma.io/policy``, ``gpunuma.io/containers``), so the pod's choices survive a round trip. Not
-restored: a ``GPUNUMA_POLICY`` the pod set itself and the webhook replaced (the old value is lost).
+wrapped commands, their launcher mount and ``GPUNUMA_POLICY`` (also of the containers listed for
+the cgroup mechanism), the annotations and label that the webhook and the operator write. Kept:
+what the user writes (``gpunuma.io/inject``, ``gpunuma.io/policy``, ``gpunuma.io/containers``), so
+the pod's choices survive a round trip. Not restored: a ``GPUNUMA_POLICY`` the pod set itself and the webhook replaced (the old value is lost).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ __all__ = ["GPUNUMA_WRITTEN_ANNOTATIONS", "remove_mutation"]
 # Annotations written by the webhook (or `gpunuma inject`) and by the operator: never the user's.
 GPUNUMA_WRITTEN_ANNOTATIONS = frozenset({
     names.ANNOTATION_INJECTED, names.ANNOTATION_WRAPPED, names.ANNOTATION_SKIPPED,
-    names.ANNOTATION_PLACEMENT, names.ANNOTATION_NUMA_NODES, names.ANNOTATION_CPUSET,
+    names.ANNOTATION_CGROUP_BOUND, names.ANNOTATION_WARNINGS, names.ANNOTATION_PLACEMENT,
+    names.ANNOTATION_NUMA_NODES, names.ANNOTATION_CPUSET, names.ANNOTATION_BINDING,
 })
 _WRAPPER = [names.LAUNCHER_PATH, "--"]
 
@@ -34,7 +35,12 @@ def remove_mutation(pod: Mapping[str, Any]) -> dict[str, Any]:
     """``pod`` without gpunuma's mutation (a copy; the same content when it carries none)."""
     result = copy.deepcopy(dict(pod))
     metadata = result.get("metadata")
+    cgroup_bound: set[str] = set()
     if isinstance(metadata, dict):
+        annotations = metadata.get("annotations")
+        listed = (annotations.get(names.ANNOTATION_CGROUP_BOUND)
+                  if isinstance(annotations, dict) else None)
+        cgroup_bound = {name for name in str(listed or "").split(",") if name}
         _drop_keys(metadata, "annotations", GPUNUMA_WRITTEN_ANNOTATIONS)
         _drop_keys(metadata, "labels", {names.LABEL_MANAGED})
     spec = result.get("spec")
@@ -46,6 +52,8 @@ def remove_mutation(pod: Mapping[str, Any]) -> dict[str, Any]:
         for container in spec.get(key) or []:
             if isinstance(container, dict):
                 _unwrap(container)
+                if container.get("name") in cgroup_bound:
+                    _drop_named(container, "env", POLICY_ENV)
     return result
 
 

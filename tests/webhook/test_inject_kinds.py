@@ -147,6 +147,21 @@ def test_uninject_gives_back_what_inject_was_given() -> None:
     assert all(line.endswith(": uninjected") for line in restored.report)
 
 
+def test_uninject_also_undoes_the_cgroup_mechanism_and_the_warnings() -> None:
+    pod = pods.vllm_server()
+    del pod["spec"]["containers"][0]["command"]  # bound through its cgroup, not wrapped
+    with_policy = pods.vllm_server()
+    with_policy["spec"]["containers"][0]["env"] = [{"name": "GPUNUMA_POLICY", "value": "strict"}]
+    settings = MutationSettings(cgroup_binding=True)
+    injected = inject_documents([pod, with_policy], settings)
+    assert not injected.errors
+    cgroup_pod, warned_pod = injected.documents
+    assert cgroup_pod["metadata"]["annotations"][names.ANNOTATION_CGROUP_BOUND]
+    assert warned_pod["metadata"]["annotations"][names.ANNOTATION_WARNINGS]
+    assert remove_mutation(cgroup_pod) == pod
+    assert names.ANNOTATION_WARNINGS not in remove_mutation(warned_pod)["metadata"]["annotations"]
+
+
 def test_uninject_removes_what_the_webhook_and_the_operator_wrote_on_a_live_pod() -> None:
     pod = pods.vllm_server()
     mutated = copy.deepcopy(inject_documents([pod], MutationSettings()).documents[0])
