@@ -8,7 +8,8 @@ Removed: the launcher init container and volume, the ``/opt/gpunuma/numa-exec --
 wrapped commands, their launcher mount and ``GPUNUMA_POLICY`` (also of the containers listed for
 the cgroup mechanism), the annotations and label that the webhook and the operator write. Kept:
 what the user writes (``gpunuma.io/inject``, ``gpunuma.io/policy``, ``gpunuma.io/containers``), so
-the pod's choices survive a round trip. Not restored: a ``GPUNUMA_POLICY`` the pod set itself and the webhook replaced (the old value is lost).
+the pod's choices survive a round trip. Not restored: a ``GPUNUMA_POLICY`` the pod set itself
+and the webhook replaced (the old value is lost).
 """
 
 from __future__ import annotations
