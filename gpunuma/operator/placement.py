@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpunuma import names
+from gpunuma.quote import short
 from gpunuma.topology import CpuListError, format_cpulist, parse_cpulist
 
 __all__ = [
@@ -95,7 +96,7 @@ def _annotations(entries: Iterable[tuple[int, Mapping[str, Any]]]) -> dict[str, 
         container = entry.get("container")
         if not isinstance(container, str) or not container:
             raise AllocationError(f"{path}.container: expected a container name, got "
-                                  f"{_short(container)}")
+                                  f"{short(container)}")
         gpus, nodes, cpus = containers.setdefault(container, ([], set(), set()))
         for device in _strings(entry.get("deviceIds"), f"{path}.deviceIds"):
             if device not in gpus:
@@ -103,7 +104,7 @@ def _annotations(entries: Iterable[tuple[int, Mapping[str, Any]]]) -> dict[str, 
         nodes.update(_node_ids(entry.get("numaNodes"), f"{path}.numaNodes"))
         cpus_text = entry.get("cpus") or ""
         if not isinstance(cpus_text, str):
-            raise AllocationError(f"{path}.cpus: expected a cpulist string, got {_short(cpus_text)}")
+            raise AllocationError(f"{path}.cpus: expected a cpulist string, got {short(cpus_text)}")
         try:
             cpus.update(parse_cpulist(cpus_text))
         except CpuListError as exc:
@@ -183,7 +184,7 @@ def _strings(value: object, path: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise AllocationError(f"{path}: expected an array of strings, got {_short(value)}")
+        raise AllocationError(f"{path}: expected an array of strings, got {short(value)}")
     return list(value)
 
 
@@ -194,12 +195,7 @@ def _node_ids(value: object, path: str) -> list[int]:
         isinstance(item, int) and not isinstance(item, bool) and item >= 0 for item in value
     ):
         raise AllocationError(
-            f"{path}: expected an array of NUMA node ids (integers ≥ 0), got {_short(value)}"
+            f"{path}: expected an array of NUMA node ids (integers ≥ 0), got {short(value)}"
         )
     return list(value)
 
-
-def _short(value: object, limit: int = 64) -> str:
-    """``repr`` of a value from the layout, cut: a message must not echo a megabyte."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

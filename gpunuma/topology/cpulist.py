@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from gpunuma.quote import short
+
 __all__ = ["MAX_CPUS", "CpuListError", "format_cpulist", "parse_cpulist"]
 
 # No Linux machine has more CPUs: the kernel's NR_CPUS tops out at 8192 (x86-64 and arm64 alike).
@@ -18,8 +20,6 @@ __all__ = ["MAX_CPUS", "CpuListError", "format_cpulist", "parse_cpulist"]
 # MAX_CPUS set insertions per cpulist instead of millions.
 MAX_CPUS = 8192
 MAX_CPU_ID = MAX_CPUS - 1
-# Quoted input in messages is cut to this many characters: an error must not echo a megabyte.
-_QUOTE_CHARS = 64
 
 
 class CpuListError(ValueError):
@@ -31,7 +31,7 @@ def parse_cpulist(text: str) -> frozenset[int]:
     stripped = text.strip()
     if not stripped:
         return frozenset()
-    whole = _quote(stripped)
+    whole = short(stripped)
     cpus: set[int] = set()
     named = 0
     for part in stripped.split(","):
@@ -43,7 +43,7 @@ def parse_cpulist(text: str) -> frozenset[int]:
         high = _parse_cpu_id(high_text, whole) if dash else low
         if high < low:
             raise CpuListError(
-                f"cpulist {whole} has the descending range {_quote(item)}; write it as "
+                f"cpulist {whole} has the descending range {short(item)}; write it as "
                 f"'{high}-{low}'"
             )
         named += high - low + 1
@@ -60,22 +60,16 @@ def _parse_cpu_id(text: str, whole: str) -> int:
     item = text.strip()
     if not item.isdecimal() or not item.isascii():
         raise CpuListError(
-            f"cpulist {whole} has {_quote(item)} where a CPU number was expected; "
+            f"cpulist {whole} has {short(item)} where a CPU number was expected; "
             "expected e.g. '0-3,8'"
         )
     if len(item) > 5 or int(item) > MAX_CPU_ID:
         raise CpuListError(
-            f"cpulist {whole} names CPU {_quote(item)}, above {MAX_CPU_ID}, the highest CPU id a "
+            f"cpulist {whole} names CPU {short(item)}, above {MAX_CPU_ID}, the highest CPU id a "
             "Linux machine can have (NR_CPUS is at most 8192)"
         )
     return int(item)
 
-
-def _quote(text: str) -> str:
-    """``repr`` of the text, cut to a readable length."""
-    if len(text) <= _QUOTE_CHARS:
-        return repr(text)
-    return f"{text[:_QUOTE_CHARS]!r}… ({len(text)} characters)"
 
 
 def format_cpulist(cpus: Iterable[int]) -> str:

@@ -30,6 +30,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from gpunuma.quote import short
+
 __all__ = [
     "BODY_TIMEOUT_S",
     "HANDSHAKE_TIMEOUT_S",
@@ -40,7 +42,6 @@ __all__ = [
     "BodyBudget",
     "GuardedSite",
     "QuietServerLog",
-    "short",
 ]
 
 MAX_CONNECTIONS = 256
@@ -52,22 +53,12 @@ BODY_TIMEOUT_S = 10.0
 # A pod of a few dozen containers is well under this; bigger ones are handled off the event loop.
 SMALL_BODY_BYTES = 64 * 1024
 LARGE_BODIES_BYTES = 16 * 1024 * 1024
-# Quoted user values in answers and logs are cut to this many characters.
-QUOTE_CHARS = 64
 # At the connection cap, a connection that has carried requests is evicted only after this long
 # without one.
 SERVED_IDLE_S = 1.0
 
 log = logging.getLogger("gpunuma.webhook")
 
-
-def short(value: object, limit: int = QUOTE_CHARS) -> str:
-    """``repr`` of a value from a client, cut to ``limit`` characters (control characters are
-    escaped by ``repr``): an answer or a log line must not echo megabytes."""
-    if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit]!r}… ({len(value)} characters)"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 class BodyBudget:

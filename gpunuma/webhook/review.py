@@ -21,6 +21,7 @@ from typing import Any, Literal
 # path that is a third of the webhook's own work per request.
 import orjson
 
+from gpunuma.quote import short
 from gpunuma.settings import MutationSettings
 from gpunuma.webhook.mutation import InvalidPod, admission_warning, mutate, warning_line
 
@@ -44,8 +45,6 @@ _POD_KIND = {"group": "", "version": "v1", "kind": "Pod"}
 # cut to MAX_DENIAL_CHARS. kubectl shows every warning; a thousand are no help to anyone.
 MAX_WARNINGS = 20
 MAX_DENIAL_CHARS = 2048
-# Quoted client values in BadRequest messages are cut to this many characters.
-_QUOTE_CHARS = 64
 
 Outcome = Literal["patched", "unchanged", "denied", "error"]
 """How a well-formed request ended; a malformed one is the server's ``invalid``."""
@@ -193,7 +192,7 @@ def _parse(body: bytes) -> dict[str, Any]:
         raise BadRequest("the body must be a JSON object (an AdmissionReview)")
     if review.get("apiVersion") != API_VERSION or review.get("kind") != KIND:
         raise BadRequest(f"expected apiVersion {API_VERSION} and kind {KIND}, got "
-                         f"{_short(review.get('apiVersion'))} and {_short(review.get('kind'))}; "
+                         f"{short(review.get('apiVersion'))} and {short(review.get('kind'))}; "
                          "register the webhook with admissionReviewVersions: [v1]")
     request = review.get("request")
     if not isinstance(request, dict):
@@ -202,14 +201,9 @@ def _parse(body: bytes) -> dict[str, Any]:
     if not isinstance(uid, str) or not uid:
         raise BadRequest("request.uid is missing; the response must echo it")
     if len(uid) > 128:  # the API server's uids are 36-character UUIDs
-        raise BadRequest(f"request.uid {_short(uid)} is not a UID")
+        raise BadRequest(f"request.uid {short(uid)} is not a UID")
     return request
 
-
-def _short(value: object) -> str:
-    """``repr`` of a client's value, cut: an answer or a log line must not echo megabytes."""
-    text = repr(value)
-    return text if len(text) <= _QUOTE_CHARS else f"{text[:_QUOTE_CHARS]}… ({len(text)} characters)"
 
 
 def bounded_warnings(warnings: tuple[str, ...] | list[str]) -> list[str]:

@@ -39,6 +39,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gpunuma import __version__
 from gpunuma.buildinfo import register_build_info
+from gpunuma.quote import short
 from gpunuma.settings import WebhookSettings, parse_listen
 from gpunuma.webhook.guard import (
     BODY_TIMEOUT_S,
@@ -47,7 +48,6 @@ from gpunuma.webhook.guard import (
     BodyBudget,
     GuardedSite,
     QuietServerLog,
-    short,
 )
 from gpunuma.webhook.review import Admission, BadRequest, Memory, admit
 
