@@ -301,12 +301,13 @@ def _run_operator(args: argparse.Namespace) -> int:
 
 
 def _connection(kubeconfig: Path | None) -> Any:
-    """A kubeconfig when given; in a pod its service account; else ~/.kube/config."""
+    """A kubeconfig when given; in a pod its service account; else $KUBECONFIG, then
+    ~/.kube/config, as kubectl looks."""
     from gpunuma.kubeapi import Connection
 
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         return Connection.in_cluster()
-    return Connection.from_kubeconfig(kubeconfig or Path.home() / ".kube" / "config")
+    return Connection.from_kubeconfig(kubeconfig)
 
 
 def _run_cleanup_nodes(args: argparse.Namespace) -> int:

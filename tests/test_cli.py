@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from gpunuma.cli import main
+from gpunuma.cli import _connection, main
 
 
 @pytest.mark.parametrize(
@@ -34,3 +35,17 @@ def test_a_good_environment_value_is_taken(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("GPUNUMA_BACKEND", "sysfs")
     assert main(["inspect", "--output", "labels"]) == 0
     assert "gpunuma.io/source=sysfs" in capsys.readouterr().out
+
+
+def test_cluster_commands_find_the_kubeconfig_as_kubectl_does(tmp_path, monkeypatch):
+    """gpunuma check and cleanup-nodes read $KUBECONFIG before ~/.kube/config (it was skipped)."""
+    config = tmp_path / "elsewhere.yaml"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:6443"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kube/config there
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    assert _connection(None).server == "http://127.0.0.1:6443"
