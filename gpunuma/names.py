@@ -49,6 +49,9 @@ NAMESPACE_INJECT_ENABLED: Final = "enabled"
 POLICIES: Final = ("preferred", "strict", "cpu-only")
 DEFAULT_POLICY: Final = "preferred"
 
+# Labels the chart puts on the webhook's Deployment and MutatingWebhookConfiguration.
+WEBHOOK_LABELS: Final = {"app.kubernetes.io/part-of": "gpunuma", "app.kubernetes.io/component": "webhook"}
+
 # The custom resource.
 CRD_GROUP: Final = "gpunuma.io"
 CRD_VERSION: Final = "v1alpha1"

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpunuma import names
 from gpunuma.kubeapi import ApiError, Connection, KubeClient
 
 __all__ = ["Release", "ReleaseUnavailable", "read_release"]
 
-WEBHOOK_SELECTOR = "app.kubernetes.io/part-of=gpunuma,app.kubernetes.io/component=webhook"
+WEBHOOK_SELECTOR = ",".join(f"{key}={value}" for key, value in names.WEBHOOK_LABELS.items())
 DEPLOYMENTS = "/apis/apps/v1/deployments"
 WEBHOOK_CONTAINER = "webhook"
 

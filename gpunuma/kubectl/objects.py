@@ -26,8 +26,7 @@ NUMA_EXEC_PREFIX = "gpunuma:"
 SYSTEM_NAMESPACES = ("kube-system", "kube-node-lease")
 
 # Labels the chart puts on its MutatingWebhookConfiguration.
-WEBHOOK_CONFIGURATION_LABELS = {"app.kubernetes.io/part-of": "gpunuma",
-                                "app.kubernetes.io/component": "webhook"}
+WEBHOOK_CONFIGURATION_LABELS = names.WEBHOOK_LABELS
 
 Obj = Mapping[str, Any]
 
