@@ -6,8 +6,10 @@ makes no API calls and ``gpunuma inject`` gives exactly what the webhook would.
 
 The mutation is computed as a desired state rather than a list of edits: a pod that already carries
 it (reinvocation, ``gpunuma inject`` twice, a template injected offline then admitted) comes out
-equal to itself, which is what makes the webhook idempotent. ``json_patch`` turns the difference
-into an RFC 6902 patch by diffing, never by hand-written paths.
+equal to itself, which is what makes the webhook idempotent. The RFC 6902 patch is recorded where
+each value is written, compared there with the pod's own value (equal: no operation), so the
+webhook never copies or walks the pod to find what changed; ``json_patch`` (the differ,
+:mod:`gpunuma.webhook.patchdiff`) is the independent check the tests hold the patch to.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class Mutation:
     pod: Mapping[str, Any]
     """The pod after the mutation: the object passed in itself when nothing changes or on denial."""
     patch: list[dict[str, Any]]
-    """The JSON patch from the pod passed in to ``pod`` (see ``json_patch``); empty: no change."""
+    """The JSON patch from the pod passed in to ``pod``; empty: no change."""
     denial: str | None
     """Why the pod must not be created, with how to fix it; ``None`` when it is allowed."""
     warnings: tuple[str, ...]
@@ -174,7 +176,7 @@ def mutate(
     wrapped: list[str] = []
     skipped: list[str] = []
     cgroup_bound: list[str] = []
-    changed_containers: dict[str, dict[str, Any]] = {}
+    changed_containers: dict[str, _Edited] = {}
     for container in (*init_containers, *containers):
         name = container["name"]
         if name not in selected:
@@ -207,6 +209,9 @@ def mutate(
             warnings.append(warning_line(f"container {name!r} not wrapped: it has no command "
                                          "(the image ENTRYPOINT is invisible to gpunuma)"))
 
+    # Each value is compared, where it is written, with the pod's own: what is already there
+    # yields no operation, so a pod that carries the mutation gets an empty patch.
+    patch: list[dict[str, Any]] = []
     new_annotations = dict(annotations)
     new_annotations[names.ANNOTATION_INJECTED] = settings.version
     _set_or_drop(new_annotations, names.ANNOTATION_WRAPPED, wrapped)
@@ -221,15 +226,24 @@ def mutate(
                  [*kept, *(w for w in warnings if w not in kept)], separator="\n")
     new_metadata = dict(metadata or {})
     new_metadata["annotations"] = new_annotations
+    if metadata is not None:
+        _map_operations("/metadata/annotations", metadata.get("annotations"), annotations,
+                        new_annotations, _OUR_ANNOTATIONS, patch)
+    managed = ("true" if wrapped or cgroup_bound
+               # Unbound, with something to say: the operator watches this label (any value).
+               else "false" if warnings else None)
+    if managed is not None:
+        # Only a pod with something bound gets the label the operator selects on ("true"): a pod
+        # whose GPU containers were all skipped is not bound, so it has no placement to report.
+        new_metadata["labels"] = {**labels, names.LABEL_MANAGED: managed}
+        if metadata is not None:
+            _map_operations("/metadata/labels", metadata.get("labels"), labels,
+                            new_metadata["labels"], (names.LABEL_MANAGED,), patch)
+    if metadata is None:
+        patch.append({"op": "add", "path": "/metadata", "value": new_metadata})
     new_spec = dict(spec)
-    new_spec["containers"] = [changed_containers.get(c["name"], c) for c in containers]
-    if wrapped or cgroup_bound:
-        # Only a pod with something bound gets the label the operator selects on: a pod whose
-        # GPU containers were all skipped is not bound, so it has no placement to report.
-        new_metadata["labels"] = {**labels, names.LABEL_MANAGED: "true"}
-    elif warnings:
-        # Unbound, with something to say: the operator watches this label (any value) for Events.
-        new_metadata["labels"] = {**labels, names.LABEL_MANAGED: "false"}
+    new_spec["containers"] = _edited_list("/spec/containers", spec.get("containers"), containers,
+                                          changed_containers, patch)
     if wrapped:
         # Ours runs first, before any wrapped init container. One already there is kept as it is
         # (on reinvocation the API server has defaulted its fields), only moved to the front
@@ -237,15 +251,17 @@ def mutate(
         existing = next((c for c in init_containers if is_launcher(c)), None)
         launcher = _runs_as_pod_user(existing or _launcher_container(
             settings, best_effort=_is_best_effort(containers, init_containers)), spec)
-        new_spec["initContainers"] = [launcher, *(changed_containers.get(c["name"], c)
-                                                  for c in init_containers if not is_launcher(c))]
+        new_spec["initContainers"] = _with_launcher_first(
+            spec.get("initContainers"), init_containers, launcher, changed_containers, patch)
         if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
-            new_spec["volumes"] = [*volumes, dict(_LAUNCHER_VOLUME)]
+            volume = dict(_LAUNCHER_VOLUME)
+            new_spec["volumes"] = [*volumes, volume]
+            patch.append(_append_operation("/spec", spec, "volumes", volume))
     elif any(c["name"] in changed_containers for c in init_containers):
-        new_spec["initContainers"] = [changed_containers.get(c["name"], c) for c in init_containers]
+        new_spec["initContainers"] = _edited_list("/spec/initContainers",
+                                                  spec.get("initContainers"), init_containers,
+                                                  changed_containers, patch)
     new_pod = {**pod, "metadata": new_metadata, "spec": new_spec}
-
-    patch = json_patch(pod, new_pod)
     return Mutation(
         new_pod if patch else pod, patch, None, tuple(warnings),
         "mutated" if patch else "already mutated", tuple(wrapped), tuple(skipped),
@@ -256,8 +272,9 @@ def mutate(
 def json_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The RFC 6902 patch that turns ``original`` into ``mutated`` (empty when they are equal).
 
-    Computed by diffing (:mod:`gpunuma.webhook.patchdiff`), never from hand-written paths. Only the
-    fields the mutation writes are compared; the pod's named lists are aligned by name first.
+    Computed by diffing (:mod:`gpunuma.webhook.patchdiff`): the same change ``mutate`` records as it
+    writes, found independently (the tests compare the two). Only the fields the mutation writes
+    are compared; the pod's named lists are aligned by name first.
     """
     return patchdiff.diff(_patched_view(original), _patched_view(mutated), _NAMED_LISTS)
 
@@ -512,36 +529,53 @@ def _strict_denial(skipped: Sequence[str]) -> str:
 # --- Building the mutated pod ------------------------------------------------------------------
 
 
-def _wrap(container: Mapping[str, Any], policy: str, warnings: list[str]) -> dict[str, Any]:
-    """A copy of ``container`` running under numa-exec, with the launcher volume and the policy."""
-    wrapped = dict(container)
-    command = list(container["command"])
+@dataclass(frozen=True, slots=True)
+class _Edited:
+    """A container as the mutation wants it, and the operations that make it so."""
+
+    source: Mapping[str, Any]
+    """The container as the pod has it."""
+    container: dict[str, Any]
+    """A copy of ``source`` with the mutation's changes."""
+    operations: list[tuple[str, str, Any]]
+    """``(op, path below the container, value)``: what turns ``source`` into ``container``."""
+
+
+def _wrap(container: Mapping[str, Any], policy: str, warnings: list[str]) -> _Edited:
+    """``container`` running under numa-exec, with the launcher volume and the policy."""
+    edited = _with_policy(container, policy, warnings)
+    wrapped, operations = edited.container, edited.operations
+    command = container["command"]
     if command[0] != names.LAUNCHER_PATH:
         wrapped["command"] = [names.LAUNCHER_PATH, "--", *command]
+        operations += [("add", "/command/0", names.LAUNCHER_PATH), ("add", "/command/1", "--")]
     mounts = _named_list(container, "volumeMounts")
     if not any(mount["name"] == names.LAUNCHER_VOLUME for mount in mounts):
-        wrapped["volumeMounts"] = [
-            *mounts,
-            {"name": names.LAUNCHER_VOLUME, "mountPath": names.LAUNCHER_MOUNT_PATH,
-             "readOnly": True},
-        ]
-    return _with_policy(wrapped, policy, warnings)
+        mount = {"name": names.LAUNCHER_VOLUME, "mountPath": names.LAUNCHER_MOUNT_PATH,
+                 "readOnly": True}
+        wrapped["volumeMounts"] = [*mounts, mount]
+        operations.append(_appended(container, "volumeMounts", mount))
+    return edited
 
 
-def _with_policy(container: Mapping[str, Any], policy: str, warnings: list[str]) -> dict[str, Any]:
-    """A copy of ``container`` whose ``GPUNUMA_POLICY`` is ``policy`` (numa-exec and the agent
-    read it there)."""
+def _with_policy(container: Mapping[str, Any], policy: str, warnings: list[str]) -> _Edited:
+    """``container`` with ``GPUNUMA_POLICY`` set to ``policy`` (numa-exec and the agent read it
+    there)."""
     name = container["name"]
     wrapped = dict(container)
+    operations: list[tuple[str, str, Any]] = []
     env = _named_list(container, "env")
     policy_entry = {"name": POLICY_ENV, "value": policy}
     if not any(entry["name"] == POLICY_ENV for entry in env):
         wrapped["env"] = [*env, policy_entry]
+        operations.append(_appended(container, "env", policy_entry))
     elif policy_entry not in env:
         warnings.append(warning_line(f"container {name!r}: {POLICY_ENV} replaced by "
                                      f"{names.ANNOTATION_POLICY}'s {policy!r}"))
         wrapped["env"] = [policy_entry if entry["name"] == POLICY_ENV else entry for entry in env]
-    return wrapped
+        operations += [("replace", f"/env/{index}", policy_entry)
+                       for index, entry in enumerate(env) if entry["name"] == POLICY_ENV]
+    return _Edited(container, wrapped, operations)
 
 
 def _launcher_container(settings: MutationSettings, *, best_effort: bool) -> dict[str, Any]:
@@ -622,7 +656,96 @@ def _set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str], *
 
 # --- The JSON patch ----------------------------------------------------------------------------
 
-# The only fields the mutation writes; json_patch diffs these and nothing else.
+# The annotations the mutation writes (it keeps every other one as it is).
+_OUR_ANNOTATIONS = (names.ANNOTATION_INJECTED, names.ANNOTATION_WRAPPED, names.ANNOTATION_SKIPPED,
+                    names.ANNOTATION_CGROUP_BOUND, names.ANNOTATION_WARNINGS)
+
+
+def _map_operations(path: str, present: object, old: Mapping[str, str], new: Mapping[str, str],
+                    keys: Sequence[str], patch: list[dict[str, Any]]) -> None:
+    """What turns the string map at ``path`` (``present``, read as ``old``) into ``new``, where
+    only ``keys`` may differ."""
+    if not isinstance(present, dict):
+        patch.append({"op": "add", "path": path, "value": new})
+        return
+    for key in keys:
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        where = f"{path}/{patchdiff.escape(key)}"
+        if after is None:
+            patch.append({"op": "remove", "path": where})
+        else:
+            patch.append({"op": "add" if before is None else "replace", "path": where,
+                          "value": after})
+
+
+def _appended(parent: Mapping[str, Any], key: str, item: object) -> tuple[str, str, Any]:
+    """The operation that appends ``item`` to ``parent[key]``, or sets ``[item]`` there when it
+    holds no list (absent, null)."""
+    items = parent.get(key)
+    if isinstance(items, list):
+        return "add", f"/{key}/{len(items)}", item
+    return "add", f"/{key}", [item]
+
+
+def _append_operation(path: str, parent: Mapping[str, Any], key: str,
+                      item: object) -> dict[str, Any]:
+    op, below, value = _appended(parent, key, item)
+    return {"op": op, "path": path + below, "value": value}
+
+
+def _edited_list(path: str, present: object, items: Sequence[Mapping[str, Any]],
+                 edited: Mapping[str, _Edited], patch: list[dict[str, Any]],
+                 *, first: int = 0) -> list[Any]:
+    """``items`` (the list at ``path``, ``present`` as the pod has it, its items from index
+    ``first``) with each container of ``edited`` in place of its namesake."""
+    result: list[Any] = []
+    if not isinstance(present, list):  # absent or null: the whole (possibly empty) list is new
+        result = [edited[c["name"]].container if c["name"] in edited else c for c in items]
+        patch.append({"op": "add", "path": path, "value": result})
+        return result
+    for index, item in enumerate(items, start=first):
+        change = edited.get(item["name"])
+        if change is None:
+            result.append(item)
+            continue
+        result.append(change.container)
+        at = f"{path}/{index}"
+        if change.source is item:
+            patch.extend({"op": op, "path": at + below, "value": value}
+                         for op, below, value in change.operations)
+        elif not patchdiff.same_json(item, change.container):
+            # Two containers of one name (a hand-written manifest; the API server refuses
+            # them): both become the one edited, so this one is replaced whole.
+            patch.append({"op": "replace", "path": at, "value": change.container})
+    return result
+
+
+def _with_launcher_first(present: object, init_containers: Sequence[Mapping[str, Any]],
+                         launcher: Mapping[str, Any], edited: Mapping[str, _Edited],
+                         patch: list[dict[str, Any]]) -> list[Any]:
+    """The init containers with ``launcher`` first and no other of ours, the others edited."""
+    path = "/spec/initContainers"
+    others = [c for c in init_containers if not is_launcher(c)]
+    ours = [index for index, c in enumerate(init_containers) if is_launcher(c)]
+    if not isinstance(present, list) or len(ours) > 1:
+        # No list yet, or more than one launcher (which only a hand-written manifest has).
+        result = [launcher, *(edited[c["name"]].container if c["name"] in edited else c
+                              for c in others)]
+        patch.append({"op": "add", "path": path, "value": result})
+        return result
+    if not ours:
+        patch.append({"op": "add", "path": f"{path}/0", "value": launcher})
+    else:
+        if ours[0]:
+            patch.append({"op": "move", "from": f"{path}/{ours[0]}", "path": f"{path}/0"})
+        if launcher is not init_containers[ours[0]]:
+            patch.append({"op": "replace", "path": f"{path}/0", "value": launcher})
+    return [launcher, *_edited_list(path, present, others, edited, patch, first=1)]
+
+
+# What json_patch compares: the only fields the mutation writes.
 _PATCHED_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metadata", ("annotations", "labels")),
     ("spec", ("initContainers", "containers", "volumes")),

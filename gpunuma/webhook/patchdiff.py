@@ -16,7 +16,7 @@ import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["diff", "same_json"]
+__all__ = ["diff", "escape", "same_json"]
 
 _ABSENT = object()  # a key missing from the old document (None is a JSON value)
 
@@ -97,10 +97,10 @@ def same_json(old: Any, new: Any) -> bool:
 
 def _join(path: str, key: str) -> str:
     """``path`` and one more JSON pointer segment."""
-    return f"{path}/{_escape(key)}"
+    return f"{path}/{escape(key)}"
 
 
-def _escape(key: str) -> str:
+def escape(key: str) -> str:
     """A JSON pointer segment: RFC 6901 escapes ``~`` and ``/``."""
     if "~" in key or "/" in key:
         return key.replace("~", "~0").replace("/", "~1")
@@ -127,7 +127,7 @@ def _align_named_lists(
         staged_names = _names(staged)
         if _names(new[:len(staged)]) == staged_names:
             continue  # same items in the same places, any new ones at the end: nothing to align
-        base = f"/{_escape(section)}/{_escape(key)}"
+        base = f"/{escape(section)}/{escape(key)}"
         for index, item in enumerate(new):
             name = item.get("name") if isinstance(item, dict) else None
             if name is None or staged_names[index:index + 1] == [name]:
