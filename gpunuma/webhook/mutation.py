@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from gpunuma import names
 from gpunuma.settings import DEFAULT_GPU_CLAIMS, MutationSettings, gpu_resource_pattern
@@ -369,7 +369,7 @@ def _select(
     if len(listed) > MAX_CONTAINERS_ANNOTATION:
         warnings.append(warning_line(f"{names.ANNOTATION_CONTAINERS} ignored: {len(listed)} "
                                      f"characters, over {MAX_CONTAINERS_ANNOTATION}"))
-    requested = listed_containers(annotations)
+    requested = listed_containers(annotations) if listed else []
     if requested:
         known = {c["name"] for c in candidates}
         unknown = [name for name in requested if name not in known]
@@ -460,6 +460,12 @@ def _name_clash(
     return None
 
 
+_CLASH_FIX = (f"move it, or leave the container out with {names.ANNOTATION_CONTAINERS}, or the pod "
+              f"with {names.ANNOTATION_INJECT}: \"false\"")
+# Volume sources the kubelet mounts read-only, whatever the mount says.
+_READ_ONLY_SOURCES = frozenset(("configMap", "secret", "downwardAPI", "projected"))
+
+
 def _mount_clash(container: Mapping[str, Any], volumes: Sequence[Mapping[str, Any]]) -> str | None:
     """Why gpunuma's mount cannot be added to ``container`` without breaking it, or None.
 
@@ -468,11 +474,7 @@ def _mount_clash(container: Mapping[str, Any], volumes: Sequence[Mapping[str, An
     volume (a mount below ``/opt/gpunuma``), inside a device file, or inside a read-only volume
     mounted above it. Paths are compared cleaned (``/opt/gpunuma/`` is ``/opt/gpunuma``).
     """
-    name = container["name"]
-    fix = (f"move it, or leave the container out with {names.ANNOTATION_CONTAINERS}, or the pod "
-           f"with {names.ANNOTATION_INJECT}: \"false\"")
-    read_only_sources = {volume["name"] for volume in volumes
-                         if {"configMap", "secret", "downwardAPI", "projected"} & set(volume)}
+    name, fix = container["name"], _CLASH_FIX
     for mount in _named_list(container, "volumeMounts"):
         where = _below_launcher(mount.get("mountPath"))
         if mount["name"] == names.LAUNCHER_VOLUME and where == "at":
@@ -481,8 +483,9 @@ def _mount_clash(container: Mapping[str, Any], volumes: Sequence[Mapping[str, An
             return (f"container {name!r} mounts {mount['name']!r} at "
                     f"{mount.get('mountPath')!r}, where gpunuma mounts its volume "
                     f"{names.LAUNCHER_VOLUME!r} at {names.LAUNCHER_MOUNT_PATH!r}: {fix}")
-        if where == "above" and (mount.get("readOnly") is True
-                                 or mount["name"] in read_only_sources):
+        if where == "above" and (mount.get("readOnly") is True or any(
+                volume["name"] == mount["name"] and not _READ_ONLY_SOURCES.isdisjoint(volume)
+                for volume in volumes)):
             return (f"container {name!r} mounts the read-only volume {mount['name']!r} at "
                     f"{mount.get('mountPath')!r}, so {names.LAUNCHER_MOUNT_PATH!r} cannot be "
                     f"created for gpunuma's mount: {fix}")
@@ -497,7 +500,12 @@ def _mount_clash(container: Mapping[str, Any], volumes: Sequence[Mapping[str, An
 
 def _below_launcher(path: object) -> str | None:
     """Where ``path`` lies from /opt/gpunuma: "at", "below", "above" (an ancestor) or None."""
-    cleaned = posixpath.normpath("/" + str(path or "").lstrip("/"))
+    text = str(path or "")
+    if "opt" not in text and ".." not in text and text.strip("/."):
+        # Cleaning only drops components: with no "opt" the path is not ours or below it, and
+        # with a name left and no ".." to drop it, it is not "/" (every mount's common case).
+        return None
+    cleaned = posixpath.normpath("/" + text.lstrip("/"))
     ours = names.LAUNCHER_MOUNT_PATH
     if cleaned == ours:
         return "at"
@@ -529,8 +537,7 @@ def _strict_denial(skipped: Sequence[str]) -> str:
 # --- Building the mutated pod ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Edited:
+class _Edited(NamedTuple):
     """A container as the mutation wants it, and the operations that make it so."""
 
     source: Mapping[str, Any]
@@ -713,8 +720,8 @@ def _edited_list(path: str, present: object, items: Sequence[Mapping[str, Any]],
         result.append(change.container)
         at = f"{path}/{index}"
         if change.source is item:
-            patch.extend({"op": op, "path": at + below, "value": value}
-                         for op, below, value in change.operations)
+            patch += [{"op": op, "path": at + below, "value": value}
+                      for op, below, value in change.operations]
         elif not patchdiff.same_json(item, change.container):
             # Two containers of one name (a hand-written manifest; the API server refuses
             # them): both become the one edited, so this one is replaced whole.
