@@ -1,12 +1,17 @@
-"""An RFC 6902 JSON patch computed by diffing two JSON documents, made for the webhook's answer.
+"""An RFC 6902 JSON patch computed by diffing two JSON documents.
+
+The webhook's answer is recorded by the mutation as it edits the pod (:mod:`gpunuma.webhook.edits`);
+this differ finds the same change independently, from the pod before and after, and the tests hold
+the one to the other (``mutation.json_patch``). ``same_json`` serves the edits and ``gpunuma
+inject``'s YAML editor too.
 
 Two documents that share most of their objects (the mutated pod reuses every part of the admitted
 pod it did not change) are compared by identity first, so the shared parts are skipped without
 being walked. ``jsonpatch.make_patch`` computes an equivalent diff at 20–28× the cost (measured on
-the webhook's pods), more than a bare aiohttp request takes in all. Lists are diffed the way the
-mutation changes them (items added at the front or the end, or changed in place); lists of named
-items (containers, volumes) can be aligned by name first, so that an item inserted in the middle
-is one ``add``, not a replacement of every item after it. Pure: no I/O.
+the webhook's pods). Lists are diffed the way the mutation changes them (items added at the front
+or the end, or changed in place); lists of named items (containers, volumes) can be aligned by name
+first, so that an item inserted in the middle is one ``add``, not a replacement of every item after
+it. Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ import orjson
 
 from gpunuma.quote import short
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook.mutation import InvalidPod, admission_warning, mutate, warning_line
+from gpunuma.webhook.messages import admission_warning, warning_line
+from gpunuma.webhook.mutation import mutate
+from gpunuma.webhook.podshape import InvalidPod
 
 __all__ = [
     "API_VERSION",
