@@ -7,9 +7,13 @@ the wrong shape raises ``InvalidPod`` with what is wrong. Pure.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 __all__ = ["InvalidPod", "is_string_list", "mapping_at", "named_list", "string_map"]
+
+
+_NONE: Mapping[str, Any] = MappingProxyType({})
 
 
 class InvalidPod(ValueError):
@@ -26,11 +30,15 @@ def mapping_at(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, 
     return value
 
 
-def string_map(metadata: Mapping[str, Any] | None, key: str) -> dict[str, str]:
-    value = mapping_at(metadata or {}, key, f"metadata.{key}") or {}
-    if not all(isinstance(item, str) for item in value.values()):
-        raise InvalidPod(f"metadata.{key} values must be strings (quote them in YAML)")
-    return dict(value)
+def string_map(metadata: Mapping[str, Any] | None, key: str) -> Mapping[str, str]:
+    """The pod's own map at ``metadata[key]`` (not a copy), empty when there is none."""
+    value = mapping_at(metadata or _NONE, key, f"metadata.{key}")
+    if not value:
+        return _NONE
+    for item in value.values():
+        if not isinstance(item, str):
+            raise InvalidPod(f"metadata.{key} values must be strings (quote them in YAML)")
+    return value
 
 
 def named_list(parent: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
@@ -44,4 +52,9 @@ def named_list(parent: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
 
 
 def is_string_list(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if not isinstance(value, list):
+        return False
+    for item in value:  # noqa: SIM110 - a loop: twice as fast as all() over a generator
+        if not isinstance(item, str):
+            return False
+    return True

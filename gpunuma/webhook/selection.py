@@ -5,7 +5,7 @@ that request a GPU resource or use a GPU claim (DRA). Pure; ``kubectl gpunuma ex
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -88,8 +88,8 @@ def listed_containers(annotations: Mapping[str, str]) -> list[str]:
 def gpu_requests(container: Mapping[str, Any], gpu_resources: Sequence[str]) -> dict[str, str]:
     """The GPU resources the container asks for, with their quantities; a zero quantity is no
     request. Raises ``InvalidPod``."""
-    return {resource: str(quantity)
-            for resource, quantity in _gpu_amounts(container, gpu_resource_pattern(tuple(gpu_resources)))}
+    pattern = gpu_resource_pattern(tuple(gpu_resources))
+    return {resource: str(quantity) for resource, quantity in _gpu_amounts(container, pattern).items()}
 
 
 def select(
@@ -134,27 +134,30 @@ def _uses_claim(container: Mapping[str, Any], claims: frozenset[str]) -> bool:
 
 
 def _requests_gpu(container: Mapping[str, Any], gpu_resources: re.Pattern[str]) -> bool:
-    return next(_gpu_amounts(container, gpu_resources), None) is not None
+    return bool(_gpu_amounts(container, gpu_resources, first=True))
 
 
-def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str]
-                 ) -> Iterator[tuple[str, object]]:
-    """(resource, quantity) of each non-zero GPU limit, then each GPU request not limited."""
+def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str], *,
+                 first: bool = False) -> dict[str, object]:
+    """Each non-zero GPU limit's quantity, then each GPU request's not limited; only the first
+    found when ``first``. A loop, not a generator: it runs for every container of every pod."""
+    found: dict[str, object] = {}
     resources = container.get("resources")
     if not resources:
-        return
+        return found
     if not isinstance(resources, dict):
         raise InvalidPod(f"container {container['name']!r}: resources must be a map")
-    seen: set[str] = set()
     for field in ("limits", "requests"):
         amounts = resources.get(field) or {}
         if not isinstance(amounts, dict):
             raise InvalidPod(f"container {container['name']!r}: resources.{field} must be a map")
         for resource, quantity in amounts.items():
-            if (resource not in seen and gpu_resources.match(str(resource))
+            if (resource not in found and gpu_resources.match(str(resource))
                     and not _is_zero(quantity)):
-                seen.add(resource)
-                yield str(resource), quantity
+                found[str(resource)] = quantity
+                if first:
+                    return found
+    return found
 
 
 def _is_zero(quantity: object) -> bool:
