@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gpunuma import names
-from gpunuma.webhook.edits import is_launcher
+from gpunuma.webhook.edits import has_named, is_launcher
 from gpunuma.webhook.podshape import named_list
 
 __all__ = ["below_launcher", "mount_clash", "name_clash"]
@@ -31,7 +31,7 @@ def name_clash(
     """
     ours = names.LAUNCHER_INIT_CONTAINER
     ephemeral = named_list(spec, "ephemeralContainers")
-    if any(c["name"] == ours for c in (*containers, *ephemeral)):
+    if has_named(containers, ours) or has_named(ephemeral, ours):
         return (f"the pod has a container named {ours!r}, a name gpunuma needs for its init "
                 f"container: rename that container, or opt the pod out with "
                 f"{names.ANNOTATION_INJECT}: \"false\"")
@@ -65,6 +65,8 @@ def mount_clash(container: Mapping[str, Any], volumes: Sequence[Mapping[str, Any
     name, fix = container["name"], _CLASH_FIX
     for mount in named_list(container, "volumeMounts"):
         where = below_launcher(mount.get("mountPath"))
+        if where is None and mount["name"] != names.LAUNCHER_VOLUME:
+            continue  # nearly every mount
         if mount["name"] == names.LAUNCHER_VOLUME and where == "at":
             continue  # ours, from an earlier pass
         if mount["name"] == names.LAUNCHER_VOLUME or where in ("at", "below"):

@@ -24,6 +24,7 @@ __all__ = [
     "Edited",
     "append_operation",
     "edited_list",
+    "has_named",
     "is_best_effort",
     "is_launcher",
     "launcher_container",
@@ -91,7 +92,7 @@ def wrap(container: Mapping[str, Any], policy: str, warnings: list[str]) -> Edit
         wrapped["command"] = [names.LAUNCHER_PATH, "--", *command]
         operations += [("add", "/command/0", names.LAUNCHER_PATH), ("add", "/command/1", "--")]
     mounts = named_list(container, "volumeMounts")
-    if not _has(mounts, names.LAUNCHER_VOLUME):
+    if not has_named(mounts, names.LAUNCHER_VOLUME):
         mount = {"name": names.LAUNCHER_VOLUME, "mountPath": names.LAUNCHER_MOUNT_PATH,
                  "readOnly": True}
         wrapped["volumeMounts"] = [*mounts, mount]
@@ -107,7 +108,7 @@ def with_policy(container: Mapping[str, Any], policy: str, warnings: list[str]) 
     operations: list[tuple[str, str, Any]] = []
     env = named_list(container, "env")
     policy_entry = {"name": POLICY_ENV, "value": policy}
-    if not _has(env, POLICY_ENV):
+    if not has_named(env, POLICY_ENV):
         wrapped["env"] = [*env, policy_entry]
         operations.append(_appended(container, "env", policy_entry))
     elif policy_entry not in env:
@@ -119,7 +120,7 @@ def with_policy(container: Mapping[str, Any], policy: str, warnings: list[str]) 
     return Edited(container, wrapped, operations)
 
 
-def _has(items: Sequence[Mapping[str, Any]], name: str) -> bool:
+def has_named(items: Sequence[Mapping[str, Any]], name: str) -> bool:
     """Whether a named list holds an item of this name."""
     for item in items:  # noqa: SIM110 - a loop: twice as fast as any() over a generator
         if item["name"] == name:
@@ -195,6 +196,10 @@ def set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str], *,
         annotations.pop(key, None)
 
 
+# Our keys as JSON-pointer segments, escaped once.
+_SEGMENTS = {key: patchdiff.escape(key) for key in (*OUR_ANNOTATIONS, names.LABEL_MANAGED)}
+
+
 def map_operations(path: str, present: object, old: Mapping[str, str], new: Mapping[str, str],
                    keys: Sequence[str], patch: list[dict[str, Any]]) -> None:
     """What turns the string map at ``path`` (``present``, read as ``old``) into ``new``, where
@@ -206,7 +211,7 @@ def map_operations(path: str, present: object, old: Mapping[str, str], new: Mapp
         before, after = old.get(key), new.get(key)
         if before == after:
             continue
-        where = f"{path}/{patchdiff.escape(key)}"
+        where = f"{path}/{_SEGMENTS.get(key) or patchdiff.escape(key)}"
         if after is None:
             patch.append({"op": "remove", "path": where})
         else:

@@ -63,9 +63,15 @@ class Admission(NamedTuple):
     response: dict[str, Any]
     """The AdmissionReview to send back."""
     outcome: Outcome
-    pod: str
-    """``namespace/name`` of the pod, for logs (generateName plus ``*`` before a name is given)."""
+    request: Mapping[str, Any]
+    """The AdmissionReview's request, which names the pod."""
     reason: str
+
+    @property
+    def pod(self) -> str:
+        """``namespace/name`` of the pod, for logs (generateName plus ``*`` before a name is
+        given); worked out only for a line that is logged."""
+        return _pod_name(self.request, self.request.get("object"))
 
 
 class Memory:
@@ -153,15 +159,14 @@ def admit(
     ):
         # Only pod creation is ever mutated; anything else the webhook may be registered for by
         # mistake is let through untouched.
-        return Admission(_response(uid), "unchanged", _pod_name(request, pod), "not a pod CREATE")
+        return Admission(_response(uid), "unchanged", request, "not a pod CREATE")
     if not isinstance(pod, dict):
         raise BadRequest("request.object must be the pod being created")
-    where = _pod_name(request, pod)
     if memory is not None and len(body) > memory.max_body_bytes:
         memory = None  # too large to keep: neither looked up nor remembered
     key = memory.key(pod, settings, namespace_opted_in) if memory is not None else None
     if memory is not None and key is not None and (known := memory.recall(key)) is not None:
-        return Admission(_review({"uid": uid, **known.response}), known.outcome, where,
+        return Admission(_review({"uid": uid, **known.response}), known.outcome, request,
                          known.reason)
     try:
         mutation = mutate(pod, settings, namespace_opted_in=namespace_opted_in)
@@ -171,16 +176,16 @@ def admit(
         answer = _Answer(outcome, mutation.reason,
                          _answer(patch=mutation.patch, denial=mutation.denial, warnings=warnings))
     except InvalidPod as exc:
-        log.warning("pod %s not mutated: %s", where, exc)
+        log.warning("pod %s not mutated: %s", _pod_name(request, pod), exc)
         return Admission(_response(uid, warnings=[warning_line(f"pod not mutated: {exc}")]),
-                         "error", where, str(exc))
+                         "error", request, str(exc))
     except Exception:
-        log.exception("pod %s not mutated: internal error", where)
+        log.exception("pod %s not mutated: internal error", _pod_name(request, pod))
         warning = warning_line("pod not mutated: internal error in the webhook (see its log)")
-        return Admission(_response(uid, warnings=[warning]), "error", where, "internal error")
+        return Admission(_response(uid, warnings=[warning]), "error", request, "internal error")
     if memory is not None and key is not None and answer.outcome in ("patched", "denied"):
         memory.remember(key, answer)
-    return Admission(_review({"uid": uid, **answer.response}), answer.outcome, where,
+    return Admission(_review({"uid": uid, **answer.response}), answer.outcome, request,
                      answer.reason)
 
 

@@ -103,14 +103,13 @@ def select(
 ) -> set[str]:
     """Names of the containers to wrap: the annotation's list, else those that request GPUs or
     use a claim of ``gpu_claims`` (names of the pod's ``resourceClaims`` entries)."""
-    candidates = [c for c in (*init_containers, *containers) if not is_launcher(c)]
     listed = annotations.get(names.ANNOTATION_CONTAINERS) or ""
     if len(listed) > MAX_CONTAINERS_ANNOTATION:
         warnings.append(warning_line(f"{names.ANNOTATION_CONTAINERS} ignored: {len(listed)} "
                                      f"characters, over {MAX_CONTAINERS_ANNOTATION}"))
     requested = listed_containers(annotations) if listed else []
     if requested:
-        known = {c["name"] for c in candidates}
+        known = {c["name"] for c in (*init_containers, *containers) if not is_launcher(c)}
         unknown = [name for name in requested if name not in known]
         if unknown:
             warnings.append(warning_line(
@@ -119,8 +118,12 @@ def select(
                 f"{quote(unknown[0])}, which is not a container of this pod"))
         return {name for name in requested if name in known}
     pattern = gpu_resource_pattern(tuple(gpu_resources))
-    return {c["name"] for c in candidates
-            if _requests_gpu(c, pattern) or _uses_claim(c, gpu_claims)}
+    chosen: set[str] = set()
+    for container in (*init_containers, *containers):  # a loop: this runs for every pod
+        if not is_launcher(container) and (_gpu_amounts(container, pattern, first=True)
+                                           or _uses_claim(container, gpu_claims)):
+            chosen.add(container["name"])
+    return chosen
 
 
 def _uses_claim(container: Mapping[str, Any], claims: frozenset[str]) -> bool:
@@ -131,10 +134,6 @@ def _uses_claim(container: Mapping[str, Any], claims: frozenset[str]) -> bool:
     if used is not None and not isinstance(used, list):
         raise InvalidPod(f"container {container['name']!r}: resources.claims must be a list")
     return any(isinstance(item, dict) and item.get("name") in claims for item in used or [])
-
-
-def _requests_gpu(container: Mapping[str, Any], gpu_resources: re.Pattern[str]) -> bool:
-    return bool(_gpu_amounts(container, gpu_resources, first=True))
 
 
 def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str], *,

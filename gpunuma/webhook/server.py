@@ -356,7 +356,8 @@ def _log_admission(admission: Admission) -> None:
     # worth a line.
     if admission.outcome == "denied":
         log.info("pod %s: denied (%s)", admission.pod, admission.reason)
-    elif admission.outcome in ("patched", "unchanged"):
+    elif admission.outcome in ("patched", "unchanged") and log.isEnabledFor(logging.DEBUG):
+        # Checked first: the pod's name is only worked out for a line that is written.
         log.debug("pod %s: %s (%s)", admission.pod, admission.outcome, admission.reason)
 
 
