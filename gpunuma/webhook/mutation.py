@@ -29,6 +29,7 @@ from gpunuma.webhook.edits import (
     Edited,
     append_operation,
     edited_list,
+    has_named,
     is_best_effort,
     is_launcher,
     launcher_container,
@@ -153,8 +154,9 @@ def mutate(
                              "\"preferred\"")
         warnings.append(warning_line(f"pod not bound: {too_many}"))
         return unchanged("too many containers")
+    claims = gpu_claim_names(spec, settings.gpu_claims) if spec.get("resourceClaims") else None
     selected = select(annotations, init_containers, containers, settings.gpu_resources, warnings,
-                      gpu_claims=gpu_claim_names(spec, settings.gpu_claims))
+                      gpu_claims=claims or frozenset())
     if not selected:
         return unchanged("no GPU containers")
     if _is_windows(spec):
@@ -210,9 +212,11 @@ def mutate(
     # Kept on the pod, the operator turns them into Events on the pod's owner (no API call here).
     # Only ever added to: a second pass (reinvocation, inject twice) may no longer see what the
     # first warned about (an env var it replaced), and must not patch the pod again for that.
-    kept = [line for line in annotations.get(names.ANNOTATION_WARNINGS, "").split("\n") if line]
+    previous = annotations.get(names.ANNOTATION_WARNINGS)
+    kept = [line for line in previous.split("\n") if line] if previous else []
     set_or_drop(new_annotations, names.ANNOTATION_WARNINGS,
-                [*kept, *(w for w in warnings if w not in kept)], separator="\n")
+                kept + [w for w in warnings if w not in kept] if warnings else kept,
+                separator="\n")
     new_metadata = dict(metadata or {})
     new_metadata["annotations"] = new_annotations
     if metadata is not None:
@@ -237,12 +241,13 @@ def mutate(
         # Ours runs first, before any wrapped init container. One already there is kept as it is
         # (on reinvocation the API server has defaulted its fields), only moved to the front
         # should another webhook have put something before it.
-        existing = next((c for c in init_containers if is_launcher(c)), None)
+        existing = next((c for c in init_containers if is_launcher(c)), None) if (
+            init_containers) else None
         launcher = runs_as_pod_user(existing or launcher_container(
             settings, best_effort=is_best_effort(containers, init_containers)), spec)
         new_spec["initContainers"] = with_launcher_first(
             spec.get("initContainers"), init_containers, launcher, changed_containers, patch)
-        if not any(volume["name"] == names.LAUNCHER_VOLUME for volume in volumes):
+        if not has_named(volumes, names.LAUNCHER_VOLUME):
             volume = launcher_volume()
             new_spec["volumes"] = [*volumes, volume]
             patch.append(append_operation("/spec", spec, "volumes", volume))
