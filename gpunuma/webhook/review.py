@@ -11,8 +11,9 @@ of a Deployment, a Job's pods, a Ray worker group reach the webhook as identical
 
 from __future__ import annotations
 
-import base64
+import binascii
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
@@ -103,33 +104,44 @@ class Memory:
         self.bytes = 0
         """What the remembered keys and answers take, serialised."""
         self.hits = 0
-        self._answers: dict[tuple[MutationSettings, bytes], tuple[_Answer, int]] = {}
+        # Oldest first. An OrderedDict: a plain dict's first entry, after many removed from the
+        # front, is found by walking past every removed slot.
+        self._answers: OrderedDict[tuple[int, bytes], tuple[_Answer, int]] = OrderedDict()
+        # Each distinct settings value gets a number for the keys, so that a lookup hashes an int
+        # and not the settings (a generated __hash__ over every field, four times per miss).
+        self._settings_numbers: dict[MutationSettings, int] = {}
+        self._last_settings: tuple[MutationSettings, int] | None = None
 
     def __len__(self) -> int:
         return len(self._answers)
 
     def key(self, pod: Mapping[str, Any], settings: MutationSettings,
-            namespace_opted_in: bool) -> tuple[MutationSettings, bytes] | None:
+            namespace_opted_in: bool) -> tuple[int, bytes] | None:
+        last = self._last_settings
+        if last is not None and last[0] is settings:  # the server passes the same object
+            number = last[1]
+        else:
+            number = self._settings_numbers.setdefault(settings, len(self._settings_numbers))
+            self._last_settings = settings, number
         try:
-            return settings, orjson.dumps([namespace_opted_in, pod])
+            return number, orjson.dumps([namespace_opted_in, pod])
         except orjson.JSONEncodeError:  # a value orjson cannot write: just not remembered
             return None
 
-    def recall(self, key: tuple[MutationSettings, bytes]) -> _Answer | None:
+    def recall(self, key: tuple[int, bytes]) -> _Answer | None:
         found = self._answers.get(key)
         if found is None:
             return None
         self.hits += 1
         return found[0]
 
-    def remember(self, key: tuple[MutationSettings, bytes], answer: _Answer) -> None:
+    def remember(self, key: tuple[int, bytes], answer: _Answer) -> None:
         cost = len(key[1]) + len(orjson.dumps(answer.response)) + len(answer.reason)
         if cost > self.max_bytes or key in self._answers:
             return
         while self._answers and (len(self._answers) >= self.size
                                  or self.bytes + cost > self.max_bytes):
-            oldest = next(iter(self._answers))
-            self.bytes -= self._answers.pop(oldest)[1]
+            self.bytes -= self._answers.popitem(last=False)[1][1]
         self._answers[key] = (answer, cost)
         self.bytes += cost
 
@@ -259,7 +271,7 @@ def _answer(
         response["status"] = {"code": 403, "reason": "Forbidden", "message": denial}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
+        response["patch"] = binascii.b2a_base64(orjson.dumps(patch), newline=False).decode()
     if warnings:
         response["warnings"] = [admission_warning(warning) for warning in warnings]
     return response
