@@ -63,6 +63,8 @@ class Admission(NamedTuple):
 
     response: dict[str, Any]
     """The AdmissionReview to send back."""
+    body: bytes
+    """``response`` serialised, as it is sent (once, also for the memory's byte count)."""
     outcome: Outcome
     request: Mapping[str, Any]
     """The AdmissionReview's request, which names the pod."""
@@ -135,8 +137,9 @@ class Memory:
         self.hits += 1
         return found[0]
 
-    def remember(self, key: tuple[int, bytes], answer: _Answer) -> None:
-        cost = len(key[1]) + len(orjson.dumps(answer.response)) + len(answer.reason)
+    def remember(self, key: tuple[int, bytes], answer: _Answer, size: int) -> None:
+        """Keep ``answer``, whose whole review takes ``size`` bytes serialised."""
+        cost = len(key[1]) + size + len(answer.reason)
         if cost > self.max_bytes or key in self._answers:
             return
         while self._answers and (len(self._answers) >= self.size
@@ -171,15 +174,15 @@ def admit(
     ):
         # Only pod creation is ever mutated; anything else the webhook may be registered for by
         # mistake is let through untouched.
-        return Admission(_response(uid), "unchanged", request, "not a pod CREATE")
+        return _admission(_response(uid), "unchanged", request, "not a pod CREATE")
     if not isinstance(pod, dict):
         raise BadRequest("request.object must be the pod being created")
     if memory is not None and len(body) > memory.max_body_bytes:
         memory = None  # too large to keep: neither looked up nor remembered
     key = memory.key(pod, settings, namespace_opted_in) if memory is not None else None
     if memory is not None and key is not None and (known := memory.recall(key)) is not None:
-        return Admission(_review({"uid": uid, **known.response}), known.outcome, request,
-                         known.reason)
+        return _admission(_review({"uid": uid, **known.response}), known.outcome, request,
+                          known.reason)
     try:
         mutation = mutate(pod, settings, namespace_opted_in=namespace_opted_in)
         warnings = bounded_warnings(mutation.warnings)
@@ -189,16 +192,22 @@ def admit(
                          _answer(patch=mutation.patch, denial=mutation.denial, warnings=warnings))
     except InvalidPod as exc:
         log.warning("pod %s not mutated: %s", _pod_name(request, pod), exc)
-        return Admission(_response(uid, warnings=[warning_line(f"pod not mutated: {exc}")]),
-                         "error", request, str(exc))
+        return _admission(_response(uid, warnings=[warning_line(f"pod not mutated: {exc}")]),
+                          "error", request, str(exc))
     except Exception:
         log.exception("pod %s not mutated: internal error", _pod_name(request, pod))
         warning = warning_line("pod not mutated: internal error in the webhook (see its log)")
-        return Admission(_response(uid, warnings=[warning]), "error", request, "internal error")
+        return _admission(_response(uid, warnings=[warning]), "error", request, "internal error")
+    admission = _admission(_review({"uid": uid, **answer.response}), answer.outcome, request,
+                           answer.reason)
     if memory is not None and key is not None and answer.outcome in ("patched", "denied"):
-        memory.remember(key, answer)
-    return Admission(_review({"uid": uid, **answer.response}), answer.outcome, request,
-                     answer.reason)
+        memory.remember(key, answer, len(admission.body))
+    return admission
+
+
+def _admission(response: dict[str, Any], outcome: Outcome, request: Mapping[str, Any],
+               reason: str) -> Admission:
+    return Admission(response, orjson.dumps(response), outcome, request, reason)
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -226,6 +235,8 @@ def _parse(body: bytes) -> dict[str, Any]:
 
 def bounded_warnings(warnings: tuple[str, ...] | list[str]) -> list[str]:
     """The warnings once each, in order, at most ``MAX_WARNINGS`` (the last says how many more)."""
+    if not warnings:
+        return []
     unique = list(dict.fromkeys(warnings))
     if len(unique) <= MAX_WARNINGS:
         return unique

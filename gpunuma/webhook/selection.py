@@ -4,6 +4,7 @@ that request a GPU resource or use a GPU claim (DRA). Pure; ``kubectl gpunuma ex
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -88,8 +89,8 @@ def listed_containers(annotations: Mapping[str, str]) -> list[str]:
 def gpu_requests(container: Mapping[str, Any], gpu_resources: Sequence[str]) -> dict[str, str]:
     """The GPU resources the container asks for, with their quantities; a zero quantity is no
     request. Raises ``InvalidPod``."""
-    pattern = gpu_resource_pattern(tuple(gpu_resources))
-    return {resource: str(quantity) for resource, quantity in _gpu_amounts(container, pattern).items()}
+    matcher = _resource_matcher(tuple(gpu_resources))
+    return {resource: str(quantity) for resource, quantity in _gpu_amounts(container, matcher).items()}
 
 
 def select(
@@ -117,10 +118,10 @@ def select(
                 "pod" if len(unknown) > 1 else f"{names.ANNOTATION_CONTAINERS} names "
                 f"{quote(unknown[0])}, which is not a container of this pod"))
         return {name for name in requested if name in known}
-    pattern = gpu_resource_pattern(tuple(gpu_resources))
+    matcher = _resource_matcher(tuple(gpu_resources))
     chosen: set[str] = set()
     for container in (*init_containers, *containers):  # a loop: this runs for every pod
-        if not is_launcher(container) and (_gpu_amounts(container, pattern, first=True)
+        if not is_launcher(container) and (_gpu_amounts(container, matcher, first=True)
                                            or _uses_claim(container, gpu_claims)):
             chosen.add(container["name"])
     return chosen
@@ -136,11 +137,20 @@ def _uses_claim(container: Mapping[str, Any], claims: frozenset[str]) -> bool:
     return any(isinstance(item, dict) and item.get("name") in claims for item in used or [])
 
 
-def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str], *,
-                 first: bool = False) -> dict[str, object]:
+@functools.lru_cache(maxsize=8)
+def _resource_matcher(globs: tuple[str, ...]) -> tuple[frozenset[str], re.Pattern[str]]:
+    """The ``--gpu-resources`` globs without a wildcard, as a set (``nvidia.com/gpu`` is then a
+    lookup, not a regex call), and the pattern of them all."""
+    exact = frozenset(glob for glob in globs if not any(char in glob for char in "*?["))
+    return exact, gpu_resource_pattern(globs)
+
+
+def _gpu_amounts(container: Mapping[str, Any], matcher: tuple[frozenset[str], re.Pattern[str]],
+                 *, first: bool = False) -> dict[str, object]:
     """Each non-zero GPU limit's quantity, then each GPU request's not limited; only the first
     found when ``first``. A loop, not a generator: it runs for every container of every pod."""
     found: dict[str, object] = {}
+    exact, pattern = matcher
     resources = container.get("resources")
     if not resources:
         return found
@@ -151,7 +161,7 @@ def _gpu_amounts(container: Mapping[str, Any], gpu_resources: re.Pattern[str], *
         if not isinstance(amounts, dict):
             raise InvalidPod(f"container {container['name']!r}: resources.{field} must be a map")
         for resource, quantity in amounts.items():
-            if (resource not in found and gpu_resources.match(str(resource))
+            if (resource not in found and (resource in exact or pattern.match(str(resource)))
                     and not _is_zero(quantity)):
                 found[str(resource)] = quantity
                 if first:

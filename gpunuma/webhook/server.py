@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -266,7 +265,7 @@ class WebhookServer:
         def decide(body: bytes) -> tuple[Admission, bytes]:
             admission = admit(body, settings, namespace_opted_in=namespace_opted_in,
                               memory=memory)
-            return admission, orjson.dumps(admission.response)
+            return admission, admission.body
 
         async def handle(request: web.Request) -> web.Response:
             started = time.perf_counter()
