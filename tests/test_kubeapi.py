@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import socket
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from aiohttp import web
 
 from gpunuma.kubeapi import ApiError, Connection, KubeClient, StdlibTransport, tls_context
 from gpunuma.kubeapi.client import _resource_of
+from tests.tlsserver import client_name, serving
 
 N1 = "/api/v1/nodes/n1"  # the test server's node that answers
 GOOD = "good"  # a bearer token the test server accepts
@@ -83,30 +83,18 @@ async def api_server(authority: trustme.CA) -> AsyncIterator[ApiServer]:
                                       "message": "nodes is forbidden"}, status=403)
         if name == "html":
             return web.Response(text="<html>proxy says hi</html>", content_type="text/html")
-        peer = request.transport.get_extra_info("peercert") if request.transport else None
-        subject = dict(pair for rdn in peer["subject"] for pair in rdn) if peer else {}
         return web.json_response({
             "authorization": authorization or None,
-            "client": subject.get("commonName"),
+            "client": client_name(request),
             "body": await request.json() if request.method == "PATCH" else None,
         })
 
     app = web.Application()
     app.router.add_route("*", "/api/v1/nodes/{name}", node)
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(server_context)
-    authority.configure_trust(server_context)
-    server_context.verify_mode = ssl.CERT_OPTIONAL
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
-    await site.start()
-    server.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server.url = f"https://127.0.0.1:{server.port}"
-    try:
+    async with serving(app, authority, "127.0.0.1") as port:
+        server.port = port
+        server.url = f"https://127.0.0.1:{port}"
         yield server
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

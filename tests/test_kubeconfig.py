@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import os
-import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +24,8 @@ from aiohttp import web
 from gpunuma.kubeapi import ApiError, Connection, KubeClient, StdlibTransport
 from gpunuma.kubeapi.kubeconfig import Context, ExecPlugin, KubeconfigError, load, merge, select
 from tests.conftest import require_tool
+from tests.connectproxy import ServiceProxy
+from tests.tlsserver import client_name, serving
 
 EXEC_V1 = "client.authentication.k8s.io/v1"
 EXEC_V1BETA1 = "client.authentication.k8s.io/v1beta1"
@@ -189,31 +190,18 @@ async def recorder(authority: trustme.CA) -> AsyncIterator[tuple[str, list[dict[
     seen: list[dict[str, Any]] = []
 
     async def record(request: web.Request) -> web.Response:
-        peer = request.transport.get_extra_info("peercert") if request.transport else None
-        subject = dict(pair for rdn in peer["subject"] for pair in rdn) if peer else {}
         seen.append({
             "authorization": request.headers.get("Authorization"),
             "impersonate": sorted((k.lower(), v) for k, v in request.headers.items()
                                   if k.lower().startswith("impersonate-")),  # names: any case
-            "client": subject.get("commonName"),
+            "client": client_name(request),
         })
         return web.json_response({"kind": "Node", "metadata": {"name": "n1"}})
 
     app = web.Application()
     app.router.add_get("/api/v1/nodes/n1", record)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("api.lab.internal").configure_cert(context)
-    authority.configure_trust(context)
-    context.verify_mode = ssl.CERT_OPTIONAL
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(app, authority, "api.lab.internal") as port:
         yield f"https://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
 
 
 PLUGIN = """#!/bin/sh
@@ -288,6 +276,38 @@ async def test_gpunuma_sends_the_credentials_kubectl_sends(
     by_kubectl, by_gpunuma = seen
     assert by_gpunuma == by_kubectl
     assert by_gpunuma["authorization"] or by_gpunuma["client"]  # it did authenticate
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "stdlib"])
+async def test_a_proxy_url_is_gone_through_as_kubectl_goes_through_it(
+    recorder: tuple[str, list[dict[str, Any]]], authority: trustme.CA, tmp_path: Path, transport: str,
+) -> None:
+    """The server's name resolves nowhere but at the proxy, as behind a bastion."""
+    server, seen = recorder
+    proxy = ServiceProxy()
+    proxy.route("api.lab.internal:6443", int(server.rsplit(":", 1)[1]))
+    config = write(tmp_path / "kubeconfig", one(user={"token": "via-proxy"}, cluster={
+        "server": "https://api.lab.internal:6443", "proxy-url": proxy.url,
+        "certificate-authority-data": b64(authority.cert_pem.bytes())}))
+    try:
+        kubectl = await asyncio.create_subprocess_exec(
+            require_tool("kubectl"), "--kubeconfig", str(config), "get", "--raw", "/api/v1/nodes/n1",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(kubectl.communicate(), timeout=60)
+        assert kubectl.returncode == 0, stderr.decode()
+        tunnels = proxy.connections
+        client = KubeClient(Connection.from_kubeconfig(config),
+                            transport=StdlibTransport() if transport == "stdlib" else None)
+        try:
+            assert await client.get("/api/v1/nodes/n1") is not None
+        finally:
+            await client.close()
+    finally:
+        proxy.close()
+    assert tunnels >= 1
+    assert proxy.connections == tunnels + 1
+    assert seen[0] == seen[1] == {"authorization": "Bearer via-proxy", "impersonate": [],
+                                  "client": None}
 
 
 # --- the exec plugin protocol --------------------------------------------------------------------
@@ -404,6 +424,8 @@ def one(user: dict[str, Any] | None = None, cluster: dict[str, Any] | None = Non
      "interactiveMode must be one of Never, IfAvailable, Always, not None"),
     (one(cluster={"server": "https://k", "proxy-url": "socks5://p:1080"}),
      "proxy-url 'socks5://p:1080' is not supported"),
+    (one(cluster={"server": "https://k", "proxy-url": "https://p:3128"}),
+     "proxy-url 'https://p:3128' is not supported; gpunuma goes through http:// proxies"),
     ({"clusters": {"c": {}}}, "clusters must be a list"),
 ])
 def test_an_unusable_kubeconfig_is_refused_with_what_to_fix(

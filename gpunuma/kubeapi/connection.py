@@ -79,7 +79,7 @@ class Connection:
     namespace: str = "default"  # a kubeconfig context's namespace, for clients that default to it
     headers: tuple[tuple[str, str], ...] = ()  # sent with every request (impersonation)
     server_hostname: str | None = None  # the name to verify the certificate for, if not the URL's
-    proxy: str | None = None  # an http(s) proxy's URL
+    proxy: str | None = None  # an http:// proxy's URL (CONNECT for https servers)
 
     @classmethod
     def in_cluster(

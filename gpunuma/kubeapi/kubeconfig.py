@@ -317,9 +317,9 @@ def _refuse_unusable(found: Context, user_name: str, user: Mapping[str, Any], fi
     if found.token and (found.username or found.password):
         raise KubeconfigError(f"user {user_name!r} in {file} has both a token and a username/"
                               "password: keep one")
-    if found.proxy_url and not found.proxy_url.startswith(("http://", "https://")):
+    if found.proxy_url and not found.proxy_url.startswith("http://"):
         raise KubeconfigError(f"cluster of context {found.name!r}: proxy-url {found.proxy_url!r} "
-                              "is not supported; gpunuma goes through http:// or https:// proxies")
+                              "is not supported; gpunuma goes through http:// proxies (CONNECT)")
 
 
 def _text(entry: Mapping[str, Any], key: str, file: Path) -> str | None:
