@@ -12,7 +12,7 @@ Printed, each against a baseline measured in the same run:
   discovery pass and per kubelet poll, counted from the agent's metrics and the kubelet's calls);
 - the agent's resident memory (VmRSS, and its peak VmHWM) against a bare Python interpreter
   started the same way; target under 100 MiB. kmock speaks plain HTTP, so the agent runs with
-  ``--kubeconfig``, which loads lightkube's kubeconfig loader that the in-cluster path does
+  ``--kubeconfig``, which loads the kubeconfig reader (and PyYAML) that the in-cluster path does
   without: the figure is an upper bound for the DaemonSet.
 """
 

@@ -1,5 +1,8 @@
 """The shared API client over real TLS on loopback (kmock has none): every way to build a
-connection, token rotation, re-login on 401, error mapping, and transport failures as status 0."""
+connection, token rotation, re-login on 401, error mapping, and transport failures as status 0.
+
+Every test runs over both transports (aiohttp, the standard library's): the client must behave
+the same whichever carries its requests."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import base64
 import json
 import os
 import socket
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +20,31 @@ import pytest
 import trustme
 from aiohttp import web
 
-from gpunuma.kubeapi import ApiError, Connection, KubeClient, _resource_of, tls_context
+from gpunuma.kubeapi import ApiError, Connection, KubeClient, StdlibTransport, tls_context
+from gpunuma.kubeapi.client import _resource_of
+from tests.tlsserver import client_name, serving
 
 N1 = "/api/v1/nodes/n1"  # the test server's node that answers
 GOOD = "good"  # a bearer token the test server accepts
 EXPIRED = "Bearer expired"  # the one credential the test server rejects with 401
 BASIC_PASSWORD = "basic"  # noqa: S105 - a test credential for basic authentication
+
+
+TRANSPORTS = ("aiohttp", "stdlib")
+_chosen = {"transport": TRANSPORTS[0]}
+
+
+@pytest.fixture(autouse=True, params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    _chosen["transport"] = request.param
+    return str(request.param)
+
+
+def new_client(connection: Connection | None = None, **options: Any) -> KubeClient:
+    """A client over the transport this test runs with."""
+    if _chosen["transport"] == "stdlib":
+        options["transport"] = StdlibTransport()
+    return KubeClient(connection, **options)
 
 
 @dataclass
@@ -62,30 +83,18 @@ async def api_server(authority: trustme.CA) -> AsyncIterator[ApiServer]:
                                       "message": "nodes is forbidden"}, status=403)
         if name == "html":
             return web.Response(text="<html>proxy says hi</html>", content_type="text/html")
-        peer = request.transport.get_extra_info("peercert") if request.transport else None
-        subject = dict(pair for rdn in peer["subject"] for pair in rdn) if peer else {}
         return web.json_response({
             "authorization": authorization or None,
-            "client": subject.get("commonName"),
+            "client": client_name(request),
             "body": await request.json() if request.method == "PATCH" else None,
         })
 
     app = web.Application()
     app.router.add_route("*", "/api/v1/nodes/{name}", node)
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(server_context)
-    authority.configure_trust(server_context)
-    server_context.verify_mode = ssl.CERT_OPTIONAL
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
-    await site.start()
-    server.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server.url = f"https://127.0.0.1:{server.port}"
-    try:
+    async with serving(app, authority, "127.0.0.1") as port:
+        server.port = port
+        server.url = f"https://127.0.0.1:{port}"
         yield server
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -108,7 +117,7 @@ def cluster_env(port: int | str, host: str = "127.0.0.1") -> dict[str, str]:
 
 async def get_once(connection: Connection, path: str = N1) -> dict[str, Any] | None:
     """One GET by a fresh client, closed afterwards."""
-    client = KubeClient(connection)
+    client = new_client(connection)
     try:
         return await client.get(path)
     finally:
@@ -117,7 +126,7 @@ async def get_once(connection: Connection, path: str = N1) -> dict[str, Any] | N
 
 async def error_of(connection: Connection, path: str = N1, *, patch: Any = None) -> ApiError:
     """The error of one GET (or merge patch) by a fresh client, closed afterwards."""
-    client = KubeClient(connection)
+    client = new_client(connection)
     try:
         with pytest.raises(ApiError) as error:
             await (client.get(path) if patch is None else client.merge_patch(path, patch))
@@ -131,7 +140,7 @@ async def error_of(connection: Connection, path: str = N1, *, patch: Any = None)
 async def test_the_in_cluster_account_talks_tls_and_follows_token_rotation(
     api_server: ApiServer, service_account: Path,
 ) -> None:
-    client = KubeClient(Connection.in_cluster(service_account, cluster_env(api_server.port)))
+    client = new_client(Connection.in_cluster(service_account, cluster_env(api_server.port)))
     try:
         first = await client.get(N1)
         (service_account / "token").write_text("rotated-token\n")
@@ -240,7 +249,7 @@ async def test_a_server_with_a_certificate_of_another_authority_is_refused(
 async def test_a_merge_patch_is_sent_as_one_and_counted_by_resource(
     api_server: ApiServer, authority: trustme.CA,
 ) -> None:
-    client = KubeClient(Connection.from_kopf(kopf.ConnectionInfo(
+    client = new_client(Connection.from_kopf(kopf.ConnectionInfo(
         server=api_server.url, ca_data=authority.cert_pem.bytes(), token=GOOD)))
     try:
         answer = await client.merge_patch(N1, {"labels": {"a": "b"}})
@@ -285,7 +294,7 @@ async def test_a_rejected_token_makes_the_client_log_in_again_once(
         return Connection.from_kopf(kopf.ConnectionInfo(
             server=api_server.url, ca_data=authority.cert_pem.bytes(), token=next(tokens)))
 
-    client = KubeClient(login=login)
+    client = new_client(login=login)
     try:
         answer = await client.merge_patch(N1, {"x": 1})
         await client.get(N1)  # the new credential is kept
@@ -308,7 +317,7 @@ async def test_without_a_login_a_rejected_token_is_an_error_sent_once(
 
 
 async def test_a_login_without_credentials_says_so() -> None:
-    client = KubeClient(login=lambda: None)
+    client = new_client(login=lambda: None)
     try:
         with pytest.raises(ApiError, match="no credentials") as error:
             await client.get(N1)
@@ -357,7 +366,7 @@ def test_requests_are_counted_by_resource(path: str, resource: str) -> None:
 async def test_a_kubeconfig_context_with_an_exec_plugin_and_its_namespace(
     api_server: ApiServer, authority: trustme.CA, tmp_path: Path,
 ) -> None:
-    """lightkube's loader: the chosen (not the current) context, its namespace, and an exec plugin's
+    """The kubeconfig loader: the chosen (not the current) context, its namespace, and an exec plugin's
     token (as cloud kubeconfigs authenticate)."""
     plugin = tmp_path / "credential"
     plugin.write_text('#!/bin/sh\necho \'{"apiVersion": "client.authentication.k8s.io/v1beta1", '
@@ -383,7 +392,7 @@ async def test_a_kubeconfig_context_with_an_exec_plugin_and_its_namespace(
 async def test_delete_answers_the_object_and_none_when_it_is_already_gone(
     api_server: ApiServer, service_account: Path,
 ) -> None:
-    client = KubeClient(Connection.in_cluster(service_account, cluster_env(api_server.port)))
+    client = new_client(Connection.in_cluster(service_account, cluster_env(api_server.port)))
     try:
         assert await client.delete(N1) == echo("Bearer first-token")
         assert await client.delete("/api/v1/nodes/n2") is None

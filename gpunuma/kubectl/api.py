@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from gpunuma import names
-from gpunuma.kubeapi import ApiError, Connection, KubeClient
+from gpunuma.kubeapi import ApiError, Connection, KubeClient, StdlibTransport
 from gpunuma.kubectl.objects import WEBHOOK_CONFIGURATION_LABELS
 
 __all__ = ["ClusterError", "KubeApi"]
@@ -43,7 +43,9 @@ class KubeApi:
                                f"{exc.__cause__ or exc.message}") from exc
         self.namespace: str = connection.namespace or "default"
         self.server: str = connection.server
-        self._client = KubeClient(connection, user_agent="kubectl-gpunuma", timeout_s=timeout)
+        # The standard library's transport: aiohttp's import alone would double the start-up.
+        self._client = KubeClient(connection, user_agent="kubectl-gpunuma",
+                                  transport=StdlibTransport(timeout))
 
     async def __aenter__(self) -> KubeApi:
         return self

@@ -1,5 +1,5 @@
-"""gpunuma's one Kubernetes client (gpunuma.kubeapi) against the real API server: lightkube's
-kubeconfig loading with a client certificate and with a token, every write the components make,
+"""gpunuma's one Kubernetes client (gpunuma.kubeapi) against the real API server: kubeconfig
+loading with a client certificate and with a token, every write the components make,
 and the error statuses the retry rule sorts."""
 
 from __future__ import annotations
