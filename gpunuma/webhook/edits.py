@@ -92,10 +92,7 @@ def wrap(container: Mapping[str, Any], policy: str, warnings: list[str]) -> Edit
         wrapped["command"] = [names.LAUNCHER_PATH, "--", *command]
         operations += [("add", "/command/0", names.LAUNCHER_PATH), ("add", "/command/1", "--")]
     mounts = named_list(container, "volumeMounts")
-    for mount in mounts:
-        if mount["name"] == names.LAUNCHER_VOLUME:
-            break
-    else:
+    if not has_named(mounts, names.LAUNCHER_VOLUME):
         mount = {"name": names.LAUNCHER_VOLUME, "mountPath": names.LAUNCHER_MOUNT_PATH,
                  "readOnly": True}
         wrapped["volumeMounts"] = [*mounts, mount]
