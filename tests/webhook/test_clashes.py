@@ -16,15 +16,13 @@ from gpunuma.webhook.clashes import below_launcher
 
 
 def _cleaned_answer(path: str) -> str | None:
+    """The answer worked out another way: clean the path, then compare common prefixes."""
     cleaned = posixpath.normpath("/" + path.lstrip("/"))
     ours = names.LAUNCHER_MOUNT_PATH
+    common = posixpath.commonpath([cleaned, ours])
     if cleaned == ours:
         return "at"
-    if cleaned.startswith(ours + "/"):
-        return "below"
-    if ours.startswith(cleaned.rstrip("/") + "/"):
-        return "above"
-    return None
+    return "below" if common == ours else "above" if common == cleaned else None
 
 
 _PARTS = st.sampled_from(["/", ".", "..", "opt", "gpunuma", "data", "o", "pt", "x", "//", "./"])
