@@ -66,15 +66,16 @@ class Admission(NamedTuple):
     body: bytes
     """``response`` serialised, as it is sent (once, also for the memory's byte count)."""
     outcome: Outcome
-    request: Mapping[str, Any]
-    """The AdmissionReview's request, which names the pod."""
+    names: tuple[object, object]
+    """The pod's namespace and name as the request gives them (see ``pod``). Not the request
+    itself: a large pod's parsed tree is freed where it was decided, off the event loop."""
     reason: str
 
     @property
     def pod(self) -> str:
         """``namespace/name`` of the pod, for logs (generateName plus ``*`` before a name is
-        given); worked out only for a line that is logged."""
-        return _pod_name(self.request, self.request.get("object"))
+        given): made printable only for a line that is logged."""
+        return _printable_names(self.names)
 
 
 class Memory:
@@ -207,7 +208,8 @@ def admit(
 
 def _admission(response: dict[str, Any], outcome: Outcome, request: Mapping[str, Any],
                reason: str) -> Admission:
-    return Admission(response, orjson.dumps(response), outcome, request, reason)
+    return Admission(response, orjson.dumps(response), outcome,
+                     _pod_names(request, request.get("object")), reason)
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -244,14 +246,23 @@ def bounded_warnings(warnings: tuple[str, ...] | list[str]) -> list[str]:
     return [*kept, warning_line(f"and {len(unique) - len(kept)} more warnings like these")]
 
 
-def _pod_name(request: Mapping[str, Any], pod: object) -> str:
+def _pod_names(request: Mapping[str, Any], pod: object) -> tuple[object, object]:
     metadata = pod.get("metadata") if isinstance(pod, dict) else None
     metadata = metadata if isinstance(metadata, dict) else {}
     namespace = request.get("namespace") or metadata.get("namespace") or "-"
     name = request.get("name") or metadata.get("name")
     if not name:
         name = f"{metadata.get('generateName') or ''}*"
+    return namespace, name
+
+
+def _printable_names(names: tuple[object, object]) -> str:
+    namespace, name = names
     return f"{_printable(namespace)}/{_printable(name)}"
+
+
+def _pod_name(request: Mapping[str, Any], pod: object) -> str:
+    return _printable_names(_pod_names(request, pod))
 
 
 def _printable(value: object, limit: int = 253) -> str:
