@@ -28,11 +28,11 @@ from gpunuma.kubectl.objects import (
 )
 from gpunuma.kubectl.render import format_table
 from gpunuma.settings import DEFAULT_GPU_RESOURCES
-from gpunuma.webhook.mutation import (
-    MIRROR_POD_ANNOTATION,
+from gpunuma.webhook.edits import is_launcher
+from gpunuma.webhook.mutation import MIRROR_POD_ANNOTATION
+from gpunuma.webhook.selection import (
     gpu_claims_used,
     gpu_requests,
-    is_launcher,
     listed_containers,
     selected_containers,
 )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpunuma import names
-from gpunuma.webhook.mutation import POLICY_ENV
+from gpunuma.webhook.edits import POLICY_ENV
 
 __all__ = [
     "NONE", "NUMA_EXEC_PREFIX", "SYSTEM_NAMESPACES", "WEBHOOK_CONFIGURATION_LABELS", "Obj",

@@ -24,7 +24,8 @@ from typing import Any
 from gpunuma import names
 from gpunuma.settings import MutationSettings
 from gpunuma.webhook.kubeyaml import KubeYAMLError, read
-from gpunuma.webhook.mutation import InvalidPod, mutate
+from gpunuma.webhook.mutation import mutate
+from gpunuma.webhook.podshape import InvalidPod
 from gpunuma.webhook.uninject import remove_mutation
 
 __all__ = [

@@ -1,12 +1,17 @@
-"""An RFC 6902 JSON patch computed by diffing two JSON documents, made for the webhook's answer.
+"""An RFC 6902 JSON patch computed by diffing two JSON documents.
+
+The webhook's answer is recorded by the mutation as it edits the pod (:mod:`gpunuma.webhook.edits`);
+this differ finds the same change independently, from the pod before and after, and the tests hold
+the one to the other (``mutation.json_patch``). ``same_json`` serves the edits and ``gpunuma
+inject``'s YAML editor too.
 
 Two documents that share most of their objects (the mutated pod reuses every part of the admitted
 pod it did not change) are compared by identity first, so the shared parts are skipped without
 being walked. ``jsonpatch.make_patch`` computes an equivalent diff at 20–28× the cost (measured on
-the webhook's pods), more than a bare aiohttp request takes in all. Lists are diffed the way the
-mutation changes them (items added at the front or the end, or changed in place); lists of named
-items (containers, volumes) can be aligned by name first, so that an item inserted in the middle
-is one ``add``, not a replacement of every item after it. Pure: no I/O.
+the webhook's pods). Lists are diffed the way the mutation changes them (items added at the front
+or the end, or changed in place); lists of named items (containers, volumes) can be aligned by name
+first, so that an item inserted in the middle is one ``add``, not a replacement of every item after
+it. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["diff", "same_json"]
+__all__ = ["diff", "escape", "same_json"]
 
 _ABSENT = object()  # a key missing from the old document (None is a JSON value)
 
@@ -97,10 +102,10 @@ def same_json(old: Any, new: Any) -> bool:
 
 def _join(path: str, key: str) -> str:
     """``path`` and one more JSON pointer segment."""
-    return f"{path}/{_escape(key)}"
+    return f"{path}/{escape(key)}"
 
 
-def _escape(key: str) -> str:
+def escape(key: str) -> str:
     """A JSON pointer segment: RFC 6901 escapes ``~`` and ``/``."""
     if "~" in key or "/" in key:
         return key.replace("~", "~0").replace("/", "~1")
@@ -127,7 +132,7 @@ def _align_named_lists(
         staged_names = _names(staged)
         if _names(new[:len(staged)]) == staged_names:
             continue  # same items in the same places, any new ones at the end: nothing to align
-        base = f"/{_escape(section)}/{_escape(key)}"
+        base = f"/{escape(section)}/{escape(key)}"
         for index, item in enumerate(new):
             name = item.get("name") if isinstance(item, dict) else None
             if name is None or staged_names[index:index + 1] == [name]:

@@ -11,11 +11,11 @@ of a Deployment, a Job's pods, a Ray worker group reach the webhook as identical
 
 from __future__ import annotations
 
-import base64
+import binascii
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 # orjson parses and writes JSON several times faster than the standard library; in the admission
 # path that is a third of the webhook's own work per request.
@@ -23,7 +23,9 @@ import orjson
 
 from gpunuma.quote import short
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook.mutation import InvalidPod, admission_warning, mutate, warning_line
+from gpunuma.webhook.messages import admission_warning, warning_line
+from gpunuma.webhook.mutation import mutate
+from gpunuma.webhook.podshape import InvalidPod
 
 __all__ = [
     "API_VERSION",
@@ -56,14 +58,24 @@ class BadRequest(ValueError):
     """The body is not an AdmissionReview v1 request; the message says what is wrong."""
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
+    """One request's answer (a NamedTuple: immutable, and cheap to build for every request)."""
+
     response: dict[str, Any]
     """The AdmissionReview to send back."""
+    body: bytes
+    """``response`` serialised, as it is sent (once, also for the memory's byte count)."""
     outcome: Outcome
-    pod: str
-    """``namespace/name`` of the pod, for logs (generateName plus ``*`` before a name is given)."""
+    names: tuple[object, object]
+    """The pod's namespace and name as the request gives them (see ``pod``). Not the request
+    itself: a large pod's parsed tree is freed where it was decided, off the event loop."""
     reason: str
+
+    @property
+    def pod(self) -> str:
+        """``namespace/name`` of the pod, for logs (generateName plus ``*`` before a name is
+        given): made printable only for a line that is logged."""
+        return _printable_names(self.names)
 
 
 class Memory:
@@ -95,39 +107,50 @@ class Memory:
         self.bytes = 0
         """What the remembered keys and answers take, serialised."""
         self.hits = 0
-        self._answers: dict[tuple[MutationSettings, bytes], tuple[_Answer, int]] = {}
+        # Oldest first. An OrderedDict: a plain dict's first entry, after many removed from the
+        # front, is found by walking past every removed slot.
+        self._answers: OrderedDict[tuple[int, bytes], tuple[_Answer, int]] = OrderedDict()
+        # Each distinct settings value gets a number for the keys, so that a lookup hashes an int
+        # and not the settings (a generated __hash__ over every field, four times per miss).
+        self._settings_numbers: dict[MutationSettings, int] = {}
+        self._last_settings: tuple[MutationSettings, int] | None = None
 
     def __len__(self) -> int:
         return len(self._answers)
 
     def key(self, pod: Mapping[str, Any], settings: MutationSettings,
-            namespace_opted_in: bool) -> tuple[MutationSettings, bytes] | None:
+            namespace_opted_in: bool) -> tuple[int, bytes] | None:
+        last = self._last_settings
+        if last is not None and last[0] is settings:  # the server passes the same object
+            number = last[1]
+        else:
+            number = self._settings_numbers.setdefault(settings, len(self._settings_numbers))
+            self._last_settings = settings, number
         try:
-            return settings, orjson.dumps([namespace_opted_in, pod])
+            return number, orjson.dumps([namespace_opted_in, pod])
         except orjson.JSONEncodeError:  # a value orjson cannot write: just not remembered
             return None
 
-    def recall(self, key: tuple[MutationSettings, bytes]) -> _Answer | None:
+    def recall(self, key: tuple[int, bytes]) -> _Answer | None:
         found = self._answers.get(key)
         if found is None:
             return None
         self.hits += 1
         return found[0]
 
-    def remember(self, key: tuple[MutationSettings, bytes], answer: _Answer) -> None:
-        cost = len(key[1]) + len(orjson.dumps(answer.response)) + len(answer.reason)
+    def remember(self, key: tuple[int, bytes], answer: _Answer, size: int) -> None:
+        """Keep ``answer``, whose whole review takes ``size`` bytes serialised."""
+        cost = len(key[1]) + size + len(answer.reason)
         if cost > self.max_bytes or key in self._answers:
             return
         while self._answers and (len(self._answers) >= self.size
                                  or self.bytes + cost > self.max_bytes):
-            oldest = next(iter(self._answers))
-            self.bytes -= self._answers.pop(oldest)[1]
+            self.bytes -= self._answers.popitem(last=False)[1][1]
         self._answers[key] = (answer, cost)
         self.bytes += cost
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
+class _Answer(NamedTuple):
     outcome: Outcome
     reason: str
     response: dict[str, Any]
@@ -152,16 +175,15 @@ def admit(
     ):
         # Only pod creation is ever mutated; anything else the webhook may be registered for by
         # mistake is let through untouched.
-        return Admission(_response(uid), "unchanged", _pod_name(request, pod), "not a pod CREATE")
+        return _admission(_response(uid), "unchanged", request, "not a pod CREATE")
     if not isinstance(pod, dict):
         raise BadRequest("request.object must be the pod being created")
-    where = _pod_name(request, pod)
     if memory is not None and len(body) > memory.max_body_bytes:
         memory = None  # too large to keep: neither looked up nor remembered
     key = memory.key(pod, settings, namespace_opted_in) if memory is not None else None
     if memory is not None and key is not None and (known := memory.recall(key)) is not None:
-        return Admission(_review({"uid": uid, **known.response}), known.outcome, where,
-                         known.reason)
+        return _admission(_review({"uid": uid, **known.response}), known.outcome, request,
+                          known.reason)
     try:
         mutation = mutate(pod, settings, namespace_opted_in=namespace_opted_in)
         warnings = bounded_warnings(mutation.warnings)
@@ -170,17 +192,24 @@ def admit(
         answer = _Answer(outcome, mutation.reason,
                          _answer(patch=mutation.patch, denial=mutation.denial, warnings=warnings))
     except InvalidPod as exc:
-        log.warning("pod %s not mutated: %s", where, exc)
-        return Admission(_response(uid, warnings=[warning_line(f"pod not mutated: {exc}")]),
-                         "error", where, str(exc))
+        log.warning("pod %s not mutated: %s", _pod_name(request, pod), exc)
+        return _admission(_response(uid, warnings=[warning_line(f"pod not mutated: {exc}")]),
+                          "error", request, str(exc))
     except Exception:
-        log.exception("pod %s not mutated: internal error", where)
+        log.exception("pod %s not mutated: internal error", _pod_name(request, pod))
         warning = warning_line("pod not mutated: internal error in the webhook (see its log)")
-        return Admission(_response(uid, warnings=[warning]), "error", where, "internal error")
+        return _admission(_response(uid, warnings=[warning]), "error", request, "internal error")
+    admission = _admission(_review({"uid": uid, **answer.response}), answer.outcome, request,
+                           answer.reason)
     if memory is not None and key is not None and answer.outcome in ("patched", "denied"):
-        memory.remember(key, answer)
-    return Admission(_review({"uid": uid, **answer.response}), answer.outcome, where,
-                     answer.reason)
+        memory.remember(key, answer, len(admission.body))
+    return admission
+
+
+def _admission(response: dict[str, Any], outcome: Outcome, request: Mapping[str, Any],
+               reason: str) -> Admission:
+    return Admission(response, orjson.dumps(response), outcome,
+                     _pod_names(request, request.get("object")), reason)
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -208,6 +237,8 @@ def _parse(body: bytes) -> dict[str, Any]:
 
 def bounded_warnings(warnings: tuple[str, ...] | list[str]) -> list[str]:
     """The warnings once each, in order, at most ``MAX_WARNINGS`` (the last says how many more)."""
+    if not warnings:
+        return []
     unique = list(dict.fromkeys(warnings))
     if len(unique) <= MAX_WARNINGS:
         return unique
@@ -215,14 +246,23 @@ def bounded_warnings(warnings: tuple[str, ...] | list[str]) -> list[str]:
     return [*kept, warning_line(f"and {len(unique) - len(kept)} more warnings like these")]
 
 
-def _pod_name(request: Mapping[str, Any], pod: object) -> str:
+def _pod_names(request: Mapping[str, Any], pod: object) -> tuple[object, object]:
     metadata = pod.get("metadata") if isinstance(pod, dict) else None
     metadata = metadata if isinstance(metadata, dict) else {}
     namespace = request.get("namespace") or metadata.get("namespace") or "-"
     name = request.get("name") or metadata.get("name")
     if not name:
         name = f"{metadata.get('generateName') or ''}*"
+    return namespace, name
+
+
+def _printable_names(names: tuple[object, object]) -> str:
+    namespace, name = names
     return f"{_printable(namespace)}/{_printable(name)}"
+
+
+def _pod_name(request: Mapping[str, Any], pod: object) -> str:
+    return _printable_names(_pod_names(request, pod))
 
 
 def _printable(value: object, limit: int = 253) -> str:
@@ -253,7 +293,7 @@ def _answer(
         response["status"] = {"code": 403, "reason": "Forbidden", "message": denial}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
+        response["patch"] = binascii.b2a_base64(orjson.dumps(patch), newline=False).decode()
     if warnings:
         response["warnings"] = [admission_warning(warning) for warning in warnings]
     return response

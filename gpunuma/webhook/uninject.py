@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpunuma import names
-from gpunuma.webhook.mutation import POLICY_ENV
+from gpunuma.webhook.edits import POLICY_ENV
 
 __all__ = ["GPUNUMA_WRITTEN_ANNOTATIONS", "remove_mutation"]
 
