@@ -22,7 +22,8 @@ import trustme
 from aiohttp import web
 
 from gpunuma.kubeapi import ApiError, Connection, KubeClient, StdlibTransport
-from gpunuma.kubeapi.kubeconfig import Context, ExecPlugin, KubeconfigError, load, merge, select
+from gpunuma.kubeapi.execplugin import ExecPlugin, ExecPluginError
+from gpunuma.kubeapi.kubeconfig import Context, KubeconfigError, load, merge, select
 from tests.conftest import require_tool
 from tests.connectproxy import ServiceProxy
 from tests.tlsserver import client_name, serving
@@ -380,7 +381,7 @@ def test_a_failing_exec_plugin_is_named_with_what_it_did(tmp_path: Path, answer:
     script.write_text(f"#!/bin/sh\n{answer}\n")
     script.chmod(0o755)
     plugin = ExecPlugin(user="ci", api_version=EXEC_V1, command=str(script), interactive_mode="Never")
-    with pytest.raises(KubeconfigError, match="exec credential plugin of kubeconfig user 'ci'") as error:
+    with pytest.raises(ExecPluginError, match="exec credential plugin of kubeconfig user 'ci'") as error:
         plugin.run()
     assert message in str(error.value)
 
@@ -388,7 +389,7 @@ def test_a_failing_exec_plugin_is_named_with_what_it_did(tmp_path: Path, answer:
 def test_a_missing_exec_plugin_shows_its_install_hint(tmp_path: Path) -> None:
     plugin = ExecPlugin(user="eks", api_version=EXEC_V1, command="no-such-aws-iam-authenticator",
                         interactive_mode="Never", install_hint="Install it: https://example/aws")
-    with pytest.raises(KubeconfigError, match=r"not installed or not on PATH\. Install it: https://"):
+    with pytest.raises(ExecPluginError, match=r"not installed or not on PATH\. Install it: https://"):
         plugin.run()
 
 

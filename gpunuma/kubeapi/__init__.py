@@ -14,7 +14,8 @@ fresh virtual environments, see docs/development.md):
 
 So the client is gpunuma's own, in parts:
 
-- :mod:`.kubeconfig` reads kubeconfigs by client-go's rules (tested against kubectl itself);
+- :mod:`.kubeconfig` reads kubeconfigs by client-go's rules (tested against kubectl itself), and
+  :mod:`.execplugin` runs their exec credential plugins by client-go's protocol;
 - :mod:`.connection`: a :class:`Connection` says where the API server is and how to
   authenticate: the pod's service account, a kubeconfig context, or kopf's ``ConnectionInfo``
   (so that the operator's client and kopf see the same server);

@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 
 from gpunuma.kubeapi import kubeconfig as kubeconfig_loader
 from gpunuma.kubeapi.errors import ApiError
+from gpunuma.kubeapi.execplugin import ExecCredential, ExecPluginError
 
 __all__ = ["SERVICE_ACCOUNT", "Connection", "tls_context"]
 
@@ -122,7 +123,7 @@ class Connection:
         try:
             found = kubeconfig_loader.load(kubeconfig, context, environ)
             credential = found.exec_plugin.run(environ) if found.exec_plugin else None
-        except kubeconfig_loader.KubeconfigError as error:
+        except (kubeconfig_loader.KubeconfigError, ExecPluginError) as error:
             where = kubeconfig or environ.get("KUBECONFIG") or kubeconfig_loader.DEFAULT_PATH
             raise ApiError(0, f"cannot load kubeconfig {where}: {error}") from error
         ssl_context = None
@@ -169,7 +170,7 @@ class Connection:
 
 
 def _kubeconfig_authorization(
-    found: kubeconfig_loader.Context, credential: kubeconfig_loader.ExecCredential | None,
+    found: kubeconfig_loader.Context, credential: ExecCredential | None,
     environ: Mapping[str, str],
 ) -> Callable[[], str | None]:
     """The ``Authorization`` header of a kubeconfig user, by client-go's precedence: token, token
