@@ -162,7 +162,6 @@ class KubeClient:
         return result
 
 
-
 def _resource_of(path: str) -> str:
     """``/api/v1/nodes/n1`` → ``nodes``; ``/api/v1/namespaces/ns/pods/p`` → ``pods``."""
     parts = [p for p in path.split("?", maxsplit=1)[0].split("/") if p]

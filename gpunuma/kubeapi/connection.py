@@ -167,8 +167,6 @@ class Connection:
         return cls(server=server, ssl_context=context, authorization=lambda: header)
 
 
-
-
 def _kubeconfig_authorization(
     found: kubeconfig_loader.Context, credential: ExecCredential | None,
     environ: Mapping[str, str],

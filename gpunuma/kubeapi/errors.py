@@ -33,7 +33,6 @@ class ApiError(Exception):
         return self.status == 0 or self.status in RETRYABLE_STATUSES
 
 
-
 def error_from(status: int, text: str, method: str, path: str) -> ApiError:
     """The :class:`ApiError` of an HTTP error answer: the Status object's message, if it is one."""
     try:

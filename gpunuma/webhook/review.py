@@ -234,7 +234,6 @@ def _parse(body: bytes) -> dict[str, Any]:
     return request
 
 
-
 def bounded_warnings(warnings: tuple[str, ...] | list[str]) -> list[str]:
     """The warnings once each, in order, at most ``MAX_WARNINGS`` (the last says how many more)."""
     if not warnings:
