@@ -416,6 +416,8 @@ def one(user: dict[str, Any] | None = None, cluster: dict[str, Any] | None = Non
     (one(cluster={"server": "https://k", "certificate-authority-data": "not base64!"}),
      "certificate-authority-data is not base64"),
     (one(cluster={"server": 6443}), "server must be a string, not 6443"),
+    (one(cluster={"server": "https://k", "insecure-skip-tls-verify": "false"}),
+     "insecure-skip-tls-verify must be true or false, not 'false'"),
     (one(user={"auth-provider": {"name": "gcp"}}), "auth-provider 'gcp'.*exec credential plugin"),
     (one(user={"client-certificate-data": b64(b"c")}), "client certificate without client-key"),
     (one(user={"token": "t", "username": "u"}), "both a token and a username"),

@@ -190,7 +190,7 @@ def select(merged: Mapping[str, Any], name: str | None = None) -> Context:
         namespace=_text(context, "namespace", file) or "default",
         certificate_authority=_text(cluster, "certificate-authority", cluster_file),
         certificate_authority_data=_pem(cluster, "certificate-authority-data", cluster_file),
-        insecure_skip_tls_verify=bool(cluster.get("insecure-skip-tls-verify")),
+        insecure_skip_tls_verify=_flag(cluster, "insecure-skip-tls-verify", cluster_file),
         tls_server_name=_text(cluster, "tls-server-name", cluster_file),
         proxy_url=_text(cluster, "proxy-url", cluster_file),
         client_certificate=_text(user, "client-certificate", user_file),
@@ -237,6 +237,13 @@ def _text(entry: Mapping[str, Any], key: str, file: Path) -> str | None:
     if not isinstance(value, str):
         raise KubeconfigError(f"the kubeconfig {file}: {key} must be a string, not {value!r} "
                               "(quote it)")
+    return value
+
+
+def _flag(entry: Mapping[str, Any], key: str, file: Path) -> bool:
+    value = entry.get(key, False)
+    if not isinstance(value, bool):  # "false", quoted, would otherwise read as true
+        raise KubeconfigError(f"the kubeconfig {file}: {key} must be true or false, not {value!r}")
     return value
 
 
