@@ -306,7 +306,7 @@ def _exec_plugin(name: str, user: Mapping[str, Any], file: Path, cluster: Mappin
             raise KubeconfigError(f"user {name!r} in {file}: every exec env entry needs a name")
         env.append((str(item["name"]), str(item.get("value", ""))))
     cluster_info = None
-    if plugin.get("provideClusterInfo"):
+    if _flag(plugin, "provideClusterInfo", file):
         extensions = {str(e.get("name")): e.get("extension") for e in cluster.get("extensions") or ()
                       if isinstance(e, dict)}
         cluster_info = {key: cluster[key] for key in (
