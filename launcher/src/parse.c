@@ -189,6 +189,20 @@ int ne_normalize_bdf(const char *text, size_t len, char out[NE_BDF_SIZE])
 	return 0;
 }
 
+/* The next '\n'-separated line of text from *start on; advances *start past it. */
+static int next_line(const char *text, size_t len, size_t *start, const char **line,
+		     size_t *line_len)
+{
+	if (*start >= len)
+		return 0;
+	const char *newline = memchr(text + *start, '\n', len - *start);
+	size_t end = newline ? (size_t)(newline - text) : len;
+	*line = text + *start;
+	*line_len = end - *start;
+	*start = end + 1;
+	return 1;
+}
+
 /* One "Key: value" line; copies the trimmed value when the key matches. */
 static int key_value(const char *line, size_t len, const char *key, char *out, size_t cap)
 {
@@ -209,17 +223,14 @@ void ne_parse_nvidia_info(const char *text, size_t len, ne_nvidia_info *info)
 	char minor[32];
 	memset(info, 0, sizeof(*info));
 	size_t start = 0;
-	while (start < len) {
-		const char *newline = memchr(text + start, '\n', len - start);
-		size_t end = newline ? (size_t)(newline - text) : len;
-		const char *line = text + start;
-		size_t line_len = end - start;
+	const char *line;
+	size_t line_len;
+	while (next_line(text, len, &start, &line, &line_len)) {
 		if (key_value(line, line_len, "Device Minor", minor, sizeof(minor)))
 			info->has_minor =
 				ne_parse_uint(minor, strlen(minor), 1UL << 20, &info->minor) == 0;
 		key_value(line, line_len, "GPU UUID", info->uuid, sizeof(info->uuid));
 		key_value(line, line_len, "Model", info->model, sizeof(info->model));
-		start = end + 1;
 	}
 }
 
@@ -228,11 +239,9 @@ int ne_parse_kfd_properties(const char *text, size_t len, unsigned long *render,
 {
 	unsigned long domain = 0, location = 0, minor = 0;
 	size_t start = 0;
-	while (start < len) {
-		const char *newline = memchr(text + start, '\n', len - start);
-		size_t end = newline ? (size_t)(newline - text) : len;
-		const char *line = text + start;
-		size_t line_len = end - start;
+	const char *line;
+	size_t line_len;
+	while (next_line(text, len, &start, &line, &line_len)) {
 		trim(&line, &line_len);
 		const char *space = memchr(line, ' ', line_len);
 		if (space) {
@@ -250,7 +259,6 @@ int ne_parse_kfd_properties(const char *text, size_t len, unsigned long *render,
 					minor = parsed;
 			}
 		}
-		start = end + 1;
 	}
 	/* CPU nodes of the KFD topology have neither a render minor nor a PCI location. */
 	if (minor == 0 || location == 0)
