@@ -345,17 +345,7 @@ int ne_discover(const ne_roots *roots, ne_plan *plan)
 		ssize_t n = read_file(path, scratch, sizeof(scratch) - 1);
 		const char *list = NULL;
 		size_t list_len = 0;
-		for (ssize_t at = 0; n > 0 && at < n;) {
-			const char *line = scratch + at;
-			const char *newline = memchr(line, '\n', (size_t)(n - at));
-			size_t len = newline ? (size_t)(newline - line) : (size_t)(n - at);
-			if (len >= 18 && memcmp(line, "Cpus_allowed_list:", 18) == 0) {
-				list = line + 18;
-				list_len = len - 18;
-			}
-			at += (ssize_t)len + 1;
-		}
-		if (list) {
+		if (n > 0 && ne_status_field(scratch, (size_t)n, "Cpus_allowed_list", &list, &list_len)) {
 			ne_cpuset_clear(&allowed);
 			ne_cpulist_parse(&allowed, list, list_len);
 			ne_cpuset_and(&plan->cpuset, &allowed);

@@ -80,6 +80,11 @@ void ne_parse_nvidia_info(const char *text, size_t len, ne_nvidia_info *info);
 int ne_parse_kfd_properties(const char *text, size_t len, unsigned long *render,
 			    char bdf[NE_BDF_SIZE]);
 
+/* A /proc/PID/status field ("Cpus_allowed_list"): its value after the colon, untrimmed, of the
+ * last line that has it; returns 1 when found. */
+int ne_status_field(const char *text, size_t len, const char *key, const char **value,
+		    size_t *value_len);
+
 /* A distance row ("10 21"); returns the number of values (at most max). */
 int ne_parse_distances(const char *text, size_t len, unsigned long *out, int max);
 

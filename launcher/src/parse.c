@@ -269,6 +269,23 @@ int ne_parse_kfd_properties(const char *text, size_t len, unsigned long *render,
 	return 0;
 }
 
+int ne_status_field(const char *text, size_t len, const char *key, const char **value,
+		    size_t *value_len)
+{
+	size_t start = 0, key_len = strlen(key);
+	const char *line;
+	size_t line_len;
+	int found = 0;
+	while (next_line(text, len, &start, &line, &line_len)) {
+		if (line_len > key_len && memcmp(line, key, key_len) == 0 && line[key_len] == ':') {
+			*value = line + key_len + 1;
+			*value_len = line_len - key_len - 1;
+			found = 1;
+		}
+	}
+	return found;
+}
+
 int ne_parse_distances(const char *text, size_t len, unsigned long *out, int max)
 {
 	char line[NE_TEXT_SIZE] = "";
