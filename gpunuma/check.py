@@ -25,15 +25,12 @@ from typing import Any
 
 from gpunuma import names
 from gpunuma.kubeapi import ApiError, KubeClient
+from gpunuma.operator import paths
 from gpunuma.rfc3339 import parse_rfc3339
 from gpunuma.settings import CheckSettings
 
 __all__ = ["Check", "format_report", "judge_agents", "judge_operator",
            "judge_webhook_certificate", "run_checks"]
-
-LAYOUTS = f"/apis/{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
-PEERINGS = "/apis/kopf.dev/v1/clusterkopfpeerings"
-WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 @dataclass(frozen=True)
@@ -197,7 +194,7 @@ async def run_checks(client: KubeClient, settings: CheckSettings,
     results: list[Check] = []
     error: ApiError | None = None
     try:
-        listed = await client.get(LAYOUTS)
+        listed = await client.get(paths.LAYOUTS)
     except ApiError as exc:
         listed, error = None, exc
     if listed is None:
@@ -213,14 +210,14 @@ async def run_checks(client: KubeClient, settings: CheckSettings,
         results.append(judge_agents(layouts, now, settings))
     if "operator" not in settings.skip:
         try:
-            peering = await client.get(f"{PEERINGS}/{settings.peering_name}")
+            peering = await client.get(paths.peering(settings.peering_name))
         except ApiError as exc:
             results.append(Check("operator acts", False, f"cannot read the peering: {exc}"))
         else:
             results.append(judge_operator(peering, layouts, now, settings))
     if "webhook" not in settings.skip:
         try:
-            configuration = await client.get(f"{WEBHOOKS}/{settings.webhook_configuration}")
+            configuration = await client.get(paths.webhook_configuration(settings.webhook_configuration))
         except ApiError as exc:
             results.append(Check("webhook reachable", False,
                                  f"cannot read its configuration: {exc}"))
