@@ -26,6 +26,7 @@ from typing import Any
 from gpunuma import names
 from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.operator import paths
+from gpunuma.operator.staleness import judge_heartbeat
 from gpunuma.rfc3339 import parse_rfc3339
 from gpunuma.settings import CheckSettings
 
@@ -70,11 +71,19 @@ def judge_agents(layouts: Sequence[Mapping[str, Any]], now: dt.datetime,
     limit = dt.timedelta(seconds=settings.heartbeat_interval_s * settings.stale_after_heartbeats)
     stale = []
     for layout in layouts:
-        spec = layout.get("spec") or {}
-        age = _age(spec.get("heartbeatTime"), now)
-        if age is None or age > limit:
-            node = (layout.get("metadata") or {}).get("name", "?")
-            stale.append(f"{node} ({'no heartbeat' if age is None else _human(age) + ' ago'})")
+        beat = (layout.get("spec") or {}).get("heartbeatTime")
+        # The operator's own judgement, so that the check and the layout's Stale condition agree.
+        if judge_heartbeat(beat, now, interval_s=settings.heartbeat_interval_s,
+                           missed=settings.stale_after_heartbeats).stale is False:
+            continue
+        age = _age(beat, now)
+        node = (layout.get("metadata") or {}).get("name", "?")
+        if age is None:
+            stale.append(f"{node} (no heartbeat)")
+        elif age < dt.timedelta(0):
+            stale.append(f"{node} ({_human(-age)} in the future)")
+        else:
+            stale.append(f"{node} ({_human(age)} ago)")
     if stale:
         return Check(name, False, f"{len(stale)} of {len(layouts)} without a heartbeat within "
                      f"{_human(limit)}: {', '.join(sorted(stale)[:5])}",

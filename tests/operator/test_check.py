@@ -57,6 +57,15 @@ def test_agents_fail_without_layouts_and_name_the_silent_nodes() -> None:
     assert "gpu-3 (no heartbeat)" in silent.detail
 
 
+def test_a_heartbeat_far_in_the_future_is_silent_as_the_operator_judges_it() -> None:
+    """A layout written with a heartbeat hours ahead proves nothing about its agent: the operator
+    marks it Stale (HeartbeatFromTheFuture), so the check must not call it fresh."""
+    future = judge_agents([layout("gpu-1", heartbeat_ago_s=-7200)], NOW, SETTINGS)
+    assert not future.ok
+    assert "gpu-1 (2h in the future)" in future.detail
+    assert judge_agents([layout("gpu-1", heartbeat_ago_s=-60)], NOW, SETTINGS).ok  # clock skew
+
+
 def test_the_operator_acts_only_with_a_live_peer_and_every_layout_applied() -> None:
     assert judge_operator(peering(), [layout("gpu-1")], NOW, SETTINGS).ok
     assert "does not exist" in judge_operator(None, [], NOW, SETTINGS).detail
