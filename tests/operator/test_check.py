@@ -15,9 +15,10 @@ import pytest
 import trustme
 from aiohttp import web
 
-from gpunuma.check import CheckSettings, format_report, judge_agents, judge_operator, run_checks
+from gpunuma.check import format_report, judge_agents, judge_operator, run_checks
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.rfc3339 import format_rfc3339
+from gpunuma.settings import CheckSettings
 from tests.operator.conftest import LAYOUTS, layout_body, two_socket_spec
 from tests.operator.test_peering_kmock import declare_peering
 
