@@ -27,6 +27,7 @@ from gpunuma import names
 from gpunuma.kubeapi import ApiError, KubeClient
 from gpunuma.operator import paths
 from gpunuma.operator.staleness import judge_heartbeat
+from gpunuma.operator.status import CONDITION_LABELED, find_condition
 from gpunuma.rfc3339 import parse_rfc3339
 from gpunuma.settings import CheckSettings
 
@@ -115,8 +116,7 @@ def judge_operator(peering: Mapping[str, Any] | None, layouts: Sequence[Mapping[
     behind = []
     for layout in layouts:
         meta, status = layout.get("metadata") or {}, layout.get("status") or {}
-        labeled = next((c for c in status.get("conditions") or []
-                        if isinstance(c, Mapping) and c.get("type") == "Labeled"), {})
+        labeled = find_condition(status.get("conditions"), CONDITION_LABELED) or {}
         if status.get("observedGeneration") != meta.get("generation"):
             behind.append(f"{meta.get('name', '?')} (status at generation "
                           f"{status.get('observedGeneration')}, spec at {meta.get('generation')})")
