@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,6 +27,13 @@ from gpunuma.settings import CertificateSettings, OperatorSettings
 
 LAYOUTS = f"{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
 LAYOUTS_URL = f"/apis/{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
+
+
+def free_port() -> int:
+    """A port free right now on 127.0.0.1 (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def now_rfc3339(offset_s: float = 0.0) -> str:

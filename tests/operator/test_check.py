@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +18,7 @@ from gpunuma.check import format_report, judge_agents, judge_operator, run_check
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.rfc3339 import format_rfc3339
 from gpunuma.settings import CheckSettings
-from tests.operator.conftest import LAYOUTS, layout_body, two_socket_spec
+from tests.operator.conftest import LAYOUTS, free_port, layout_body, two_socket_spec
 from tests.operator.test_peering_kmock import declare_peering
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
@@ -76,12 +75,6 @@ def test_the_operator_acts_only_with_a_live_peer_and_every_layout_applied() -> N
     assert "status at generation 2, spec at 3" in behind.detail
     unlabelled = judge_operator(peering(), [layout("gpu-1", labeled="False")], NOW, SETTINGS)
     assert not unlabelled.ok
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
