@@ -18,6 +18,8 @@ from typing import Any
 import kmock
 import kopf
 import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from gpunuma import names
 from gpunuma.operator.controller import Controller
@@ -34,6 +36,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def signed_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``leaf``: checked here with cryptography, not with the operator's code."""
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 def now_rfc3339(offset_s: float = 0.0) -> str:
