@@ -107,6 +107,15 @@ def configuration(bundle: bytes) -> dict[str, Any]:
                             "path": "/mutate"}}}]}
 
 
+def install(cluster: kmock.KubernetesEmulator, *, bundle: bytes) -> None:
+    """A release as the checks find it: one fresh layout, a live operator, a webhook whose
+    caBundle is ``bundle``."""
+    cluster.objects[LAYOUTS, None, "gpu-1"] = layout("gpu-1")
+    declare_peering(cluster, peering()["status"])
+    cluster.objects["admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", None,
+                    "gpunuma"] = configuration(bundle)
+
+
 async def check(cluster: kmock.KubernetesEmulator, port: int) -> str:
     client = KubeClient(Connection(server=str(cluster.url).rstrip("/")))
     try:
@@ -120,10 +129,7 @@ async def test_a_working_release_passes_every_check(
     cluster: kmock.KubernetesEmulator, webhook_server: tuple[int, trustme.CA],
 ) -> None:
     port, authority = webhook_server
-    cluster.objects[LAYOUTS, None, "gpu-1"] = layout("gpu-1")
-    declare_peering(cluster, peering()["status"])
-    cluster.objects["admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", None,
-                    "gpunuma"] = configuration(authority.cert_pem.bytes())
+    install(cluster, bundle=authority.cert_pem.bytes())
     report = await check(cluster, port)
     assert "×" not in report, report
     assert report.count("√") == 4
@@ -135,10 +141,7 @@ async def test_a_webhook_certificate_the_cabundle_does_not_trust_fails(
     cluster: kmock.KubernetesEmulator, webhook_server: tuple[int, trustme.CA],
 ) -> None:
     port, _ = webhook_server
-    cluster.objects[LAYOUTS, None, "gpu-1"] = layout("gpu-1")
-    declare_peering(cluster, peering()["status"])
-    cluster.objects["admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", None,
-                    "gpunuma"] = configuration(trustme.CA().cert_pem.bytes())
+    install(cluster, bundle=trustme.CA().cert_pem.bytes())
     report = await check(cluster, port)
     assert "× webhook reachable" in report
     assert "is not trusted by the caBundle of pods.gpunuma.io" in report
