@@ -27,6 +27,10 @@ typedef struct {
 	uint64_t bits[NE_MAX_CPUS / 64];
 } ne_cpuset;
 
+/* Byte classes shared by the parsers: bytes, not the locale's characters. */
+static inline int ne_is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+static inline char ne_lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c; }
+
 /* Text that grows by "; "-separated parts and never holds a control character. */
 typedef struct {
 	char text[NE_TEXT_SIZE];

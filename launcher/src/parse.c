@@ -9,18 +9,16 @@
 
 #include "numa_exec.h"
 
-static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 static int is_digit(char c) { return c >= '0' && c <= '9'; }
 static int is_hex(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-static char lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c; }
 
 static void trim(const char **text, size_t *len)
 {
-	while (*len > 0 && is_blank(**text)) {
+	while (*len > 0 && ne_is_blank(**text)) {
 		(*text)++;
 		(*len)--;
 	}
-	while (*len > 0 && is_blank((*text)[*len - 1]))
+	while (*len > 0 && ne_is_blank((*text)[*len - 1]))
 		(*len)--;
 }
 
@@ -183,7 +181,7 @@ int ne_normalize_bdf(const char *text, size_t len, char out[NE_BDF_SIZE])
 			: is_hex(buffer[i]);
 		if (!ok)
 			return -1;
-		out[i] = lower(buffer[i]);
+		out[i] = ne_lower(buffer[i]);
 	}
 	out[len] = '\0';
 	return 0;
@@ -293,10 +291,10 @@ int ne_parse_distances(const char *text, size_t len, unsigned long *out, int max
 	ne_first_line(text, len, line, sizeof(line));
 	size_t at = 0, n = strlen(line);
 	while (at < n) {
-		while (at < n && is_blank(line[at]))
+		while (at < n && ne_is_blank(line[at]))
 			at++;
 		size_t end = at;
-		while (end < n && !is_blank(line[end]))
+		while (end < n && !ne_is_blank(line[end]))
 			end++;
 		if (end == at)
 			break;

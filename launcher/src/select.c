@@ -20,9 +20,6 @@
 
 #define ENTRY_SIZE 256
 
-static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
-static char lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c; }
-
 /* The next comma-separated entry of *cursor, trimmed, copied into entry (cut to fit). */
 static int next_entry(const char **cursor, char entry[ENTRY_SIZE])
 {
@@ -33,9 +30,9 @@ static int next_entry(const char **cursor, char entry[ENTRY_SIZE])
 	*cursor = end ? end + 1 : NULL;
 	if (!end)
 		end = start + strlen(start);
-	while (start < end && is_blank(*start))
+	while (start < end && ne_is_blank(*start))
 		start++;
-	while (end > start && is_blank(end[-1]))
+	while (end > start && ne_is_blank(end[-1]))
 		end--;
 	size_t len = (size_t)(end - start);
 	if (len >= ENTRY_SIZE)
@@ -58,7 +55,7 @@ static int all_digits(const char *s)
 static int starts_with_nocase(const char *text, const char *prefix)
 {
 	for (; *prefix; prefix++, text++)
-		if (lower(*text) != lower(*prefix))
+		if (ne_lower(*text) != ne_lower(*prefix))
 			return 0;
 	return 1;
 }
@@ -106,10 +103,10 @@ static void narrow_runtime(const ne_gpu *gpus, ne_selection *list, const char *v
 		return;
 	/* The whole value, trimmed: "all", "void", "none" and a device path narrow nothing. */
 	const char *start = value;
-	while (is_blank(*start))
+	while (ne_is_blank(*start))
 		start++;
 	size_t len = strlen(start);
-	while (len && is_blank(start[len - 1]))
+	while (len && ne_is_blank(start[len - 1]))
 		len--;
 	if (len == 0 || *start == '/' || (len == 3 && starts_with_nocase(start, "all")) ||
 	    (len == 4 && (starts_with_nocase(start, "void") || starts_with_nocase(start, "none"))))
@@ -152,7 +149,7 @@ static int narrow_cuda(const char *name, const ne_gpu *gpus, ne_selection *list,
 		return 0;
 	{
 		const char *start = value;
-		while (is_blank(*start))
+		while (ne_is_blank(*start))
 			start++;
 		if (!*start) {
 			ne_text_add(hidden, "%s is empty, which hides every GPU from the application", name);
