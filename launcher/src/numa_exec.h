@@ -14,9 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Far above any kernel's NR_CPUS (8192) and MAX_NUMNODES (1024); the same CPU ceiling as
- * gpunuma.topology.cpulist.MAX_CPU_ID, so both sides read the same lists the same way. */
-#define NE_MAX_CPUS 65536
+/* The kernel's largest NR_CPUS (8192) and MAX_NUMNODES (1024); the same CPU ceiling as
+ * gpunuma.topology.cpulist.MAX_CPUS, so both sides read the same lists the same way. */
+#define NE_MAX_CPUS 8192
 #define NE_MAX_NODES 1024
 #define NE_MAX_GPUS 256
 #define NE_TEXT_SIZE 4096
@@ -59,7 +59,7 @@ void ne_cpuset_or(ne_cpuset *set, const ne_cpuset *other);
 void ne_cpulist_parse(ne_cpuset *set, const char *text, size_t len);
 /* The kernel's format: ascending, runs as ranges. Returns the length, or -1 if cap is too small. */
 int ne_cpulist_format(const ne_cpuset *set, char *out, size_t cap);
-/* Enough for any set: "65535," takes 6 bytes per CPU, at most every other CPU is a part. */
+/* Enough for any set: a part ("8191,") takes at most 6 bytes per CPU. */
 #define NE_CPULIST_CAP ((size_t)NE_MAX_CPUS * 6 + 1)
 
 /* A digits-only number not above max; returns 0 on success. */

@@ -104,7 +104,7 @@ int ne_cpulist_format(const ne_cpuset *set, char *out, size_t cap)
 		return -1;
 	out[0] = '\0';
 	for (long cpu = 0; cpu <= NE_MAX_CPUS; cpu++) {
-		/* Whole empty words at once: the set is 65536 bits, most of them zero. */
+		/* Whole empty words at once: the set is NE_MAX_CPUS bits, most of them zero. */
 		if (start < 0 && cpu % 64 == 0 && cpu < NE_MAX_CPUS && !set->bits[cpu / 64]) {
 			cpu += 63;
 			continue;
