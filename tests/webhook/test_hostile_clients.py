@@ -15,12 +15,10 @@ import logging
 import ssl
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import trustme
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings
@@ -29,16 +27,9 @@ from gpunuma.webhook import server as server_module
 from gpunuma.webhook.review import MAX_DENIAL_CHARS, MAX_WARNINGS, Memory, admit
 from gpunuma.webhook.server import WebhookServer
 from tests.webhook import pods
-from tests.webhook.test_server import Certificates, _serving
+from tests.webhook.tls import Certificates, serving
 
 SETTINGS = MutationSettings(launcher_image="registry.example/gpunuma:1.2.3")
-
-
-@pytest.fixture
-def certificates(tmp_path: Path) -> Certificates:
-    certs = Certificates(trustme.CA(), tmp_path / "tls.crt", tmp_path / "tls.key")
-    certs.issue()
-    return certs
 
 
 @pytest.fixture
@@ -46,14 +37,7 @@ async def server(certificates: Certificates, monkeypatch: pytest.MonkeyPatch
                  ) -> AsyncIterator[WebhookServer]:
     monkeypatch.setattr(server_module, "HEADER_TIMEOUT_S", 0.5)
     monkeypatch.setattr(server_module, "BODY_TIMEOUT_S", 0.5)
-    async for webhook in _serving(certificates, reload_interval=3600):
-        yield webhook
-
-
-@pytest.fixture
-async def patient_server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
-    """The server with its real timeouts: idle connections stay until evicted."""
-    async for webhook in _serving(certificates, reload_interval=3600):
+    async for webhook in serving(certificates, reload_interval=3600):
         yield webhook
 
 
@@ -193,9 +177,9 @@ async def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closes(
 
 
 async def test_at_the_connection_cap_an_idle_connection_makes_room(
-    patient_server: WebhookServer, certificates: Certificates,
+    manual_server: WebhookServer, certificates: Certificates,
 ) -> None:
-    server = patient_server
+    server = manual_server
     assert server.site is not None
     server.site.max_connections = 4
     idle = [await _connect(server, certificates) for _ in range(4)]
@@ -352,10 +336,10 @@ def test_guard_constants_fit_the_chart() -> None:
 
 
 async def test_at_the_cap_a_connection_that_sent_requests_outlives_idle_ones(
-    patient_server: WebhookServer, certificates: Certificates,
+    manual_server: WebhookServer, certificates: Certificates,
 ) -> None:
-    server = patient_server
     """The API server's keep-alive connections are not what an attacker's idle ones evict."""
+    server = manual_server
     assert server.site is not None
     server.site.max_connections = 3
     reader, writer = await _connect(server, certificates)

@@ -11,7 +11,6 @@ import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,65 +19,19 @@ import pytest
 import trustme
 
 from gpunuma import names
-from gpunuma.settings import MutationSettings, WebhookSettings, parse_listen
+from gpunuma.settings import WebhookSettings, parse_listen
 from gpunuma.webhook import review as review_module
 from gpunuma.webhook.server import MAX_BODY_BYTES, TLSError, WebhookServer
 from tests.polling import eventually
 from tests.webhook import pods
+from tests.webhook.tls import Certificates, serving
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class Certificates:
-    ca: trustme.CA
-    cert_file: Path
-    key_file: Path
-
-    def issue(self, ca: trustme.CA | None = None) -> bytes:
-        """Write a fresh leaf certificate and key; returns the certificate's PEM."""
-        leaf = (ca or self.ca).issue_cert("127.0.0.1", "localhost",
-                                          "gpunuma-webhook.gpunuma.svc")
-        self.cert_file.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        self.key_file.write_bytes(leaf.private_key_pem.bytes())
-        return leaf.cert_chain_pems[0].bytes()
-
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        return context
-
-
-@pytest.fixture
-def certificates(tmp_path: Path) -> Certificates:
-    certs = Certificates(trustme.CA(), tmp_path / "tls.crt", tmp_path / "tls.key")
-    certs.issue()
-    return certs
-
-
-async def _serving(certificates: Certificates, reload_interval: float
-                   ) -> AsyncIterator[WebhookServer]:
-    settings = WebhookSettings(
-        listen="127.0.0.1:0", tls_cert_file=certificates.cert_file,
-        tls_key_file=certificates.key_file, shutdown_delay=0,
-        mutation=MutationSettings(launcher_image="registry.example/gpunuma:1.2.3"),
-    )
-    webhook = WebhookServer(settings, reload_interval=reload_interval)
-    await webhook.start()
-    yield webhook
-    await webhook.stop()
-
-
 @pytest.fixture
 async def server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
-    async for webhook in _serving(certificates, reload_interval=0.02):
-        yield webhook
-
-
-@pytest.fixture
-async def manual_server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
-    """A server whose certificate is reloaded only when the test says so."""
-    async for webhook in _serving(certificates, reload_interval=3600):
+    async for webhook in serving(certificates, reload_interval=0.02):
         yield webhook
 
 
