@@ -24,7 +24,7 @@ from gpunuma.webhook import review as review_module
 from gpunuma.webhook.server import MAX_BODY_BYTES, TLSError, WebhookServer
 from tests.polling import eventually
 from tests.webhook import pods
-from tests.webhook.tls import Certificates, serving
+from tests.webhook.tls import Certificates, read_response, serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -253,17 +253,7 @@ async def _raw_post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     writer.write(f"POST {path} HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     await writer.drain()
-    return await _read_response(reader)
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    status = int((await asyncio.wait_for(reader.readline(), 10)).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        key, _, value = line.decode().partition(":")
-        if key.lower() == "content-length":
-            length = int(value)
-    return status, await reader.readexactly(length)
+    return await read_response(reader, within=10)
 
 
 async def _wait_for_certificate(server: WebhookServer, context: ssl.SSLContext,
@@ -444,7 +434,7 @@ async def test_after_sigterm_new_requests_are_answered_until_the_delay_then_in_f
             "127.0.0.1", port, ssl=certificates.client_context(), server_hostname="localhost"), 5)
         late_writer.write(b"GET /readyz HTTP/1.1\r\nHost: webhook\r\n\r\n")
         await late_writer.drain()
-        assert (await _read_response(late_reader))[0] == 503
+        assert (await read_response(late_reader, within=10))[0] == 503
         late = json.dumps(pods.admission_review(pods.vllm_server(), uid="during-delay")).encode()
         status, reply = await _raw_post(late_reader, late_writer, "/mutate", late)
         assert status == 200
@@ -464,7 +454,7 @@ async def test_after_sigterm_new_requests_are_answered_until_the_delay_then_in_f
         assert asyncio.get_running_loop().time() - signalled >= delay
         writer.write(body[half:])
         await writer.drain()
-        status, reply = await _read_response(reader)
+        status, reply = await read_response(reader, within=10)
         assert status == 200
         assert json.loads(reply)["response"]["uid"] == "in-flight"
         assert await asyncio.wait_for(process.wait(), 15) == 0

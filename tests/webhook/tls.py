@@ -3,6 +3,7 @@ started on them (the fixtures are in this folder's conftest.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -45,3 +46,14 @@ async def serving(certificates: Certificates, reload_interval: float
     await webhook.start()
     yield webhook
     await webhook.stop()
+
+
+async def read_response(reader: asyncio.StreamReader, within: float = 5) -> tuple[int, bytes]:
+    """The status and body of one HTTP/1.1 response, each read within ``within`` seconds."""
+    status = int((await asyncio.wait_for(reader.readline(), within)).split()[1])
+    length = 0
+    while (line := await asyncio.wait_for(reader.readline(), within)) not in (b"\r\n", b""):
+        key, _, value = line.decode().partition(":")
+        if key.lower() == "content-length":
+            length = int(value)
+    return status, await asyncio.wait_for(reader.readexactly(length), within)
