@@ -14,7 +14,7 @@ from gpunuma.kubectl.completion import COMMANDS, OUTPUTS
 from gpunuma.kubectl.explain import excluded_namespaces, explain
 from gpunuma.kubectl.objects import wrapped_of
 from gpunuma.kubectl.render import NODE_COLUMNS, node_rows, pod_columns, pod_rows, render
-from gpunuma.settings import DEFAULT_GPU_RESOURCES
+from gpunuma.settings import DEFAULT_GPU_RESOURCES, csv
 
 __all__ = ["build_parser", "main", "parse", "pod_name", "run"]
 
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("pods", parents=[common], help=COMMANDS["pods"])
     why = commands.add_parser("explain", parents=[common], help=COMMANDS["explain"])
     why.add_argument("pod", metavar="POD", help="the pod's name, or pod/NAME as kubectl takes it")
-    why.add_argument("--gpu-resources", default=",".join(DEFAULT_GPU_RESOURCES), metavar="NAME,…",
+    why.add_argument("--gpu-resources", type=csv, default=DEFAULT_GPU_RESOURCES, metavar="NAME,…",
                      help="resource names that mean GPU, as the chart's gpuResources "
                      f"(default {','.join(DEFAULT_GPU_RESOURCES)})")
     return parser
@@ -131,8 +131,7 @@ async def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
     if pod is None:
         raise ClusterError(f'pod "{args.pod}" not found in namespace {namespace}')
     logs = {name: await api.read_log_head(namespace, args.pod, name) for name in wrapped_of(pod)}
-    gpu_resources = [item.strip() for item in args.gpu_resources.split(",") if item.strip()]
-    return explain(pod, await api.read_namespace(namespace), gpu_resources=gpu_resources, logs=logs,
+    return explain(pod, await api.read_namespace(namespace), gpu_resources=args.gpu_resources, logs=logs,
                    excluded_namespaces=excluded_namespaces(await api.list_webhook_configurations()))
 
 
