@@ -12,7 +12,7 @@ from gpunuma import __version__
 from gpunuma.kubectl.api import ClusterError, KubeApi
 from gpunuma.kubectl.completion import COMMANDS, OUTPUTS
 from gpunuma.kubectl.explain import excluded_namespaces, explain
-from gpunuma.kubectl.objects import wrapped_of
+from gpunuma.kubectl.objects import meta_of, wrapped_of
 from gpunuma.kubectl.render import NODE_COLUMNS, node_rows, pod_columns, pod_rows, render
 from gpunuma.settings import DEFAULT_GPU_RESOURCES, csv
 
@@ -106,8 +106,8 @@ async def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
         layouts = await api.list_layouts()  # also says plainly when gpunuma is not installed
         nodes = await api.list_nodes(args.selector)
         if args.selector:
-            chosen = {(node.get("metadata") or {}).get("name") for node in nodes}
-            layouts = [layout for layout in layouts if (layout.get("metadata") or {}).get("name") in chosen]
+            chosen = {meta_of(node).get("name") for node in nodes}
+            layouts = [layout for layout in layouts if meta_of(layout).get("name") in chosen]
         rows = node_rows(layouts, nodes, now)
         if not rows and args.output in ("table", "wide"):
             if args.selector:
