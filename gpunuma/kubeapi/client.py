@@ -61,22 +61,12 @@ class KubeClient:
 
     async def get(self, path: str) -> dict[str, Any] | None:
         """The object at ``path``, or None if it does not exist."""
-        try:
-            return await self._request("GET", path)
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
+        return await self._unless_missing("GET", path)
 
     async def read_text(self, path: str) -> str | None:
         """A text answer (a container's log), or None if there is none."""
-        try:
-            answer = await self._request("GET", path, text=True)
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-        return str(answer["text"])
+        answer = await self._unless_missing("GET", path, text=True)
+        return None if answer is None else str(answer["text"])
 
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._request("POST", path, body)
@@ -89,8 +79,13 @@ class KubeClient:
 
     async def delete(self, path: str) -> dict[str, Any] | None:
         """Delete the object at ``path``; None if it was already gone."""
+        return await self._unless_missing("DELETE", path)
+
+    async def _unless_missing(self, method: str, path: str, *, text: bool = False,
+                              ) -> dict[str, Any] | None:
+        """The answer, or None for a 404: reads and deletes take a missing object as an answer."""
         try:
-            return await self._request("DELETE", path)
+            return await self._request(method, path, text=text)
         except ApiError as error:
             if error.status == 404:
                 return None
