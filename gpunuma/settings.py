@@ -210,6 +210,8 @@ DEFAULT_GPU_CLAIMS: tuple[str, ...] = ("*gpu*",)
 # The launcher image: only the static numa-exec (the Dockerfile's `launcher` target).
 DEFAULT_LAUNCHER_IMAGE = f"ghcr.io/gpunuma/numa-exec:{__version__}"
 DEFAULT_KUBELET_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+# The agent's --heartbeat, which the operator's and `gpunuma check`'s --heartbeat-interval mirror.
+DEFAULT_HEARTBEAT_S = 600.0
 
 
 def _gpu_resources() -> Any:
@@ -323,7 +325,7 @@ class AgentSettings:
         help="seconds a discovery may run before it counts as hung; no other starts until it "
         "returns",
     )
-    heartbeat: float = setting(600.0, "--heartbeat", parse=seconds,
+    heartbeat: float = setting(DEFAULT_HEARTBEAT_S, "--heartbeat", parse=seconds,
                                help="seconds between heartbeatTime updates")
     allocations_interval: float = setting(10.0, "--allocations-interval", parse=seconds,
                                           help="seconds between kubelet PodResources polls")
@@ -355,7 +357,7 @@ class AgentSettings:
 # The settings the operator acts on and `gpunuma check` verifies: one flag, variable and default
 # each, with the help of the command that takes it.
 def _heartbeat_interval(help: str) -> Any:
-    return setting(600.0, "--heartbeat-interval", parse=seconds, metavar="SECONDS", help=help)
+    return setting(DEFAULT_HEARTBEAT_S, "--heartbeat-interval", parse=seconds, metavar="SECONDS", help=help)
 
 
 def _stale_after(help: str) -> Any:
