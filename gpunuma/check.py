@@ -25,15 +25,14 @@ from typing import Any
 
 from gpunuma import names
 from gpunuma.kubeapi import ApiError, KubeClient
+from gpunuma.operator import paths
+from gpunuma.operator.staleness import judge_heartbeat
+from gpunuma.operator.status import CONDITION_LABELED, find_condition
 from gpunuma.rfc3339 import parse_rfc3339
 from gpunuma.settings import CheckSettings
 
 __all__ = ["Check", "format_report", "judge_agents", "judge_operator",
            "judge_webhook_certificate", "run_checks"]
-
-LAYOUTS = f"/apis/{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
-PEERINGS = "/apis/kopf.dev/v1/clusterkopfpeerings"
-WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 @dataclass(frozen=True)
@@ -73,11 +72,19 @@ def judge_agents(layouts: Sequence[Mapping[str, Any]], now: dt.datetime,
     limit = dt.timedelta(seconds=settings.heartbeat_interval_s * settings.stale_after_heartbeats)
     stale = []
     for layout in layouts:
-        spec = layout.get("spec") or {}
-        age = _age(spec.get("heartbeatTime"), now)
-        if age is None or age > limit:
-            node = (layout.get("metadata") or {}).get("name", "?")
-            stale.append(f"{node} ({'no heartbeat' if age is None else _human(age) + ' ago'})")
+        beat = (layout.get("spec") or {}).get("heartbeatTime")
+        # The operator's own judgement, so that the check and the layout's Stale condition agree.
+        if judge_heartbeat(beat, now, interval_s=settings.heartbeat_interval_s,
+                           missed=settings.stale_after_heartbeats).stale is False:
+            continue
+        age = _age(beat, now)
+        node = (layout.get("metadata") or {}).get("name", "?")
+        if age is None:
+            stale.append(f"{node} (no heartbeat)")
+        elif age < dt.timedelta(0):
+            stale.append(f"{node} ({_human(-age)} in the future)")
+        else:
+            stale.append(f"{node} ({_human(age)} ago)")
     if stale:
         return Check(name, False, f"{len(stale)} of {len(layouts)} without a heartbeat within "
                      f"{_human(limit)}: {', '.join(sorted(stale)[:5])}",
@@ -109,8 +116,7 @@ def judge_operator(peering: Mapping[str, Any] | None, layouts: Sequence[Mapping[
     behind = []
     for layout in layouts:
         meta, status = layout.get("metadata") or {}, layout.get("status") or {}
-        labeled = next((c for c in status.get("conditions") or []
-                        if isinstance(c, Mapping) and c.get("type") == "Labeled"), {})
+        labeled = find_condition(status.get("conditions"), CONDITION_LABELED) or {}
         if status.get("observedGeneration") != meta.get("generation"):
             behind.append(f"{meta.get('name', '?')} (status at generation "
                           f"{status.get('observedGeneration')}, spec at {meta.get('generation')})")
@@ -197,7 +203,7 @@ async def run_checks(client: KubeClient, settings: CheckSettings,
     results: list[Check] = []
     error: ApiError | None = None
     try:
-        listed = await client.get(LAYOUTS)
+        listed = await client.get(paths.LAYOUTS)
     except ApiError as exc:
         listed, error = None, exc
     if listed is None:
@@ -213,14 +219,14 @@ async def run_checks(client: KubeClient, settings: CheckSettings,
         results.append(judge_agents(layouts, now, settings))
     if "operator" not in settings.skip:
         try:
-            peering = await client.get(f"{PEERINGS}/{settings.peering_name}")
+            peering = await client.get(paths.peering(settings.peering_name))
         except ApiError as exc:
             results.append(Check("operator acts", False, f"cannot read the peering: {exc}"))
         else:
             results.append(judge_operator(peering, layouts, now, settings))
     if "webhook" not in settings.skip:
         try:
-            configuration = await client.get(f"{WEBHOOKS}/{settings.webhook_configuration}")
+            configuration = await client.get(paths.webhook_configuration(settings.webhook_configuration))
         except ApiError as exc:
             results.append(Check("webhook reachable", False,
                                  f"cannot read its configuration: {exc}"))

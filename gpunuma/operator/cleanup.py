@@ -15,13 +15,13 @@ from typing import Any
 from urllib.parse import quote
 
 from gpunuma.kubeapi import ApiError, KubeClient
+from gpunuma.operator import paths
 from gpunuma.operator.labels import label_patch
 
 __all__ = ["CleanupResult", "remove_node_labels"]
 
 logger = logging.getLogger("gpunuma.cleanup")
 
-NODES = "/api/v1/nodes"
 PAGE = 500
 
 
@@ -36,7 +36,7 @@ async def _nodes(client: KubeClient) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     token = ""
     while True:
-        path = f"{NODES}?limit={PAGE}" + (f"&continue={quote(token)}" if token else "")
+        path = f"{paths.NODES}?limit={PAGE}" + (f"&continue={quote(token)}" if token else "")
         page = await client.get(path) or {}
         items.extend(page.get("items") or [])
         token = (page.get("metadata") or {}).get("continue") or ""
@@ -55,7 +55,7 @@ async def remove_node_labels(client: KubeClient) -> CleanupResult:
             result.untouched += 1
             continue
         try:
-            await client.merge_patch(f"{NODES}/{quote(name, safe='')}", patch)
+            await client.merge_patch(paths.node(name), patch)
         except ApiError as error:
             logger.error("node %s: cannot remove gpunuma labels: %s", name, error)
             result.failed[name] = str(error)

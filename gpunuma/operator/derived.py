@@ -59,8 +59,7 @@ class Derivations:
 
     def of(self, name: str, generation: int | None, resource_version: str | None,
            spec: Mapping[str, Any]) -> Derived:
-        version: object = (generation if generation is not None
-                           else resource_version if resource_version is not None else None)
+        version = generation if generation is not None else resource_version
         cached = self._by_name.get(name)
         if version is not None and cached is not None and cached[0] == version:
             return cached[1]

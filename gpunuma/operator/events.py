@@ -52,7 +52,8 @@ async def post_pod_event(
 async def _post(
     client: KubeClient, now: dt.datetime, namespace: str, name: str,
     involved: dict[str, str], kind: str, reason: str, message: str,
-) -> None:
+) -> bool:
+    """Post one Event; False if the API server refused it (logged: an Event is a courtesy)."""
     stamp = format_rfc3339(now)
     body = {
         "apiVersion": "v1",
@@ -74,6 +75,8 @@ async def _post(
     except ApiError as exc:
         logger.warning("%s %s: could not post event %s: %s", involved["kind"].lower(), name,
                        reason, exc)
+        return False
+    return True
 
 
 WARNING_REASON = "GPUNumaNotBound"
@@ -103,26 +106,6 @@ async def post_pod_warnings(
     warnings = [line.strip() for line in text.splitlines() if line.strip()]
     if not warnings:
         return True
-    stamp = format_rfc3339(now)
     about = "" if target["kind"] == "Pod" else f"pod {meta.get('name', '')}: "
-    body = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": f"{target['name']}.{secrets.token_hex(8)}",
-                     "namespace": target["namespace"]},
-        "involvedObject": dict(target),
-        "type": "Warning",
-        "reason": WARNING_REASON,
-        "message": (about + "; ".join(warnings))[:1024],
-        "source": {"component": EVENT_SOURCE},
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
-    try:
-        await client.create(paths.events(target["namespace"]), body)
-    except ApiError as exc:
-        logger.warning("%s %s/%s: could not post the webhook's warnings: %s", target["kind"],
-                       target["namespace"], target["name"], exc)
-        return False
-    return True
+    return await _post(client, now, target["namespace"], target["name"], dict(target), "Warning",
+                       WARNING_REASON, about + "; ".join(warnings))

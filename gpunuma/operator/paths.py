@@ -10,6 +10,7 @@ from gpunuma import names
 
 __all__ = [
     "LAYOUTS",
+    "NODES",
     "PEERINGS",
     "WEBHOOK_CONFIGURATIONS",
     "events",
@@ -22,13 +23,14 @@ __all__ = [
     "webhook_configuration",
 ]
 
+NODES = "/api/v1/nodes"
 LAYOUTS = f"/apis/{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
 PEERINGS = "/apis/kopf.dev/v1/clusterkopfpeerings"
 WEBHOOK_CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 def node(name: str) -> str:
-    return f"/api/v1/nodes/{name}"
+    return f"{NODES}/{name}"
 
 
 def pod(namespace: str, name: str) -> str:

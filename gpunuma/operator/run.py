@@ -48,8 +48,8 @@ def kopf_settings(settings: OperatorSettings, priority: int) -> kopf.OperatorSet
     tuned.peering.priority = priority
     tuned.peering.standalone = settings.standalone
     tuned.peering.mandatory = not settings.standalone
-    # The webhook labels every pod it mutates; the API server sends us only those.
-    # Every pod it changed: managed=true for placements, managed=false for warnings only.
+    # The webhook labels every pod it changes (managed=true: placements; managed=false: warnings
+    # only); the API server sends us only those.
     tuned.watching.label_selectors["v1", "pods"] = names.LABEL_MANAGED
     if settings.certificates.mode == "self-managed":
         tuned.watching.field_selectors[

@@ -114,8 +114,10 @@ def merge_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -
     return patch
 
 
-_CGROUP_REASONS = {"active": ("True", "Active"), "static-cpu-manager": ("False", "StaticCPUManager"),
-                   "unavailable": ("False", "Unavailable")}
+_CGROUP_REASONS: dict[str, tuple[ConditionStatus, str]] = {
+    "active": ("True", "Active"), "static-cpu-manager": ("False", "StaticCPUManager"),
+    "unavailable": ("False", "Unavailable"),
+}
 
 
 def cgroup_binding_condition(state: object) -> Condition | None:
@@ -123,5 +125,4 @@ def cgroup_binding_condition(state: object) -> Condition | None:
     if not isinstance(state, Mapping) or state.get("state") not in _CGROUP_REASONS:
         return None
     status, reason = _CGROUP_REASONS[str(state["state"])]
-    return Condition(CONDITION_CGROUP_BINDING, status, reason,  # type: ignore[arg-type]
-                     str(state.get("message") or ""))
+    return Condition(CONDITION_CGROUP_BINDING, status, reason, str(state.get("message") or ""))

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kmock
 import kopf
 import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from gpunuma import names
 from gpunuma.operator.controller import Controller
@@ -26,6 +29,22 @@ from gpunuma.settings import CertificateSettings, OperatorSettings
 
 LAYOUTS = f"{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
 LAYOUTS_URL = f"/apis/{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"
+
+
+def free_port() -> int:
+    """A port free right now on 127.0.0.1 (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def signed_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``leaf``: checked here with cryptography, not with the operator's code."""
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 def now_rfc3339(offset_s: float = 0.0) -> str:

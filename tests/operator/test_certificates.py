@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import socket
 import ssl
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from gpunuma.operator.certificates import (
     service_dns_names,
 )
 from gpunuma.settings import CertificateSettings
+from tests.operator.conftest import free_port
 
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 NAMES = service_dns_names("gpunuma-webhook", "gpunuma-system")
@@ -220,12 +220,6 @@ async def test_during_a_rollover_the_bundle_trusts_both_the_old_and_the_new_leaf
 
 
 # Against `gpunuma webhook` itself (built in parallel; skipped until it is in the tree) ------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_gpunuma_webhook_serving_the_issued_certificate_passes_the_handshake(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,10 +14,11 @@ import pytest
 import trustme
 from aiohttp import web
 
-from gpunuma.check import CheckSettings, format_report, judge_agents, judge_operator, run_checks
+from gpunuma.check import format_report, judge_agents, judge_operator, run_checks
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.rfc3339 import format_rfc3339
-from tests.operator.conftest import LAYOUTS, layout_body, two_socket_spec
+from gpunuma.settings import CheckSettings
+from tests.operator.conftest import LAYOUTS, free_port, layout_body, two_socket_spec
 from tests.operator.test_peering_kmock import declare_peering
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
@@ -57,6 +57,15 @@ def test_agents_fail_without_layouts_and_name_the_silent_nodes() -> None:
     assert "gpu-3 (no heartbeat)" in silent.detail
 
 
+def test_a_heartbeat_far_in_the_future_is_silent_as_the_operator_judges_it() -> None:
+    """A layout written with a heartbeat hours ahead proves nothing about its agent: the operator
+    marks it Stale (HeartbeatFromTheFuture), so the check must not call it fresh."""
+    future = judge_agents([layout("gpu-1", heartbeat_ago_s=-7200)], NOW, SETTINGS)
+    assert not future.ok
+    assert "gpu-1 (2h in the future)" in future.detail
+    assert judge_agents([layout("gpu-1", heartbeat_ago_s=-60)], NOW, SETTINGS).ok  # clock skew
+
+
 def test_the_operator_acts_only_with_a_live_peer_and_every_layout_applied() -> None:
     assert judge_operator(peering(), [layout("gpu-1")], NOW, SETTINGS).ok
     assert "does not exist" in judge_operator(None, [], NOW, SETTINGS).detail
@@ -66,12 +75,6 @@ def test_the_operator_acts_only_with_a_live_peer_and_every_layout_applied() -> N
     assert "status at generation 2, spec at 3" in behind.detail
     unlabelled = judge_operator(peering(), [layout("gpu-1", labeled="False")], NOW, SETTINGS)
     assert not unlabelled.ok
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -104,6 +107,15 @@ def configuration(bundle: bytes) -> dict[str, Any]:
                             "path": "/mutate"}}}]}
 
 
+def install(cluster: kmock.KubernetesEmulator, *, bundle: bytes) -> None:
+    """A release as the checks find it: one fresh layout, a live operator, a webhook whose
+    caBundle is ``bundle``."""
+    cluster.objects[LAYOUTS, None, "gpu-1"] = layout("gpu-1")
+    declare_peering(cluster, peering()["status"])
+    cluster.objects["admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", None,
+                    "gpunuma"] = configuration(bundle)
+
+
 async def check(cluster: kmock.KubernetesEmulator, port: int) -> str:
     client = KubeClient(Connection(server=str(cluster.url).rstrip("/")))
     try:
@@ -117,10 +129,7 @@ async def test_a_working_release_passes_every_check(
     cluster: kmock.KubernetesEmulator, webhook_server: tuple[int, trustme.CA],
 ) -> None:
     port, authority = webhook_server
-    cluster.objects[LAYOUTS, None, "gpu-1"] = layout("gpu-1")
-    declare_peering(cluster, peering()["status"])
-    cluster.objects["admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", None,
-                    "gpunuma"] = configuration(authority.cert_pem.bytes())
+    install(cluster, bundle=authority.cert_pem.bytes())
     report = await check(cluster, port)
     assert "×" not in report, report
     assert report.count("√") == 4
@@ -132,10 +141,7 @@ async def test_a_webhook_certificate_the_cabundle_does_not_trust_fails(
     cluster: kmock.KubernetesEmulator, webhook_server: tuple[int, trustme.CA],
 ) -> None:
     port, _ = webhook_server
-    cluster.objects[LAYOUTS, None, "gpu-1"] = layout("gpu-1")
-    declare_peering(cluster, peering()["status"])
-    cluster.objects["admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", None,
-                    "gpunuma"] = configuration(trustme.CA().cert_pem.bytes())
+    install(cluster, bundle=trustme.CA().cert_pem.bytes())
     report = await check(cluster, port)
     assert "× webhook reachable" in report
     assert "is not trusted by the caBundle of pods.gpunuma.io" in report

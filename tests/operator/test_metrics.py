@@ -4,7 +4,6 @@ build_info, and the HTTP endpoint itself."""
 from __future__ import annotations
 
 import datetime as dt
-import socket
 
 import aiohttp
 import kmock
@@ -14,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpunuma import __version__, names
 from gpunuma.operator.controller import Controller
 from gpunuma.operator.metrics import operator_registry
-from tests.operator.conftest import Runner, fast_settings, labels_of, now_rfc3339
+from tests.operator.conftest import Runner, fast_settings, free_port, labels_of, now_rfc3339
 from tests.operator.test_certificates_kmock import MWC_URL, controller_for, webhook_configuration
 from tests.operator.test_operator import create, patch_spec
 from tests.polling import eventually
@@ -66,12 +65,6 @@ async def test_certificate_expiry_is_reported_in_seconds(cluster: kmock.Kubernet
     assert year - 3600 < serving <= year
     assert serving < authority
     assert found['gpunuma_operator_reconciles_total{kind="certificates"}'] == 1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_the_operator_serves_metrics_with_its_build_info(
