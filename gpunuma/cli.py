@@ -99,9 +99,8 @@ def add_settings(parser: argparse.ArgumentParser, settings_class: type) -> None:
         default = from_env if from_env is not None else item.default
         if default is dataclasses.MISSING:
             default = None
+        # The built-in default, also when a variable overrides it (the help names the variable).
         shown = option.shown_default
-        if shown is None and default is not None and not isinstance(default, _FromEnvironment):
-            shown = _shown(default) or None
         if shown is None and item.default not in (dataclasses.MISSING, None):
             shown = _shown(item.default) or None
         details = f"default {shown}; env {option.env}" if shown else f"env {option.env}"

@@ -210,6 +210,8 @@ DEFAULT_GPU_CLAIMS: tuple[str, ...] = ("*gpu*",)
 # The launcher image: only the static numa-exec (the Dockerfile's `launcher` target).
 DEFAULT_LAUNCHER_IMAGE = f"ghcr.io/gpunuma/numa-exec:{__version__}"
 DEFAULT_KUBELET_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+# The agent's --heartbeat, which the operator's and `gpunuma check`'s --heartbeat-interval mirror.
+DEFAULT_HEARTBEAT_S = 600.0
 
 
 def _gpu_resources() -> Any:
@@ -323,7 +325,7 @@ class AgentSettings:
         help="seconds a discovery may run before it counts as hung; no other starts until it "
         "returns",
     )
-    heartbeat: float = setting(600.0, "--heartbeat", parse=seconds,
+    heartbeat: float = setting(DEFAULT_HEARTBEAT_S, "--heartbeat", parse=seconds,
                                help="seconds between heartbeatTime updates")
     allocations_interval: float = setting(10.0, "--allocations-interval", parse=seconds,
                                           help="seconds between kubelet PodResources polls")
@@ -352,6 +354,24 @@ class AgentSettings:
     logging: LoggingSettings = nested(LoggingSettings)
 
 
+# The settings the operator acts on and `gpunuma check` verifies: one flag, variable and default
+# each, with the help of the command that takes it.
+def _heartbeat_interval(help: str) -> Any:
+    return setting(DEFAULT_HEARTBEAT_S, "--heartbeat-interval", parse=seconds, metavar="SECONDS", help=help)
+
+
+def _stale_after(help: str) -> Any:
+    return setting(3, "--stale-after", parse=integer, metavar="N", help=help)
+
+
+def _peering_name(help: str) -> Any:
+    return setting("gpunuma", "--peering-name", help=help)
+
+
+def _webhook_configuration(help: str) -> Any:
+    return setting("gpunuma", "--webhook-configuration", help=help)
+
+
 # none: no webhook is installed, so there is no certificate to manage.
 CertificateMode = Literal["self-managed", "cert-manager", "none"]
 CERTIFICATE_MODES: tuple[CertificateMode, ...] = ("self-managed", "cert-manager", "none")
@@ -378,10 +398,8 @@ class CertificateSettings:
         "gpunuma-webhook-tls", "--webhook-secret",
         help="Secret for tls.crt/tls.key/ca.crt, its CA in <name>-ca",
     )
-    webhook_configuration: str = setting(
-        "gpunuma", "--webhook-configuration",
-        help="MutatingWebhookConfiguration whose caBundle is kept current",
-    )
+    webhook_configuration: str = _webhook_configuration(
+        "MutatingWebhookConfiguration whose caBundle is kept current")
     leaf_validity_days: float = setting(365.0, "--cert-validity-days", parse=days,
                                         metavar="DAYS", help="serving certificate lifetime")
     renew_before_days: float = setting(30.0, "--cert-renew-before-days", parse=days,
@@ -421,14 +439,10 @@ class OperatorSettings:
     so that two replicas never tie (kopf pauses every peer, itself included, on a tie).
     """
 
-    heartbeat_interval_s: float = setting(
-        600.0, "--heartbeat-interval", parse=seconds, metavar="SECONDS",
-        help="how often agents send a heartbeat (the agent's --heartbeat)",
-    )
-    stale_after_heartbeats: int = setting(
-        3, "--stale-after", parse=integer, metavar="N",
-        help="missed heartbeats before a node is labelled gpunuma.io/stale=true",
-    )
+    heartbeat_interval_s: float = _heartbeat_interval(
+        "how often agents send a heartbeat (the agent's --heartbeat)")
+    stale_after_heartbeats: int = _stale_after(
+        "missed heartbeats before a node is labelled gpunuma.io/stale=true")
     check_interval_s: float = setting(
         60.0, "--check-interval", parse=seconds, metavar="SECONDS",
         help="how often heartbeats and certificates are re-checked",
@@ -436,8 +450,7 @@ class OperatorSettings:
     pod_namespaces: tuple[str, ...] = setting((), "--pod-namespaces", parse=csv, metavar="NS,…",
                                               shown_default="all",
                                               help="watch pods only in these namespaces")
-    peering_name: str = setting("gpunuma", "--peering-name",
-                                help="kopf ClusterKopfPeering object shared by the replicas")
+    peering_name: str = _peering_name("kopf ClusterKopfPeering object shared by the replicas")
     standalone: bool = setting(False, "--standalone", switch=True,
                                help="no peering: only for a single replica")
     priority: int | None = setting(None, "--priority", parse=integer,
@@ -490,18 +503,12 @@ class CheckSettings:
     """``gpunuma check``: where the release's parts are and how fresh agents must be."""
 
     kubeconfig: Path | None = _kubeconfig()
-    heartbeat_interval_s: float = setting(
-        600.0, "--heartbeat-interval", parse=seconds, metavar="SECONDS",
-        help="the agents' --heartbeat",
-    )
-    stale_after_heartbeats: int = setting(
-        3, "--stale-after", parse=integer, metavar="N",
-        help="missed heartbeats after which an agent counts as silent",
-    )
-    peering_name: str = setting("gpunuma", "--peering-name",
-                                help="the operator's ClusterKopfPeering")
-    webhook_configuration: str = setting("gpunuma", "--webhook-configuration",
-                                         help="the release's MutatingWebhookConfiguration")
+    heartbeat_interval_s: float = _heartbeat_interval("the agents' --heartbeat")
+    stale_after_heartbeats: int = _stale_after(
+        "missed heartbeats after which an agent counts as silent")
+    peering_name: str = _peering_name("the operator's ClusterKopfPeering")
+    webhook_configuration: str = _webhook_configuration(
+        "the release's MutatingWebhookConfiguration")
     webhook_address: str | None = setting(
         None, "--webhook-address", parse=optional_text, metavar="HOST:PORT",
         help="connect here instead of the webhook Service's name (a port-forward); the "

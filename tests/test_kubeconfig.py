@@ -374,6 +374,9 @@ printf '{{"apiVersion":"{EXEC_V1}","kind":"ExecCredential","status":{{"token":"t
      "neither a token nor a certificate"),
     (f"""echo '{{"apiVersion":"{EXEC_V1}","kind":"ExecCredential","status":{{"clientKeyData":"k"}}}}'""",
      "a client certificate or key, not both"),
+    (f"""echo '{{"apiVersion":"{EXEC_V1}","kind":"ExecCredential","status":{{"token":"t",\
+"expirationTimestamp":"2030-01-01T00:00:00"}}}}'""",
+     "answered expirationTimestamp: '2030-01-01T00:00:00' has no timezone"),
 ])
 def test_a_failing_exec_plugin_is_named_with_what_it_did(tmp_path: Path, answer: str, message: str,
                                                          ) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gpunuma.rfc3339 import parse_rfc3339
+
 __all__ = ["ExecCredential", "ExecPlugin", "ExecPluginError"]
 
 
@@ -96,12 +98,10 @@ class ExecPlugin:
             raise self._error(f"{self.command} answered neither a token nor a certificate and key")
         expires = None
         if status.get("expirationTimestamp"):
-            stamp = str(status["expirationTimestamp"]).replace("Z", "+00:00").replace("z", "+00:00")
             try:
-                expires = dt.datetime.fromisoformat(stamp)
-            except ValueError:
-                raise self._error(f"{self.command} answered expirationTimestamp "
-                                  f"{status['expirationTimestamp']!r}, not RFC 3339") from None
+                expires = parse_rfc3339(str(status["expirationTimestamp"]))
+            except ValueError as error:
+                raise self._error(f"{self.command} answered expirationTimestamp: {error}") from None
         return ExecCredential(token=token,
                               client_certificate=str(certificate).encode() if certificate else None,
                               client_key=str(key).encode() if key else None, expires=expires)

@@ -14,7 +14,6 @@ from urllib.parse import urlencode
 
 from gpunuma import names
 from gpunuma.kubeapi import ApiError, Connection, KubeClient, StdlibTransport
-from gpunuma.kubectl.objects import WEBHOOK_CONFIGURATION_LABELS
 
 __all__ = ["ClusterError", "KubeApi"]
 
@@ -116,7 +115,7 @@ class KubeApi:
 
     async def list_webhook_configurations(self) -> list[dict[str, Any]]:
         """gpunuma's MutatingWebhookConfigurations; empty when they cannot be read (RBAC)."""
-        selector = ",".join(f"{key}={value}" for key, value in WEBHOOK_CONFIGURATION_LABELS.items())
+        selector = ",".join(f"{key}={value}" for key, value in names.WEBHOOK_LABELS.items())
         try:
             found = await self._get("list MutatingWebhookConfigurations", WEBHOOK_CONFIGURATIONS,
                                     labelSelector=selector)

@@ -12,9 +12,9 @@ from gpunuma import __version__
 from gpunuma.kubectl.api import ClusterError, KubeApi
 from gpunuma.kubectl.completion import COMMANDS, OUTPUTS
 from gpunuma.kubectl.explain import excluded_namespaces, explain
-from gpunuma.kubectl.objects import wrapped_of
+from gpunuma.kubectl.objects import meta_of, wrapped_of
 from gpunuma.kubectl.render import NODE_COLUMNS, node_rows, pod_columns, pod_rows, render
-from gpunuma.settings import DEFAULT_GPU_RESOURCES
+from gpunuma.settings import DEFAULT_GPU_RESOURCES, csv
 
 __all__ = ["build_parser", "main", "parse", "pod_name", "run"]
 
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("pods", parents=[common], help=COMMANDS["pods"])
     why = commands.add_parser("explain", parents=[common], help=COMMANDS["explain"])
     why.add_argument("pod", metavar="POD", help="the pod's name, or pod/NAME as kubectl takes it")
-    why.add_argument("--gpu-resources", default=",".join(DEFAULT_GPU_RESOURCES), metavar="NAME,…",
+    why.add_argument("--gpu-resources", type=csv, default=DEFAULT_GPU_RESOURCES, metavar="NAME,…",
                      help="resource names that mean GPU, as the chart's gpuResources "
                      f"(default {','.join(DEFAULT_GPU_RESOURCES)})")
     return parser
@@ -106,8 +106,8 @@ async def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
         layouts = await api.list_layouts()  # also says plainly when gpunuma is not installed
         nodes = await api.list_nodes(args.selector)
         if args.selector:
-            chosen = {(node.get("metadata") or {}).get("name") for node in nodes}
-            layouts = [layout for layout in layouts if (layout.get("metadata") or {}).get("name") in chosen]
+            chosen = {meta_of(node).get("name") for node in nodes}
+            layouts = [layout for layout in layouts if meta_of(layout).get("name") in chosen]
         rows = node_rows(layouts, nodes, now)
         if not rows and args.output in ("table", "wide"):
             if args.selector:
@@ -131,8 +131,7 @@ async def run(args: argparse.Namespace, api: KubeApi, now: dt.datetime) -> str:
     if pod is None:
         raise ClusterError(f'pod "{args.pod}" not found in namespace {namespace}')
     logs = {name: await api.read_log_head(namespace, args.pod, name) for name in wrapped_of(pod)}
-    gpu_resources = [item.strip() for item in args.gpu_resources.split(",") if item.strip()]
-    return explain(pod, await api.read_namespace(namespace), gpu_resources=gpu_resources, logs=logs,
+    return explain(pod, await api.read_namespace(namespace), gpu_resources=args.gpu_resources, logs=logs,
                    excluded_namespaces=excluded_namespaces(await api.list_webhook_configurations()))
 
 

@@ -17,7 +17,6 @@ from gpunuma.kubectl.objects import (
     NONE,
     NUMA_EXEC_PREFIX,
     SYSTEM_NAMESPACES,
-    WEBHOOK_CONFIGURATION_LABELS,
     Obj,
     all_containers,
     annotations_of,
@@ -287,7 +286,7 @@ def excluded_namespaces(configurations: Iterable[Obj]) -> tuple[str, ...] | None
     found: set[str] = set()
     seen = False
     for configuration in configurations:
-        if not WEBHOOK_CONFIGURATION_LABELS.items() <= labels_of(configuration).items():
+        if not names.WEBHOOK_LABELS.items() <= labels_of(configuration).items():
             continue
         seen = True
         for hook in configuration.get("webhooks") or []:

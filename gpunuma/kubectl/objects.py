@@ -10,7 +10,7 @@ from gpunuma import names
 from gpunuma.webhook.edits import POLICY_ENV
 
 __all__ = [
-    "NONE", "NUMA_EXEC_PREFIX", "SYSTEM_NAMESPACES", "WEBHOOK_CONFIGURATION_LABELS", "Obj",
+    "NONE", "NUMA_EXEC_PREFIX", "SYSTEM_NAMESPACES", "Obj",
     "all_containers", "annotations_of", "container_env", "labels_of", "meta_of", "policy_of",
     "wrapped_of",
 ]
@@ -24,9 +24,6 @@ NUMA_EXEC_PREFIX = "gpunuma:"
 # Namespaces the chart always excludes from the webhook besides its own release namespace
 # (DESIGN §9). Used only when the webhook configuration cannot be read: it has the full list.
 SYSTEM_NAMESPACES = ("kube-system", "kube-node-lease")
-
-# Labels the chart puts on its MutatingWebhookConfiguration.
-WEBHOOK_CONFIGURATION_LABELS = names.WEBHOOK_LABELS
 
 Obj = Mapping[str, Any]
 

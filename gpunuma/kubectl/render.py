@@ -18,8 +18,7 @@ from gpunuma.kubectl.objects import NONE, Obj, annotations_of, labels_of, meta_o
 from gpunuma.topology.cpulist import format_cpulist
 
 __all__ = [
-    "NODE_COLUMNS", "NODE_HEADERS", "Column", "format_table", "node_rows", "pod_columns",
-    "pod_headers", "pod_rows", "render",
+    "NODE_COLUMNS", "Column", "format_table", "node_rows", "pod_columns", "pod_rows", "render",
 ]
 
 
@@ -74,7 +73,6 @@ NODE_COLUMNS = (
     Column("GPUS PER NUMA NODE", "gpusPerNumaNode", wide=True), Column("SOURCE", "source"),
     Column("LABELED", "labeled", wide=True), Column("STALE", "stale"), Column("HEARTBEAT", "heartbeat"),
 )
-NODE_HEADERS = tuple(column.header for column in NODE_COLUMNS)
 
 def node_rows(layouts: Iterable[Obj], nodes: Iterable[Obj], now: dt.datetime) -> list[list[str]]:
     """One row per GPU node: every node with a GPUNumaLayout, and nodes still carrying our labels."""
@@ -139,10 +137,6 @@ _POD_COLUMNS = (
 
 def pod_columns(*, all_namespaces: bool) -> tuple[Column, ...]:
     return (Column("NAMESPACE", "namespace"), *_POD_COLUMNS) if all_namespaces else _POD_COLUMNS
-
-
-def pod_headers(*, all_namespaces: bool) -> list[str]:
-    return [column.header for column in pod_columns(all_namespaces=all_namespaces)]
 
 
 def render(columns: Sequence[Column], rows: Sequence[Sequence[str]], output: str) -> str:

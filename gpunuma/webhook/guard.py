@@ -128,11 +128,6 @@ class GuardedSite(web.BaseSite):
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
         )
 
-    @property
-    def open_connections(self) -> int:
-        """Connections accepted and not gone, TLS handshakes in progress included."""
-        return len(self._live)
-
     def _protocol(self) -> asyncio.BaseProtocol:
         server = self._runner.server
         assert server is not None

@@ -22,10 +22,7 @@ from gpunuma.settings import MutationSettings
 from gpunuma.webhook import patchdiff
 from gpunuma.webhook.clashes import mount_clash, name_clash
 from gpunuma.webhook.edits import (
-    INSTALL_COMMAND,
-    LAUNCHER_UID,
     OUR_ANNOTATIONS,
-    POLICY_ENV,
     Edited,
     append_operation,
     edited_list,
@@ -41,36 +38,11 @@ from gpunuma.webhook.edits import (
     with_policy,
     wrap,
 )
-from gpunuma.webhook.messages import WARNING_LIMIT, admission_warning, quote, some, warning_line
+from gpunuma.webhook.messages import quote, some, warning_line
 from gpunuma.webhook.podshape import InvalidPod, is_string_list, mapping_at, named_list, string_map
-from gpunuma.webhook.selection import (
-    gpu_claim_names,
-    gpu_claims_used,
-    gpu_requests,
-    listed_containers,
-    select,
-    selected_containers,
-)
+from gpunuma.webhook.selection import gpu_claim_names, select
 
-# The names other modules know from here before the mutation's parts had modules of their own.
-__all__ = [
-    "INSTALL_COMMAND",
-    "LAUNCHER_UID",
-    "MIRROR_POD_ANNOTATION",
-    "POLICY_ENV",
-    "WARNING_LIMIT",
-    "InvalidPod",
-    "Mutation",
-    "admission_warning",
-    "gpu_claims_used",
-    "gpu_requests",
-    "is_launcher",
-    "json_patch",
-    "listed_containers",
-    "mutate",
-    "selected_containers",
-    "warning_line",
-]
+__all__ = ["MAX_CONTAINERS", "MIRROR_POD_ANNOTATION", "Mutation", "json_patch", "mutate"]
 
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 # Containers (init ones included) of a pod the webhook mutates. Real pods have a handful; a pod of

@@ -45,8 +45,8 @@ def _diff(old: Any, new: Any, path: str, operations: list[dict[str, Any]]) -> No
 
     Lists are compared as the mutation changes them: items added at the end (env, mounts,
     volumes), items added at the front (the wrapped command), or items changed in place; any other
-    change replaces the list whole, which is always correct, if longer. Written for the webhook's
-    hot path: identity first, few calls per node (a distinct pod's whole diff is ~10 nodes).
+    change replaces the list whole, which is always correct, if longer. Identity first: the parts
+    the mutation did not change are shared, and skipped without being walked.
     """
     if isinstance(old, dict) and isinstance(new, dict):
         if len(old) > len(new) or not new.keys() >= old.keys():

@@ -300,10 +300,8 @@ class WebhookServer:
     def _handler(self, *, namespace_opted_in: bool) -> Handler:
         settings, metrics, memory = self.settings.mutation, self.metrics, self.memory
 
-        def decide(body: bytes) -> tuple[Admission, bytes]:
-            admission = admit(body, settings, namespace_opted_in=namespace_opted_in,
-                              memory=memory)
-            return admission, admission.body
+        def decide(body: bytes) -> Admission:
+            return admit(body, settings, namespace_opted_in=namespace_opted_in, memory=memory)
 
         async def handle(request: web.Request) -> web.Response:
             started = time.perf_counter()
@@ -353,10 +351,9 @@ class WebhookServer:
                     try:
                         if len(body) > SMALL_BODY_BYTES:
                             loop = asyncio.get_running_loop()
-                            admission, answer = await loop.run_in_executor(
-                                self._large, decide, body)
+                            admission = await loop.run_in_executor(self._large, decide, body)
                         else:
-                            admission, answer = decide(body)
+                            admission = decide(body)
                     except BadRequest as exc:
                         log.warning("bad admission request from %s: %s", request.remote, exc)
                         return _bad_request(str(exc))
@@ -365,7 +362,7 @@ class WebhookServer:
                         self.budget.give(reserved)
                 outcome = admission.outcome
                 _log_admission(admission)
-                return web.Response(body=answer, content_type="application/json")
+                return web.Response(body=admission.body, content_type="application/json")
             finally:
                 self.busy.discard(request.protocol)
                 if self.site is not None:

@@ -19,15 +19,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpunuma import names
-from gpunuma.webhook.edits import POLICY_ENV
+from gpunuma.webhook.edits import OUR_ANNOTATIONS, POLICY_ENV
 
 __all__ = ["GPUNUMA_WRITTEN_ANNOTATIONS", "remove_mutation"]
 
 # Annotations written by the webhook (or `gpunuma inject`) and by the operator: never the user's.
 GPUNUMA_WRITTEN_ANNOTATIONS = frozenset({
-    names.ANNOTATION_INJECTED, names.ANNOTATION_WRAPPED, names.ANNOTATION_SKIPPED,
-    names.ANNOTATION_CGROUP_BOUND, names.ANNOTATION_WARNINGS, names.ANNOTATION_PLACEMENT,
-    names.ANNOTATION_NUMA_NODES, names.ANNOTATION_CPUSET, names.ANNOTATION_BINDING,
+    *OUR_ANNOTATIONS, names.ANNOTATION_PLACEMENT, names.ANNOTATION_NUMA_NODES,
+    names.ANNOTATION_CPUSET, names.ANNOTATION_BINDING,
 })
 _WRAPPER = [names.LAUNCHER_PATH, "--"]
 

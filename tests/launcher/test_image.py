@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from gpunuma import __version__, names
-from gpunuma.webhook.mutation import INSTALL_COMMAND, LAUNCHER_UID
+from gpunuma.webhook.edits import INSTALL_COMMAND, LAUNCHER_UID
 from tests.chart.test_image import dockerfile_instructions, included_by_dockerignore
 from tests.launcher.conftest import ROOT
 

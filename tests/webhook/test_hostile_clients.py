@@ -15,12 +15,10 @@ import logging
 import ssl
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import trustme
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings
@@ -29,16 +27,9 @@ from gpunuma.webhook import server as server_module
 from gpunuma.webhook.review import MAX_DENIAL_CHARS, MAX_WARNINGS, Memory, admit
 from gpunuma.webhook.server import WebhookServer
 from tests.webhook import pods
-from tests.webhook.test_server import Certificates, _serving
+from tests.webhook.tls import Certificates, read_response, serving
 
 SETTINGS = MutationSettings(launcher_image="registry.example/gpunuma:1.2.3")
-
-
-@pytest.fixture
-def certificates(tmp_path: Path) -> Certificates:
-    certs = Certificates(trustme.CA(), tmp_path / "tls.crt", tmp_path / "tls.key")
-    certs.issue()
-    return certs
 
 
 @pytest.fixture
@@ -46,14 +37,7 @@ async def server(certificates: Certificates, monkeypatch: pytest.MonkeyPatch
                  ) -> AsyncIterator[WebhookServer]:
     monkeypatch.setattr(server_module, "HEADER_TIMEOUT_S", 0.5)
     monkeypatch.setattr(server_module, "BODY_TIMEOUT_S", 0.5)
-    async for webhook in _serving(certificates, reload_interval=3600):
-        yield webhook
-
-
-@pytest.fixture
-async def patient_server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
-    """The server with its real timeouts: idle connections stay until evicted."""
-    async for webhook in _serving(certificates, reload_interval=3600):
+    async for webhook in serving(certificates, reload_interval=3600):
         yield webhook
 
 
@@ -68,16 +52,6 @@ def _request(body: bytes, *headers: str) -> bytes:
     head = "".join(f"{h}\r\n" for h in headers)
     return (f"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n{head}\r\n").encode() + body
-
-
-async def _response(reader: asyncio.StreamReader, within: float = 5) -> tuple[int, bytes]:
-    status = int((await asyncio.wait_for(reader.readline(), within)).split()[1])
-    length = 0
-    while (line := await asyncio.wait_for(reader.readline(), within)) not in (b"\r\n", b""):
-        key, _, value = line.decode().partition(":")
-        if key.lower() == "content-length":
-            length = int(value)
-    return status, await asyncio.wait_for(reader.readexactly(length), within)
 
 
 def _review_bytes(pod: dict[str, Any], uid: str = "uid-1") -> bytes:
@@ -185,7 +159,7 @@ async def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closes(
     reader, writer = await _connect(server, certificates)
     writer.write(b"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Length: 1000\r\n\r\n{")
     await writer.drain()
-    status, body = await _response(reader)
+    status, body = await read_response(reader)
     assert status == 408
     assert b"did not arrive" in body
     assert await asyncio.wait_for(reader.read(), 5) == b""
@@ -193,9 +167,9 @@ async def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closes(
 
 
 async def test_at_the_connection_cap_an_idle_connection_makes_room(
-    patient_server: WebhookServer, certificates: Certificates,
+    manual_server: WebhookServer, certificates: Certificates,
 ) -> None:
-    server = patient_server
+    server = manual_server
     assert server.site is not None
     server.site.max_connections = 4
     idle = [await _connect(server, certificates) for _ in range(4)]
@@ -206,7 +180,7 @@ async def test_at_the_connection_cap_an_idle_connection_makes_room(
     reader, writer = await _connect(server, certificates)
     writer.write(_request(_review_bytes(pods.amd_pod())))
     await writer.drain()
-    status, _ = await _response(reader)
+    status, _ = await read_response(reader)
     assert status == 200
     assert server.site.evicted >= 1
     assert await asyncio.wait_for(idle[0][0].read(), 5) == b""
@@ -223,7 +197,7 @@ async def test_too_many_large_bodies_at_once_get_503(
     reader, writer = await _connect(server, certificates)
     writer.write(_request(_review_bytes(pod)))
     await writer.drain()
-    status, body = await _response(reader)
+    status, body = await read_response(reader)
     assert status == 503
     assert b"too many large requests" in body
     assert server.budget.used == 0
@@ -257,14 +231,14 @@ async def test_a_small_review_is_answered_while_a_large_one_is_being_decided(
     writer.write(_request(_review_bytes(pods.amd_pod())))
     await writer.drain()
     try:
-        status, _ = await _response(reader, within=10)
+        status, _ = await read_response(reader, within=10)
         assert status == 200
         # On the event loop, the large review would have had to finish first (the test's client
         # shares the loop, so only the order can tell).
         assert not large_done.is_set()
     finally:
         release.set()
-    status, _ = await _response(big_reader)
+    status, _ = await read_response(big_reader)
     assert status == 200
     for w in (writer, big_writer):
         w.close()
@@ -279,7 +253,7 @@ async def test_a_body_that_is_not_what_its_content_encoding_says_gets_400(
     reader, writer = await _connect(server, certificates)
     writer.write(_request(_review_bytes(pods.amd_pod()), "Content-Encoding: gzip"))
     await writer.drain()
-    status, body = await _response(reader)
+    status, body = await read_response(reader)
     assert status == 400
     assert "Content-Encoding" in json.loads(body)["reason"]
     writer.close()
@@ -295,10 +269,10 @@ async def test_malformed_http_is_one_log_line_without_a_traceback(
             # request at debug level already: it takes it for TLS or non-HTTP traffic).
             writer.write(_request(b"{}"))
             await writer.drain()
-            assert (await _response(reader))[0] == 400
+            assert (await read_response(reader))[0] == 400
             writer.write(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
             await writer.drain()
-            assert (await _response(reader))[0] == 400
+            assert (await read_response(reader))[0] == 400
             writer.close()
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     assert len([r for r in caplog.records if "malformed HTTP" in r.getMessage()]) == 3
@@ -313,7 +287,7 @@ async def test_a_huge_api_version_is_not_echoed_whole(
     with caplog.at_level(logging.INFO):
         writer.write(_request(orjson.dumps(review)))
         await writer.drain()
-        status, body = await _response(reader)
+        status, body = await read_response(reader)
     assert status == 400
     reason = json.loads(body)["reason"]
     assert len(reason) < 400
@@ -352,23 +326,23 @@ def test_guard_constants_fit_the_chart() -> None:
 
 
 async def test_at_the_cap_a_connection_that_sent_requests_outlives_idle_ones(
-    patient_server: WebhookServer, certificates: Certificates,
+    manual_server: WebhookServer, certificates: Certificates,
 ) -> None:
-    server = patient_server
     """The API server's keep-alive connections are not what an attacker's idle ones evict."""
+    server = manual_server
     assert server.site is not None
     server.site.max_connections = 3
     reader, writer = await _connect(server, certificates)
     writer.write(_request(_review_bytes(pods.amd_pod(), uid="first")))
     await writer.drain()
-    assert (await _response(reader))[0] == 200
+    assert (await read_response(reader))[0] == 200
     held = []
     for _ in range(4):  # idle connections arriving after it, each evicting an idle one
         held.append(await _connect(server, certificates))
         await asyncio.sleep(0.2)  # the server side of the handshake finishes after the client's
     writer.write(_request(_review_bytes(pods.amd_pod(), uid="second")))
     await writer.drain()
-    assert (await _response(reader))[0] == 200
+    assert (await read_response(reader))[0] == 200
     assert server.site.evicted >= 2
     for _, other in (*held, (reader, writer)):
         other.close()

@@ -12,15 +12,10 @@ import pytest
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook.mutation import (
-    WARNING_LIMIT,
-    InvalidPod,
-    Mutation,
-    admission_warning,
-    gpu_requests,
-    json_patch,
-    mutate,
-)
+from gpunuma.webhook.messages import WARNING_LIMIT, admission_warning
+from gpunuma.webhook.mutation import Mutation, json_patch, mutate
+from gpunuma.webhook.podshape import InvalidPod
+from gpunuma.webhook.selection import gpu_requests
 from tests.chart.podsecurity import restricted_violations
 from tests.webhook import pods
 

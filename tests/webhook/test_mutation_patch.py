@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook.mutation import POLICY_ENV, json_patch, mutate
+from gpunuma.webhook.edits import POLICY_ENV
+from gpunuma.webhook.mutation import json_patch, mutate
 from tests.webhook import pods
 
 SETTINGS = {

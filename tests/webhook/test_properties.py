@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook.mutation import WARNING_LIMIT, mutate
+from gpunuma.webhook.messages import WARNING_LIMIT
+from gpunuma.webhook.mutation import mutate
 from gpunuma.webhook.review import Memory, admit
 from tests.webhook import pods
 

@@ -11,7 +11,6 @@ import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,65 +19,19 @@ import pytest
 import trustme
 
 from gpunuma import names
-from gpunuma.settings import MutationSettings, WebhookSettings, parse_listen
+from gpunuma.settings import WebhookSettings, parse_listen
 from gpunuma.webhook import review as review_module
 from gpunuma.webhook.server import MAX_BODY_BYTES, TLSError, WebhookServer
 from tests.polling import eventually
 from tests.webhook import pods
+from tests.webhook.tls import Certificates, read_response, serving
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class Certificates:
-    ca: trustme.CA
-    cert_file: Path
-    key_file: Path
-
-    def issue(self, ca: trustme.CA | None = None) -> bytes:
-        """Write a fresh leaf certificate and key; returns the certificate's PEM."""
-        leaf = (ca or self.ca).issue_cert("127.0.0.1", "localhost",
-                                          "gpunuma-webhook.gpunuma.svc")
-        self.cert_file.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        self.key_file.write_bytes(leaf.private_key_pem.bytes())
-        return leaf.cert_chain_pems[0].bytes()
-
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        return context
-
-
-@pytest.fixture
-def certificates(tmp_path: Path) -> Certificates:
-    certs = Certificates(trustme.CA(), tmp_path / "tls.crt", tmp_path / "tls.key")
-    certs.issue()
-    return certs
-
-
-async def _serving(certificates: Certificates, reload_interval: float
-                   ) -> AsyncIterator[WebhookServer]:
-    settings = WebhookSettings(
-        listen="127.0.0.1:0", tls_cert_file=certificates.cert_file,
-        tls_key_file=certificates.key_file, shutdown_delay=0,
-        mutation=MutationSettings(launcher_image="registry.example/gpunuma:1.2.3"),
-    )
-    webhook = WebhookServer(settings, reload_interval=reload_interval)
-    await webhook.start()
-    yield webhook
-    await webhook.stop()
-
-
 @pytest.fixture
 async def server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
-    async for webhook in _serving(certificates, reload_interval=0.02):
-        yield webhook
-
-
-@pytest.fixture
-async def manual_server(certificates: Certificates) -> AsyncIterator[WebhookServer]:
-    """A server whose certificate is reloaded only when the test says so."""
-    async for webhook in _serving(certificates, reload_interval=3600):
+    async for webhook in serving(certificates, reload_interval=0.02):
         yield webhook
 
 
@@ -300,17 +253,7 @@ async def _raw_post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     writer.write(f"POST {path} HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     await writer.drain()
-    return await _read_response(reader)
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    status = int((await asyncio.wait_for(reader.readline(), 10)).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        key, _, value = line.decode().partition(":")
-        if key.lower() == "content-length":
-            length = int(value)
-    return status, await reader.readexactly(length)
+    return await read_response(reader, within=10)
 
 
 async def _wait_for_certificate(server: WebhookServer, context: ssl.SSLContext,
@@ -491,7 +434,7 @@ async def test_after_sigterm_new_requests_are_answered_until_the_delay_then_in_f
             "127.0.0.1", port, ssl=certificates.client_context(), server_hostname="localhost"), 5)
         late_writer.write(b"GET /readyz HTTP/1.1\r\nHost: webhook\r\n\r\n")
         await late_writer.drain()
-        assert (await _read_response(late_reader))[0] == 503
+        assert (await read_response(late_reader, within=10))[0] == 503
         late = json.dumps(pods.admission_review(pods.vllm_server(), uid="during-delay")).encode()
         status, reply = await _raw_post(late_reader, late_writer, "/mutate", late)
         assert status == 200
@@ -511,7 +454,7 @@ async def test_after_sigterm_new_requests_are_answered_until_the_delay_then_in_f
         assert asyncio.get_running_loop().time() - signalled >= delay
         writer.write(body[half:])
         await writer.drain()
-        status, reply = await _read_response(reader)
+        status, reply = await read_response(reader, within=10)
         assert status == 200
         assert json.loads(reply)["response"]["uid"] == "in-flight"
         assert await asyncio.wait_for(process.wait(), 15) == 0

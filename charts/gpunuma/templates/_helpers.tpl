@@ -163,24 +163,27 @@ Namespaces the webhook is never called for: kube-system, kube-node-lease and our
 {{- toJson $excluded -}}
 {{- end -}}
 
-{{/* "true" when the chart installs its ValidatingAdmissionPolicies (GA in 1.30). */}}
-{{- define "gpunuma.admissionPolicies" -}}
-{{- $setting := toString .Values.admissionPolicies -}}
+{{/*
+A true/false/"auto" value as "true" or "false", "auto" meaning Kubernetes 1.30 or later (where
+matchConditions and ValidatingAdmissionPolicy are GA): include with (list $ VALUE).
+*/}}
+{{- define "gpunuma.fromKube130" -}}
+{{- $setting := toString (index . 1) -}}
 {{- if eq $setting "auto" -}}
-{{- semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version | toString -}}
+{{- semverCompare ">=1.30.0-0" (index . 0).Capabilities.KubeVersion.Version | toString -}}
 {{- else -}}
 {{- $setting -}}
 {{- end -}}
 {{- end -}}
 
-{{/* "true" when the MutatingWebhookConfiguration should carry matchConditions (GA in 1.30). */}}
-{{- define "gpunuma.webhook.matchConditions" -}}
-{{- $setting := toString .Values.webhook.matchConditions -}}
-{{- if eq $setting "auto" -}}
-{{- semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version | toString -}}
-{{- else -}}
-{{- $setting -}}
+{{/* "true" when the chart installs its ValidatingAdmissionPolicies. */}}
+{{- define "gpunuma.admissionPolicies" -}}
+{{- include "gpunuma.fromKube130" (list . .Values.admissionPolicies) -}}
 {{- end -}}
+
+{{/* "true" when the MutatingWebhookConfiguration should carry matchConditions. */}}
+{{- define "gpunuma.webhook.matchConditions" -}}
+{{- include "gpunuma.fromKube130" (list . .Values.webhook.matchConditions) -}}
 {{- end -}}
 
 {{/*
