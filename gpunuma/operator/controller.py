@@ -158,7 +158,6 @@ class Controller:
         await self.pod_reconciler.reconcile_node(node)
 
     async def reconcile_pod(self, namespace: str, name: str, *, node: str) -> None:
-        self.reconciles["pod"] += 1
         await self.pod_reconciler.reconcile(namespace, name, node=node)
 
     async def reconcile_certificates(self) -> Outcome:

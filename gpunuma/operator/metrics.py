@@ -45,10 +45,11 @@ class OperatorCollector(Collector):
             "gpunuma_operator_reconcile_errors",
             "Reconciles that failed on an API error, by kind (retried at the next event or round)",
             labels=["kind"])
-        failed = dict(controller.reconcile_errors)
-        failed["pod"] = failed.get("pod", 0) + controller.pod_reconciler.failures
+        # The pod reconciler keeps its own tallies: it is reached from pod and layout events alike.
+        done = {**controller.reconciles, "pod": controller.pod_reconciler.reconciles}
+        failed = {**controller.reconcile_errors, "pod": controller.pod_reconciler.failures}
         for kind in KINDS:
-            reconciles.add_metric([kind], controller.reconciles.get(kind, 0))
+            reconciles.add_metric([kind], done.get(kind, 0))
             errors.add_metric([kind], failed.get(kind, 0))
         yield reconciles
         yield errors

@@ -33,7 +33,10 @@ class PodReconciler:
     client: KubeClient | None = None
     clock: Callable[[], dt.datetime] | None = None
     _allocations_seen: dict[str, object] = field(default_factory=dict)
-    failures: int = 0  # pod patches the API server refused (a vanished pod is none): /metrics
+    # For /metrics: pods reconciled (from a pod's event or its node's layout), and the patches the
+    # API server refused (a vanished pod is none).
+    reconciles: int = 0
+    failures: int = 0
 
     async def reconcile_node(self, node: str) -> None:
         """After a layout event: the pods on that node, if its allocations changed."""
@@ -53,6 +56,7 @@ class PodReconciler:
             await self.reconcile(*key, node=node)
 
     async def reconcile(self, namespace: str, name: str, *, node: str) -> None:
+        self.reconciles += 1
         pod = self.cache.pod(node, namespace, name)
         layout = self.cache.layouts.get(node)
         if pod is None or layout is None or pod.phase != "Running":

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook import patchdiff
+from gpunuma.webhook import jsonvalue
 from gpunuma.webhook.messages import warning_line
 from gpunuma.webhook.podshape import named_list
 
@@ -197,7 +197,7 @@ def set_or_drop(annotations: dict[str, str], key: str, values: Sequence[str], *,
 
 
 # Our keys as JSON-pointer segments, escaped once.
-_SEGMENTS = {key: patchdiff.escape(key) for key in (*OUR_ANNOTATIONS, names.LABEL_MANAGED)}
+_SEGMENTS = {key: jsonvalue.escape(key) for key in (*OUR_ANNOTATIONS, names.LABEL_MANAGED)}
 
 
 def map_operations(path: str, present: object, old: Mapping[str, str], new: Mapping[str, str],
@@ -211,7 +211,7 @@ def map_operations(path: str, present: object, old: Mapping[str, str], new: Mapp
         before, after = old.get(key), new.get(key)
         if before == after:
             continue
-        where = f"{path}/{_SEGMENTS.get(key) or patchdiff.escape(key)}"
+        where = f"{path}/{_SEGMENTS.get(key) or jsonvalue.escape(key)}"
         if after is None:
             patch.append({"op": "remove", "path": where})
         else:
@@ -256,7 +256,7 @@ def edited_list(path: str, present: object, items: Sequence[Mapping[str, Any]],
         if change.source is item:
             for op, below, value in change.operations:
                 patch.append({"op": op, "path": at + below, "value": value})
-        elif not patchdiff.same_json(item, change.container):
+        elif not jsonvalue.same_json(item, change.container):
             # Two containers of one name (a hand-written manifest; the API server refuses
             # them): both become the one edited, so this one is replaced whole.
             patch.append({"op": "replace", "path": at, "value": change.container})

@@ -35,7 +35,7 @@ from ruamel.yaml.resolver import BaseResolver, VersionedResolver
 from ruamel.yaml.scalarstring import LiteralScalarString
 from ruamel.yaml.tag import Tag
 
-from gpunuma.webhook.patchdiff import same_json
+from gpunuma.webhook.jsonvalue import same_json
 
 __all__ = ["Document", "KubeYAMLError", "decode_plain", "plain_is_string", "read"]
 

@@ -8,8 +8,8 @@ The mutation is computed as a desired state rather than a list of edits: a pod t
 it (reinvocation, ``gpunuma inject`` twice, a template injected offline then admitted) comes out
 equal to itself, which is what makes the webhook idempotent. The RFC 6902 patch is recorded where
 each value is written, compared there with the pod's own value (equal: no operation), so the
-webhook never copies or walks the pod to find what changed; ``json_patch`` (the differ,
-:mod:`gpunuma.webhook.patchdiff`) is the independent check the tests hold the patch to.
+webhook never copies or walks the pod to find what changed; the tests hold that patch to an
+independent differ (tests/webhook/differ.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 
 from gpunuma import names
 from gpunuma.settings import MutationSettings
-from gpunuma.webhook import patchdiff
 from gpunuma.webhook.clashes import mount_clash, name_clash
 from gpunuma.webhook.edits import (
     OUR_ANNOTATIONS,
@@ -42,7 +41,7 @@ from gpunuma.webhook.messages import quote, some, warning_line
 from gpunuma.webhook.podshape import InvalidPod, is_string_list, mapping_at, named_list, string_map
 from gpunuma.webhook.selection import gpu_claim_names, select
 
-__all__ = ["MAX_CONTAINERS", "MIRROR_POD_ANNOTATION", "Mutation", "json_patch", "mutate"]
+__all__ = ["MAX_CONTAINERS", "MIRROR_POD_ANNOTATION", "Mutation", "mutate"]
 
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 # Containers (init ones included) of a pod the webhook mutates. Real pods have a handful; a pod of
@@ -235,16 +234,6 @@ def mutate(
     )
 
 
-def json_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The RFC 6902 patch that turns ``original`` into ``mutated`` (empty when they are equal).
-
-    Computed by diffing (:mod:`gpunuma.webhook.patchdiff`): the same change ``mutate`` records as it
-    writes, found independently (the tests compare the two). Only the fields the mutation writes
-    are compared; the pod's named lists are aligned by name first.
-    """
-    return patchdiff.diff(_patched_view(original), _patched_view(mutated), _NAMED_LISTS)
-
-
 def _policy(annotations: Mapping[str, str], default: str, warnings: list[str]) -> str:
     value = annotations.get(names.ANNOTATION_POLICY)
     if value is None:
@@ -279,23 +268,3 @@ def _is_windows(spec: Mapping[str, Any]) -> bool:
     os_field, selector = spec.get("os"), spec.get("nodeSelector")
     return (isinstance(os_field, dict) and os_field.get("name") == "windows") or (
         isinstance(selector, dict) and selector.get("kubernetes.io/os") == "windows")
-
-
-# What json_patch compares: the only fields the mutation writes.
-_PATCHED_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("metadata", ("annotations", "labels")),
-    ("spec", ("initContainers", "containers", "volumes")),
-)
-# Lists whose items have a ``name`` the mutation may insert before (the launcher init container).
-_NAMED_LISTS: tuple[tuple[str, str], ...] = (
-    ("spec", "initContainers"), ("spec", "containers"), ("spec", "volumes"),
-)
-
-
-def _patched_view(pod: Mapping[str, Any]) -> dict[str, Any]:
-    view: dict[str, Any] = {}
-    for section, keys in _PATCHED_FIELDS:
-        part = pod.get(section)
-        if isinstance(part, dict):
-            view[section] = {key: part[key] for key in keys if key in part}
-    return view

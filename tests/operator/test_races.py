@@ -28,6 +28,7 @@ from gpunuma import names
 from gpunuma.kubeapi import Connection, KubeClient
 from gpunuma.operator.certificates import pki_from_secrets
 from gpunuma.operator.controller import Controller
+from gpunuma.operator.metrics import OperatorCollector
 from gpunuma.settings import CertificateSettings
 from tests.operator.conftest import (
     LAYOUTS_URL,
@@ -126,6 +127,23 @@ async def test_a_pod_patched_from_one_view_is_not_patched_again_when_that_view_c
         controller.observe_pod(pod)  # the pod handler's event: the view the patch was made from
         await controller.reconcile_pod("ml", "train-0", node="gpu-1")
         assert len(api.writes("PATCH", POD)) == 1
+
+
+async def test_pods_reconciled_from_their_node_s_layout_are_counted_like_the_others(
+    controllers: list[Controller],
+) -> None:
+    """/metrics counts a pod reconcile whichever event started it (the layout's or the pod's)."""
+    async with fake_api() as api:
+        pod = api.put(POD, running_pod("train-0", "gpu-1"))
+        controller = controller_for(api, controllers)
+        controller.observe_layout(layout_body("gpu-1", two_socket_spec(allocations=[ALLOCATION])))
+        controller.observe_pod(pod)
+        await controller.reconcile_pods_of("gpu-1")
+        await controller.reconcile_pod("ml", "train-0", node="gpu-1")
+        collector = OperatorCollector(controller, lambda: dt.datetime.now(dt.UTC))
+        [reconciles] = [m for m in collector.collect() if m.name == "gpunuma_operator_reconciles"]
+        counted = {s.labels["kind"]: s.value for s in reconciles.samples if s.name.endswith("_total")}
+        assert counted["pod"] == 2
 
 
 async def test_a_status_patch_that_differs_only_in_transition_times_is_not_sent_again(

@@ -13,11 +13,12 @@ import pytest
 from gpunuma import names
 from gpunuma.settings import MutationSettings
 from gpunuma.webhook.messages import WARNING_LIMIT, admission_warning
-from gpunuma.webhook.mutation import Mutation, json_patch, mutate
+from gpunuma.webhook.mutation import Mutation, mutate
 from gpunuma.webhook.podshape import InvalidPod
 from gpunuma.webhook.selection import gpu_requests
 from tests.chart.podsecurity import restricted_violations
 from tests.webhook import pods
+from tests.webhook.differ import json_patch
 
 SETTINGS = MutationSettings(launcher_image="registry.example/gpunuma:1.2.3")
 

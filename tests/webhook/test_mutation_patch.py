@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from gpunuma import names
 from gpunuma.settings import MutationSettings
 from gpunuma.webhook.edits import POLICY_ENV
-from gpunuma.webhook.mutation import json_patch, mutate
+from gpunuma.webhook.mutation import mutate
 from tests.webhook import pods
+from tests.webhook.differ import json_patch
 
 SETTINGS = {
     False: MutationSettings(launcher_image="registry.example/gpunuma:1.2.3"),

@@ -11,7 +11,7 @@ import jsonpatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpunuma.webhook.patchdiff import diff
+from tests.webhook.differ import diff
 
 NAMED = (("spec", "containers"), ("spec", "volumes"))
 

@@ -1,27 +1,20 @@
-"""An RFC 6902 JSON patch computed by diffing two JSON documents.
-
-The webhook's answer is recorded by the mutation as it edits the pod (:mod:`gpunuma.webhook.edits`);
-this differ finds the same change independently, from the pod before and after, and the tests hold
-the one to the other (``mutation.json_patch``). ``same_json`` serves the edits and ``gpunuma
-inject``'s YAML editor too.
+"""An RFC 6902 JSON patch computed by diffing two JSON documents: the tests' independent check of
+the patch the mutation records as it writes (``json_patch``).
 
 Two documents that share most of their objects (the mutated pod reuses every part of the admitted
 pod it did not change) are compared by identity first, so the shared parts are skipped without
-being walked. ``jsonpatch.make_patch`` computes an equivalent diff at 20–28× the cost (measured on
-the webhook's pods). Lists are diffed the way the mutation changes them (items added at the front
-or the end, or changed in place); lists of named items (containers, volumes) can be aligned by name
-first, so that an item inserted in the middle is one ``add``, not a replacement of every item after
-it. Pure: no I/O.
+being walked. Lists are diffed the way the mutation changes them (items added at the front or the
+end, or changed in place); lists of named items (containers, volumes) can be aligned by name first,
+so that an item inserted in the middle is one ``add``, not a replacement of every item after it.
 """
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["diff", "escape", "same_json"]
+from gpunuma.webhook.jsonvalue import escape, same_json
 
 _ABSENT = object()  # a key missing from the old document (None is a JSON value)
 
@@ -85,31 +78,9 @@ def _diff(old: Any, new: Any, path: str, operations: list[dict[str, Any]]) -> No
         operations.append({"op": "replace", "path": path, "value": new})
 
 
-def same_json(old: Any, new: Any) -> bool:
-    """Equal as JSON: Python's ``True == 1`` and ``1 == 1.0`` are not equal JSON documents; a NaN
-    (which YAML, unlike JSON, can hold: ``gpunuma inject``) equals a NaN."""
-    if old is new:
-        return True
-    if type(old) is not type(new):
-        return False
-    if isinstance(old, dict):
-        return old.keys() == new.keys() and all(same_json(old[k], new[k]) for k in old)
-    if isinstance(old, list):
-        return len(old) == len(new) and all(same_json(a, b) for a, b in zip(old, new, strict=True))
-    # NaN != NaN: only compared when the values differ, off the common path.
-    return bool(old == new) or (isinstance(old, float) and math.isnan(old) and math.isnan(new))
-
-
 def _join(path: str, key: str) -> str:
     """``path`` and one more JSON pointer segment."""
     return f"{path}/{escape(key)}"
-
-
-def escape(key: str) -> str:
-    """A JSON pointer segment: RFC 6901 escapes ``~`` and ``/``."""
-    if "~" in key or "/" in key:
-        return key.replace("~", "~0").replace("/", "~1")
-    return key
 
 
 def _align_named_lists(
@@ -153,3 +124,33 @@ def _align_named_lists(
 
 def _names(items: list[Any]) -> list[object]:
     return [item.get("name") if isinstance(item, dict) else None for item in items]
+
+
+def json_patch(original: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The RFC 6902 patch that turns ``original`` into ``mutated`` (empty when they are equal).
+
+    Computed by diffing (this module): the same change ``mutate`` records as it
+    writes, found independently (the tests compare the two). Only the fields the mutation writes
+    are compared; the pod's named lists are aligned by name first.
+    """
+    return diff(_patched_view(original), _patched_view(mutated), _NAMED_LISTS)
+
+
+# What json_patch compares: the only fields the mutation writes.
+_PATCHED_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("metadata", ("annotations", "labels")),
+    ("spec", ("initContainers", "containers", "volumes")),
+)
+# Lists whose items have a ``name`` the mutation may insert before (the launcher init container).
+_NAMED_LISTS: tuple[tuple[str, str], ...] = (
+    ("spec", "initContainers"), ("spec", "containers"), ("spec", "volumes"),
+)
+
+
+def _patched_view(pod: Mapping[str, Any]) -> dict[str, Any]:
+    view: dict[str, Any] = {}
+    for section, keys in _PATCHED_FIELDS:
+        part = pod.get(section)
+        if isinstance(part, dict):
+            view[section] = {key: part[key] for key in keys if key in part}
+    return view
