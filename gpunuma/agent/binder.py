@@ -40,6 +40,7 @@ from gpunuma.agent.inotify import (
     IN_Q_OVERFLOW,
     Inotify,
 )
+from gpunuma.agent.procinfo import read_comm
 from gpunuma.topology import format_cpulist
 
 __all__ = ["BindRequest", "Bound", "CgroupBinder", "Resolve"]
@@ -261,10 +262,7 @@ class CgroupBinder:
             delay = min(delay * 1.5, 0.25)
 
     def _is_sandbox(self, pid: int) -> bool:
-        try:
-            return (self.procfs_root / str(pid) / "comm").read_text().strip() == "pause"
-        except OSError:
-            return False
+        return read_comm(self.procfs_root, pid) == "pause"
 
     def _mount_identity(self, pid: int) -> tuple[str, str] | None:
         try:

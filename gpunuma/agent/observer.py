@@ -23,7 +23,7 @@ from typing import Any
 from gpunuma.agent.cgroupfs import CgroupGone, CpusetHierarchy
 from gpunuma.agent.nodepods import PodInfo
 from gpunuma.agent.observe import NumaMaps, TaskState, classify, local_share, unobserved
-from gpunuma.agent.procinfo import ProcessGone, main_pid, read_allowed, read_numa_maps
+from gpunuma.agent.procinfo import ProcessGone, main_pid, read_allowed, read_comm, read_numa_maps
 from gpunuma.topology import Layout
 
 __all__ = ["Observer"]
@@ -101,7 +101,7 @@ class Observer:
             cgroup_cpus, _ = self.hierarchy.effective(directory)
         except (CgroupGone, ProcessGone):
             return unobserved("the container ended while it was being read")
-        maps = self._numa_maps(key, (pid, _comm(self.procfs_root, pid), cpus))
+        maps = self._numa_maps(key, (pid, read_comm(self.procfs_root, pid), cpus))
         task = TaskState(cpus, mems, cgroup_cpus, maps,
                          local_share(maps.pages, gpu_nodes) if maps else None)
         return classify(task, gpu_nodes=gpu_nodes, local_cpus=local_cpus, all_cpus=all_cpus,
@@ -131,10 +131,3 @@ class Observer:
             maps = None
         self._memory[key] = _MemoryReading(process, now, maps)
         return maps
-
-
-def _comm(procfs_root: Path, pid: int) -> str:
-    try:
-        return (procfs_root / str(pid) / "comm").read_text().strip()
-    except OSError:
-        return ""

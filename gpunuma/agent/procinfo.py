@@ -14,7 +14,7 @@ from pathlib import Path
 from gpunuma.agent.observe import NumaMaps, parse_numa_maps
 from gpunuma.topology import parse_cpulist
 
-__all__ = ["ProcessGone", "main_pid", "read_allowed", "read_numa_maps"]
+__all__ = ["ProcessGone", "main_pid", "read_allowed", "read_comm", "read_numa_maps"]
 
 
 class ProcessGone(Exception):
@@ -40,6 +40,14 @@ def read_allowed(procfs_root: Path, pid: int) -> tuple[frozenset[int], frozenset
         elif key == "Mems_allowed_list":
             mems = value
     return parse_cpulist(cpus), parse_cpulist(mems)
+
+
+def read_comm(procfs_root: Path, pid: int) -> str:
+    """The process's command name (``comm``); "" when it cannot be read."""
+    try:
+        return _read(procfs_root / str(pid) / "comm").strip()
+    except (ProcessGone, OSError):
+        return ""
 
 
 def read_numa_maps(procfs_root: Path, pid: int) -> NumaMaps:

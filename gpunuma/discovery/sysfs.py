@@ -194,12 +194,13 @@ def _gpu_identity(entry: Path) -> _Identity:
     vendor also from the bound driver. A broken file is reported even when a second source
     answers; a GPU vendor's function of unknown class is kept as a failed GPU, since dropping it
     would shift the index of every GPU after it."""
-    uevent = _uevent(entry)
+    # uevent only when a file fails: read for every PCI function, it would cost each discovery
+    # one more file per device for nothing.
     problems: list[str] = []
     try:
         vendor_id = int(read_text(entry / "vendor"), 16)
     except (OSError, ValueError) as exc:
-        fallback = _hex(uevent.get("PCI_ID", "").partition(":")[0])
+        fallback = _hex(_uevent(entry).get("PCI_ID", "").partition(":")[0])
         driver = _driver(entry)
         if fallback is None and driver in _DRIVER_VENDORS:
             fallback = next(k for k, v in GPU_VENDORS.items() if v == _DRIVER_VENDORS[driver])
@@ -217,7 +218,7 @@ def _gpu_identity(entry: Path) -> _Identity:
     try:
         pci_class = int(read_text(entry / "class"), 16)
     except (OSError, ValueError) as exc:
-        pci_class = _hex(uevent.get("PCI_CLASS", ""))
+        pci_class = _hex(_uevent(entry).get("PCI_CLASS", ""))
         if pci_class is None:
             return _Identity(vendor, (*problems, f"cannot read class ({exc}): counted as a GPU "
                                       "whose NUMA node is unknown"), failed=True)

@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from gpunuma.topology.model import Vendor
+
 __all__ = ["Selection", "VisibleGpu", "select_visible"]
 
 # numa-exec reads bytes: only ASCII letters fold, only ASCII digits are digits, these are blanks.
@@ -38,7 +40,7 @@ class VisibleGpu:
     """A GPU the container was given (an AMD partition is one entry with its GPU's bus id)."""
 
     bus_id: str
-    vendor: Literal["nvidia", "amd"]
+    vendor: Vendor
     uuid: str = ""
     model: str = ""
 

@@ -1,6 +1,6 @@
 /*
  * libFuzzer harness: procfs and sysfs files numa-exec reads (launcher/src/parse.c): the NVIDIA
- * information file, KFD node properties, first lines. Checks that every string it produces is
+ * information file, KFD node properties, a /proc status field, first lines. Checks that every string it produces is
  * terminated within its buffer and that a bus id from KFD properties is one the launcher accepts.
  */
 #include <stdlib.h>
@@ -23,6 +23,12 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 		if (render == 0 || ne_normalize_bdf(bdf, strlen(bdf), again) != 0)
 			abort();
 	}
+
+	const char *value;
+	size_t value_len;
+	if (ne_status_field(input, size, "Cpus_allowed_list", &value, &value_len) &&
+	    (value < input || value + value_len > input + size || memchr(value, '\n', value_len)))
+		abort();
 
 	char line[64];
 	ne_first_line(input, size, line, sizeof(line));

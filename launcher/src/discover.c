@@ -53,6 +53,16 @@ static void first_line(const char *path, char *out, size_t cap)
 	ne_first_line(scratch, (size_t)n, out, cap);
 }
 
+/* Adds the CPUs (or nodes) of a one-line cpulist file to set; adds none when it cannot be read. */
+static void read_cpulist(const char *path, ne_cpuset *set)
+{
+	ssize_t n = read_file(path, scratch, sizeof(scratch));
+	if (n > 0) {
+		const char *newline = memchr(scratch, '\n', (size_t)n);
+		ne_cpulist_parse(set, scratch, newline ? (size_t)(newline - scratch) : (size_t)n);
+	}
+}
+
 static int exists(const char *path)
 {
 	struct stat st;
@@ -278,22 +288,14 @@ int ne_discover(const ne_roots *roots, ne_plan *plan)
 	/* 2. The NUMA nodes: every online node and whether it has CPUs. */
 	ne_cpuset_clear(&node_cpus);
 	snprintf(path, sizeof(path), "%s/devices/system/node/online", roots->sysfs);
-	ssize_t n = read_file(path, scratch, sizeof(scratch));
-	if (n > 0) {
-		const char *newline = memchr(scratch, '\n', (size_t)n);
-		ne_cpulist_parse(&node_cpus, scratch, newline ? (size_t)(newline - scratch) : (size_t)n);
-	}
+	read_cpulist(path, &node_cpus);
 	int node_count = 0;
 	for (unsigned long id = 0; id < NE_MAX_NODES; id++) {
 		if (!ne_cpuset_has(&node_cpus, id))
 			continue;
 		snprintf(path, sizeof(path), "%s/devices/system/node/node%lu/cpulist", roots->sysfs, id);
-		n = read_file(path, scratch, sizeof(scratch));
 		ne_cpuset_clear(&allowed);
-		if (n > 0) {
-			const char *newline = memchr(scratch, '\n', (size_t)n);
-			ne_cpulist_parse(&allowed, scratch, newline ? (size_t)(newline - scratch) : (size_t)n);
-		}
+		read_cpulist(path, &allowed);
 		nodes[node_count].id = id;
 		nodes[node_count].has_cpus = !ne_cpuset_empty(&allowed);
 		node_count++;
@@ -314,7 +316,7 @@ int ne_discover(const ne_roots *roots, ne_plan *plan)
 	for (int i = 0; !plan->problem.len && i < buses; i++) {
 		char value[64];
 		snprintf(path, sizeof(path), "%s/bus/pci/devices/%s/numa_node", roots->sysfs, bus[i]);
-		n = read_file(path, scratch, sizeof(scratch));
+		ssize_t n = read_file(path, scratch, sizeof(scratch));
 		long reported = n > 0 ? ne_parse_node(scratch, (size_t)n) : -1;
 		long node = resolve(roots, reported, nodes, node_count);
 		if (node < 0) {
@@ -336,29 +338,14 @@ int ne_discover(const ne_roots *roots, ne_plan *plan)
 			plan->nodes[plan->node_count++] = nodes[k].id;
 			snprintf(path, sizeof(path), "%s/devices/system/node/node%lu/cpulist", roots->sysfs,
 				 nodes[k].id);
-			n = read_file(path, scratch, sizeof(scratch));
-			if (n > 0) {
-				const char *newline = memchr(scratch, '\n', (size_t)n);
-				ne_cpulist_parse(&node_cpus, scratch,
-						 newline ? (size_t)(newline - scratch) : (size_t)n);
-			}
+			read_cpulist(path, &node_cpus);
 		}
 		plan->cpuset = node_cpus;
 		snprintf(path, sizeof(path), "%s/self/status", roots->procfs);
-		n = read_file(path, scratch, sizeof(scratch) - 1);
+		ssize_t n = read_file(path, scratch, sizeof(scratch) - 1);
 		const char *list = NULL;
 		size_t list_len = 0;
-		for (ssize_t at = 0; n > 0 && at < n;) {
-			const char *line = scratch + at;
-			const char *newline = memchr(line, '\n', (size_t)(n - at));
-			size_t len = newline ? (size_t)(newline - line) : (size_t)(n - at);
-			if (len >= 18 && memcmp(line, "Cpus_allowed_list:", 18) == 0) {
-				list = line + 18;
-				list_len = len - 18;
-			}
-			at += (ssize_t)len + 1;
-		}
-		if (list) {
+		if (n > 0 && ne_status_field(scratch, (size_t)n, "Cpus_allowed_list", &list, &list_len)) {
 			ne_cpuset_clear(&allowed);
 			ne_cpulist_parse(&allowed, list, list_len);
 			ne_cpuset_and(&plan->cpuset, &allowed);

@@ -247,8 +247,6 @@ int main(int argc, char **argv)
 		if (strict)
 			refuse("strict policy: %s; not starting %s", plan.problem.text, name);
 		ne_text_add(&plan.notes, "%s", plan.problem.text);
-	} else if (strict) {
-		memory = mem = "bind";
 	} else if (strcmp(policy, "preferred") == 0) {
 		memory = mem = "preferred";
 	}

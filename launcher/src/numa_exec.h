@@ -14,9 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Far above any kernel's NR_CPUS (8192) and MAX_NUMNODES (1024); the same CPU ceiling as
- * gpunuma.topology.cpulist.MAX_CPU_ID, so both sides read the same lists the same way. */
-#define NE_MAX_CPUS 65536
+/* The kernel's largest NR_CPUS (8192) and MAX_NUMNODES (1024); the same CPU ceiling as
+ * gpunuma.topology.cpulist.MAX_CPUS, so both sides read the same lists the same way. */
+#define NE_MAX_CPUS 8192
 #define NE_MAX_NODES 1024
 #define NE_MAX_GPUS 256
 #define NE_TEXT_SIZE 4096
@@ -26,6 +26,10 @@
 typedef struct {
 	uint64_t bits[NE_MAX_CPUS / 64];
 } ne_cpuset;
+
+/* Byte classes shared by the parsers: bytes, not the locale's characters. */
+static inline int ne_is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+static inline char ne_lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c; }
 
 /* Text that grows by "; "-separated parts and never holds a control character. */
 typedef struct {
@@ -55,7 +59,7 @@ void ne_cpuset_or(ne_cpuset *set, const ne_cpuset *other);
 void ne_cpulist_parse(ne_cpuset *set, const char *text, size_t len);
 /* The kernel's format: ascending, runs as ranges. Returns the length, or -1 if cap is too small. */
 int ne_cpulist_format(const ne_cpuset *set, char *out, size_t cap);
-/* Enough for any set: "65535," takes 6 bytes per CPU, at most every other CPU is a part. */
+/* Enough for any set: a part ("8191,") takes at most 6 bytes per CPU. */
 #define NE_CPULIST_CAP ((size_t)NE_MAX_CPUS * 6 + 1)
 
 /* A digits-only number not above max; returns 0 on success. */
@@ -79,6 +83,11 @@ void ne_parse_nvidia_info(const char *text, size_t len, ne_nvidia_info *info);
 /* KFD topology node properties: its render minor and bus id; returns 0 when it has both. */
 int ne_parse_kfd_properties(const char *text, size_t len, unsigned long *render,
 			    char bdf[NE_BDF_SIZE]);
+
+/* A /proc/PID/status field ("Cpus_allowed_list"): its value after the colon, untrimmed, of the
+ * last line that has it; returns 1 when found. */
+int ne_status_field(const char *text, size_t len, const char *key, const char **value,
+		    size_t *value_len);
 
 /* A distance row ("10 21"); returns the number of values (at most max). */
 int ne_parse_distances(const char *text, size_t len, unsigned long *out, int max);

@@ -9,18 +9,16 @@
 
 #include "numa_exec.h"
 
-static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 static int is_digit(char c) { return c >= '0' && c <= '9'; }
 static int is_hex(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-static char lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c; }
 
 static void trim(const char **text, size_t *len)
 {
-	while (*len > 0 && is_blank(**text)) {
+	while (*len > 0 && ne_is_blank(**text)) {
 		(*text)++;
 		(*len)--;
 	}
-	while (*len > 0 && is_blank((*text)[*len - 1]))
+	while (*len > 0 && ne_is_blank((*text)[*len - 1]))
 		(*len)--;
 }
 
@@ -106,7 +104,7 @@ int ne_cpulist_format(const ne_cpuset *set, char *out, size_t cap)
 		return -1;
 	out[0] = '\0';
 	for (long cpu = 0; cpu <= NE_MAX_CPUS; cpu++) {
-		/* Whole empty words at once: the set is 65536 bits, most of them zero. */
+		/* Whole empty words at once: the set is NE_MAX_CPUS bits, most of them zero. */
 		if (start < 0 && cpu % 64 == 0 && cpu < NE_MAX_CPUS && !set->bits[cpu / 64]) {
 			cpu += 63;
 			continue;
@@ -183,10 +181,24 @@ int ne_normalize_bdf(const char *text, size_t len, char out[NE_BDF_SIZE])
 			: is_hex(buffer[i]);
 		if (!ok)
 			return -1;
-		out[i] = lower(buffer[i]);
+		out[i] = ne_lower(buffer[i]);
 	}
 	out[len] = '\0';
 	return 0;
+}
+
+/* The next '\n'-separated line of text from *start on; advances *start past it. */
+static int next_line(const char *text, size_t len, size_t *start, const char **line,
+		     size_t *line_len)
+{
+	if (*start >= len)
+		return 0;
+	const char *newline = memchr(text + *start, '\n', len - *start);
+	size_t end = newline ? (size_t)(newline - text) : len;
+	*line = text + *start;
+	*line_len = end - *start;
+	*start = end + 1;
+	return 1;
 }
 
 /* One "Key: value" line; copies the trimmed value when the key matches. */
@@ -209,17 +221,14 @@ void ne_parse_nvidia_info(const char *text, size_t len, ne_nvidia_info *info)
 	char minor[32];
 	memset(info, 0, sizeof(*info));
 	size_t start = 0;
-	while (start < len) {
-		const char *newline = memchr(text + start, '\n', len - start);
-		size_t end = newline ? (size_t)(newline - text) : len;
-		const char *line = text + start;
-		size_t line_len = end - start;
+	const char *line;
+	size_t line_len;
+	while (next_line(text, len, &start, &line, &line_len)) {
 		if (key_value(line, line_len, "Device Minor", minor, sizeof(minor)))
 			info->has_minor =
 				ne_parse_uint(minor, strlen(minor), 1UL << 20, &info->minor) == 0;
 		key_value(line, line_len, "GPU UUID", info->uuid, sizeof(info->uuid));
 		key_value(line, line_len, "Model", info->model, sizeof(info->model));
-		start = end + 1;
 	}
 }
 
@@ -228,11 +237,9 @@ int ne_parse_kfd_properties(const char *text, size_t len, unsigned long *render,
 {
 	unsigned long domain = 0, location = 0, minor = 0;
 	size_t start = 0;
-	while (start < len) {
-		const char *newline = memchr(text + start, '\n', len - start);
-		size_t end = newline ? (size_t)(newline - text) : len;
-		const char *line = text + start;
-		size_t line_len = end - start;
+	const char *line;
+	size_t line_len;
+	while (next_line(text, len, &start, &line, &line_len)) {
 		trim(&line, &line_len);
 		const char *space = memchr(line, ' ', line_len);
 		if (space) {
@@ -250,7 +257,6 @@ int ne_parse_kfd_properties(const char *text, size_t len, unsigned long *render,
 					minor = parsed;
 			}
 		}
-		start = end + 1;
 	}
 	/* CPU nodes of the KFD topology have neither a render minor nor a PCI location. */
 	if (minor == 0 || location == 0)
@@ -261,6 +267,23 @@ int ne_parse_kfd_properties(const char *text, size_t len, unsigned long *render,
 	return 0;
 }
 
+int ne_status_field(const char *text, size_t len, const char *key, const char **value,
+		    size_t *value_len)
+{
+	size_t start = 0, key_len = strlen(key);
+	const char *line;
+	size_t line_len;
+	int found = 0;
+	while (next_line(text, len, &start, &line, &line_len)) {
+		if (line_len > key_len && memcmp(line, key, key_len) == 0 && line[key_len] == ':') {
+			*value = line + key_len + 1;
+			*value_len = line_len - key_len - 1;
+			found = 1;
+		}
+	}
+	return found;
+}
+
 int ne_parse_distances(const char *text, size_t len, unsigned long *out, int max)
 {
 	char line[NE_TEXT_SIZE] = "";
@@ -268,10 +291,10 @@ int ne_parse_distances(const char *text, size_t len, unsigned long *out, int max
 	ne_first_line(text, len, line, sizeof(line));
 	size_t at = 0, n = strlen(line);
 	while (at < n) {
-		while (at < n && is_blank(line[at]))
+		while (at < n && ne_is_blank(line[at]))
 			at++;
 		size_t end = at;
-		while (end < n && !is_blank(line[end]))
+		while (end < n && !ne_is_blank(line[end]))
 			end++;
 		if (end == at)
 			break;

@@ -20,14 +20,6 @@
 
 #define ENTRY_SIZE 256
 
-static const char *get(ne_getenv_fn lookup, void *context, const char *name)
-{
-	return lookup(name, context);
-}
-
-static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
-static char lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c; }
-
 /* The next comma-separated entry of *cursor, trimmed, copied into entry (cut to fit). */
 static int next_entry(const char **cursor, char entry[ENTRY_SIZE])
 {
@@ -38,9 +30,9 @@ static int next_entry(const char **cursor, char entry[ENTRY_SIZE])
 	*cursor = end ? end + 1 : NULL;
 	if (!end)
 		end = start + strlen(start);
-	while (start < end && is_blank(*start))
+	while (start < end && ne_is_blank(*start))
 		start++;
-	while (end > start && is_blank(end[-1]))
+	while (end > start && ne_is_blank(end[-1]))
 		end--;
 	size_t len = (size_t)(end - start);
 	if (len >= ENTRY_SIZE)
@@ -63,7 +55,7 @@ static int all_digits(const char *s)
 static int starts_with_nocase(const char *text, const char *prefix)
 {
 	for (; *prefix; prefix++, text++)
-		if (lower(*text) != lower(*prefix))
+		if (ne_lower(*text) != ne_lower(*prefix))
 			return 0;
 	return 1;
 }
@@ -111,10 +103,10 @@ static void narrow_runtime(const ne_gpu *gpus, ne_selection *list, const char *v
 		return;
 	/* The whole value, trimmed: "all", "void", "none" and a device path narrow nothing. */
 	const char *start = value;
-	while (is_blank(*start))
+	while (ne_is_blank(*start))
 		start++;
 	size_t len = strlen(start);
-	while (len && is_blank(start[len - 1]))
+	while (len && ne_is_blank(start[len - 1]))
 		len--;
 	if (len == 0 || *start == '/' || (len == 3 && starts_with_nocase(start, "all")) ||
 	    (len == 4 && (starts_with_nocase(start, "void") || starts_with_nocase(start, "none"))))
@@ -157,7 +149,7 @@ static int narrow_cuda(const char *name, const ne_gpu *gpus, ne_selection *list,
 		return 0;
 	{
 		const char *start = value;
-		while (is_blank(*start))
+		while (ne_is_blank(*start))
 			start++;
 		if (!*start) {
 			ne_text_add(hidden, "%s is empty, which hides every GPU from the application", name);
@@ -232,18 +224,18 @@ void ne_select(const ne_gpu *gpus, int count, ne_getenv_fn lookup, void *context
 		list->index[list->count++] = i;
 	}
 
-	narrow_runtime(gpus, &nvidia, get(lookup, context, "NVIDIA_VISIBLE_DEVICES"), notes);
-	const char *order = get(lookup, context, "CUDA_DEVICE_ORDER");
+	narrow_runtime(gpus, &nvidia, lookup("NVIDIA_VISIBLE_DEVICES", context), notes);
+	const char *order = lookup("CUDA_DEVICE_ORDER", context);
 	int indices_ok = (order && strcmp(order, "PCI_BUS_ID") == 0) || homogeneous(gpus, &nvidia);
 	unknown_order |= narrow_cuda("CUDA_VISIBLE_DEVICES", gpus, &nvidia,
-				     get(lookup, context, "CUDA_VISIBLE_DEVICES"), indices_ok, notes,
+				     lookup("CUDA_VISIBLE_DEVICES", context), indices_ok, notes,
 				     hidden);
 	unknown_order |= narrow_cuda("ROCR_VISIBLE_DEVICES", gpus, &amd,
-				     get(lookup, context, "ROCR_VISIBLE_DEVICES"), 1, notes, hidden);
+				     lookup("ROCR_VISIBLE_DEVICES", context), 1, notes, hidden);
 	/* HIP honours CUDA_VISIBLE_DEVICES as another name for HIP_VISIBLE_DEVICES. */
-	const char *hip = get(lookup, context, "HIP_VISIBLE_DEVICES") ? "HIP_VISIBLE_DEVICES"
-								     : "CUDA_VISIBLE_DEVICES";
-	unknown_order |= narrow_cuda(hip, gpus, &amd, get(lookup, context, hip), 1, notes, hidden);
+	const char *hip = lookup("HIP_VISIBLE_DEVICES", context) ? "HIP_VISIBLE_DEVICES"
+								 : "CUDA_VISIBLE_DEVICES";
+	unknown_order |= narrow_cuda(hip, gpus, &amd, lookup(hip, context), 1, notes, hidden);
 
 	out->count = 0;
 	for (int i = 0; i < nvidia.count; i++)
@@ -251,10 +243,10 @@ void ne_select(const ne_gpu *gpus, int count, ne_getenv_fn lookup, void *context
 	for (int i = 0; i < amd.count && out->count < NE_MAX_GPUS; i++)
 		out->index[out->count++] = amd.index[i];
 
-	const char *rank_name = get(lookup, context, "GPUNUMA_RANK_ENV");
+	const char *rank_name = lookup("GPUNUMA_RANK_ENV", context);
 	if (!rank_name || !*rank_name || out->count == 0)
 		return;
-	const char *rank = get(lookup, context, rank_name);
+	const char *rank = lookup(rank_name, context);
 	if (!rank) {
 		ne_text_add(notes, "GPUNUMA_RANK_ENV names %.64s, which is not set: using all %d GPUs",
 			    rank_name, out->count);
