@@ -101,7 +101,7 @@ def write_secret(directory: Path, mode: int, fs_group: int | None) -> trustme.CA
 # every access is checked against the pod's identity, as in the container.
 _AS_USER = """
 import ast, os, sys
-import gpunuma.cli, gpunuma.webhook.server, gpunuma.webhook.mutation, gpunuma.webhook.review
+import gpunuma.cli, gpunuma.logs, gpunuma.webhook.server, gpunuma.webhook.mutation, gpunuma.webhook.review
 uid, gid, groups, argv = ast.literal_eval(sys.argv[1])
 os.setgroups(groups)
 os.setgid(gid)
