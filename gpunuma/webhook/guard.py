@@ -40,6 +40,7 @@ __all__ = [
     "MAX_CONNECTIONS",
     "SMALL_BODY_BYTES",
     "BodyBudget",
+    "Connection",
     "GuardedSite",
     "QuietServerLog",
 ]
@@ -78,10 +79,20 @@ class BodyBudget:
         self.used -= size
 
 
-class _Handler(RequestHandler):
-    """aiohttp's protocol, weakly referenceable (its own __slots__ leave that out)."""
+class Connection(RequestHandler):
+    """aiohttp's protocol for one connection, with what the connection cap needs to know of it.
 
-    __slots__ = ("__weakref__",)
+    The server's request handler keeps ``busy`` and ``served_at``: attributes of the connection
+    itself, where a set and a weak dictionary beside it cost a hash and a weak reference per
+    request. Weakly referenceable too (aiohttp's own __slots__ leave that out).
+    """
+
+    __slots__ = ("__weakref__", "busy", "served_at")
+
+    busy: bool
+    """Inside a request handler: never evicted."""
+    served_at: float | None
+    """When its last request ended (``time.monotonic``); None while it has carried none."""
 
 
 def _abort(transport: asyncio.BaseTransport) -> None:
@@ -94,26 +105,21 @@ def _abort(transport: asyncio.BaseTransport) -> None:
 class GuardedSite(web.BaseSite):
     """A TLS TCP site whose connections are capped, with a handshake timeout.
 
-    ``busy`` is the set of connections (aiohttp protocols) inside a request handler; the server's
-    handler keeps it, so that eviction never cuts a request off.
+    Its connections are ``Connection`` objects, whose ``busy`` and ``served_at`` the server's
+    handler keeps, so that eviction never cuts a request off.
     """
 
     def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *,
-                 ssl_context: ssl.SSLContext, busy: set[Any],
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 ssl_context: ssl.SSLContext, max_connections: int = MAX_CONNECTIONS) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=512)
         self._host, self._port = host, port
-        self._busy = busy
         self.max_connections = max_connections
         self.evicted = 0
         self.refused = 0
         # Every protocol handed out whose connection still exists: asyncio drops its reference
         # when the connection ends, TLS handshakes that fail included (those never reach
         # connection_made or connection_lost, so only the reference count can tell).
-        self._live: weakref.WeakSet[Any] = weakref.WeakSet()
-        # Connections that have carried a request, with when the last one ended (the server's
-        # handler records it).
-        self.served: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self._live: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     @property
     def name(self) -> str:
@@ -135,12 +141,12 @@ class GuardedSite(web.BaseSite):
             # An idle connection that never carried a request goes first (an attacker holding
             # connections open), then the one idle longest, if for over a second. A client that
             # keeps sending requests, like the API server, keeps its keep-alive connections.
-            idle_ones = [c for c in server.connections
-                         if c not in self._busy and c.transport is not None]
-            idle = next((c for c in idle_ones if c not in self.served), None)
+            idle_ones = [c for c in server.connections if isinstance(c, Connection)
+                         and not c.busy and c.transport is not None]
+            idle = next((c for c in idle_ones if c.served_at is None), None)
             if idle is None and idle_ones:
-                oldest = min(idle_ones, key=lambda c: self.served.get(c, 0.0))
-                if self.served.get(oldest, 0.0) < time.monotonic() - SERVED_IDLE_S:
+                oldest = min(idle_ones, key=lambda c: c.served_at or 0.0)
+                if (oldest.served_at or 0.0) < time.monotonic() - SERVED_IDLE_S:
                     idle = oldest
             if idle is None:
                 self.refused += 1
@@ -155,8 +161,9 @@ class GuardedSite(web.BaseSite):
             _abort(idle.transport)
             idle.force_close()
             self._live.discard(idle)
-        protocol = _Handler(server, loop=asyncio.get_running_loop(),
-                            **server._kwargs)  # what web.Server() does, with weak references
+        protocol = Connection(server, loop=asyncio.get_running_loop(),
+                              **server._kwargs)  # what web.Server() does, with our attributes
+        protocol.busy, protocol.served_at = False, None
         self._live.add(protocol)
         return protocol
 

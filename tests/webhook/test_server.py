@@ -234,6 +234,20 @@ async def test_health_readiness_and_metrics_are_served(server, session):
     assert "gpunuma_webhook_request_duration_seconds_count 2.0" in text
 
 
+async def test_an_unknown_path_is_404_and_a_wrong_method_405_with_the_allowed_ones(server, session):
+    async with session.get(url(server, "/mutate/extra")) as reply:
+        assert reply.status == 404
+    async with session.get(url(server, "/mutate")) as reply:
+        assert (reply.status, reply.headers["Allow"]) == (405, "POST")
+    async with session.post(url(server, "/healthz"), data=b"") as reply:
+        assert (reply.status, set(reply.headers["Allow"].split(","))) == (405, {"GET", "HEAD"})
+    async with session.head(url(server, "/readyz")) as reply:
+        assert (reply.status, await reply.read()) == (200, b"")
+    # None of them is counted as an admission.
+    async with session.get(url(server, "/metrics")) as reply:
+        assert "gpunuma_webhook_request_duration_seconds_count 0.0" in await reply.text()
+
+
 # --- Certificate rotation ------------------------------------------------------------------------
 
 
