@@ -61,10 +61,8 @@ class BadRequest(ValueError):
 class Admission(NamedTuple):
     """One request's answer (a NamedTuple: immutable, and cheap to build for every request)."""
 
-    response: dict[str, Any]
-    """The AdmissionReview to send back."""
     body: bytes
-    """``response`` serialised, as it is sent (once, also for the memory's byte count)."""
+    """The AdmissionReview to send back, serialised."""
     outcome: Outcome
     names: tuple[object, object]
     """The pod's namespace and name as the request gives them (see ``pod``). Not the request
@@ -76,6 +74,12 @@ class Admission(NamedTuple):
         """``namespace/name`` of the pod, for logs (generateName plus ``*`` before a name is
         given): made printable only for a line that is logged."""
         return _printable_names(self.names)
+
+    @property
+    def response(self) -> dict[str, Any]:
+        """The AdmissionReview sent back, parsed (for tests and tools: the server sends ``body``)."""
+        review: dict[str, Any] = orjson.loads(self.body)
+        return review
 
 
 class Memory:
@@ -153,8 +157,8 @@ class Memory:
 class _Answer(NamedTuple):
     outcome: Outcome
     reason: str
-    response: dict[str, Any]
-    """The AdmissionReview response without its uid."""
+    members: bytes
+    """The AdmissionReview response's members after its uid, serialised (see ``_members``)."""
 
 
 def admit(
@@ -175,41 +179,39 @@ def admit(
     ):
         # Only pod creation is ever mutated; anything else the webhook may be registered for by
         # mistake is let through untouched.
-        return _admission(_response(uid), "unchanged", request, "not a pod CREATE")
+        return _admission(uid, _members(), "unchanged", request, "not a pod CREATE")
     if not isinstance(pod, dict):
         raise BadRequest("request.object must be the pod being created")
     if memory is not None and len(body) > memory.max_body_bytes:
         memory = None  # too large to keep: neither looked up nor remembered
     key = memory.key(pod, settings, namespace_opted_in) if memory is not None else None
     if memory is not None and key is not None and (known := memory.recall(key)) is not None:
-        return _admission(_review({"uid": uid, **known.response}), known.outcome, request,
-                          known.reason)
+        return _admission(uid, known.members, known.outcome, request, known.reason)
     try:
         mutation = mutate(pod, settings, namespace_opted_in=namespace_opted_in)
         warnings = bounded_warnings(mutation.warnings)
         outcome: Outcome = ("denied" if mutation.denial is not None
                             else "patched" if mutation.patch else "unchanged")
         answer = _Answer(outcome, mutation.reason,
-                         _answer(patch=mutation.patch, denial=mutation.denial, warnings=warnings))
+                         _members(patch=mutation.patch, denial=mutation.denial, warnings=warnings))
     except InvalidPod as exc:
         log.warning("pod %s not mutated: %s", _pod_name(request, pod), exc)
-        return _admission(_response(uid, warnings=[warning_line(f"pod not mutated: {exc}")]),
+        return _admission(uid, _members(warnings=[warning_line(f"pod not mutated: {exc}")]),
                           "error", request, str(exc))
     except Exception:
         log.exception("pod %s not mutated: internal error", _pod_name(request, pod))
         warning = warning_line("pod not mutated: internal error in the webhook (see its log)")
-        return _admission(_response(uid, warnings=[warning]), "error", request, "internal error")
-    admission = _admission(_review({"uid": uid, **answer.response}), answer.outcome, request,
-                           answer.reason)
+        return _admission(uid, _members(warnings=[warning]), "error", request, "internal error")
+    admission = _admission(uid, answer.members, answer.outcome, request, answer.reason)
     if memory is not None and key is not None and answer.outcome in ("patched", "denied"):
         memory.remember(key, answer, len(admission.body))
     return admission
 
 
-def _admission(response: dict[str, Any], outcome: Outcome, request: Mapping[str, Any],
+def _admission(uid: str, members: bytes, outcome: Outcome, request: Mapping[str, Any],
                reason: str) -> Admission:
-    return Admission(response, orjson.dumps(response), outcome,
-                     _pod_names(request, request.get("object")), reason)
+    body = b"".join((_REVIEW_START, orjson.dumps(uid), members, b"}}"))
+    return Admission(body, outcome, _pod_names(request, request.get("object")), reason)
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -274,29 +276,29 @@ def _printable(value: object, limit: int = 253) -> str:
     return cut if len(text) <= limit else f"{cut}…"
 
 
-def _response(uid: str, *, warnings: list[str] | None = None) -> dict[str, Any]:
-    return _review({"uid": uid, **_answer(warnings=warnings)})
+# An AdmissionReview answer up to its uid's value. The answer is written as bytes, not built as a
+# dict and serialised: the patch goes in as the base64 bytes it is, neither decoded to a string nor
+# scanned again for characters to escape (base64 has none).
+_REVIEW_START = orjson.dumps({"apiVersion": API_VERSION, "kind": KIND,
+                              "response": {"uid": ""}})[:-len(b'""}}')]
 
 
-def _answer(
+def _members(
     *,
     patch: list[dict[str, Any]] | None = None,
     denial: str | None = None,
     warnings: list[str] | None = None,
-) -> dict[str, Any]:
-    """An AdmissionReview response, but for its uid."""
-    response: dict[str, Any] = {"allowed": denial is None}
+) -> bytes:
+    """An AdmissionReview response's members after its uid, serialised: ``,"allowed":…``."""
+    members = [b',"allowed":true' if denial is None else b',"allowed":false']
     if denial is not None:
         if len(denial) > MAX_DENIAL_CHARS:
             denial = denial[:MAX_DENIAL_CHARS - 1] + "…"
-        response["status"] = {"code": 403, "reason": "Forbidden", "message": denial}
+        status = {"code": 403, "reason": "Forbidden", "message": denial}
+        members += (b',"status":', orjson.dumps(status))
     if patch:
-        response["patchType"] = "JSONPatch"
-        response["patch"] = binascii.b2a_base64(orjson.dumps(patch), newline=False).decode()
+        members += (b',"patchType":"JSONPatch","patch":"',
+                    binascii.b2a_base64(orjson.dumps(patch), newline=False), b'"')
     if warnings:
-        response["warnings"] = [admission_warning(warning) for warning in warnings]
-    return response
-
-
-def _review(response: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": KIND, "response": response}
+        members += (b',"warnings":', orjson.dumps([admission_warning(line) for line in warnings]))
+    return b"".join(members)

@@ -134,7 +134,7 @@ def test_the_answer_memory_counts_its_patches_and_stays_under_its_bound() -> Non
         body = _review_bytes(pod, uid=f"u{i}")
         assert len(body) <= memory.max_body_bytes
         admit(body, SETTINGS, namespace_opted_in=False, memory=memory)
-    held = sum(len(key[1]) + len(orjson.dumps(entry[0].response))
+    held = sum(len(key[1]) + len(entry[0].members)
                for key, entry in memory._answers.items())
     assert 0 < held <= memory.max_bytes
     assert memory.bytes >= held
