@@ -241,16 +241,18 @@ class WebhookServer:
                          cast(Handler, make_aiohttp_handler(self.metrics.registry))),
         }
 
-        async def route(request: web.BaseRequest) -> web.StreamResponse:
+        def route(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+            # Not a coroutine: it hands aiohttp the chosen handler's own coroutine to await, one
+            # frame fewer per admission.
             found = routes.get(request.path)
             if found is None:
-                raise web.HTTPNotFound(text="404: Not Found\n")
+                return _refuse(web.HTTPNotFound(text="404: Not Found\n"))
             method, handler = found
             if request.method != method and not (
                     method == hdrs.METH_GET and request.method == hdrs.METH_HEAD):
                 allowed = [method, hdrs.METH_HEAD] if method == hdrs.METH_GET else [method]
-                raise web.HTTPMethodNotAllowed(request.method, allowed)
-            return await handler(request)
+                return _refuse(web.HTTPMethodNotAllowed(request.method, allowed))
+            return handler(request)
 
         loop = asyncio.get_running_loop()
 
@@ -407,6 +409,10 @@ class WebhookServer:
         if self._ready:
             return web.Response(text="ok\n")
         return web.Response(status=503, text="shutting down\n")
+
+
+async def _refuse(error: web.HTTPException) -> web.StreamResponse:
+    raise error
 
 
 def _bad_request(reason: str) -> web.Response:
