@@ -246,6 +246,8 @@ async def test_an_unknown_path_is_404_and_a_wrong_method_405_with_the_allowed_on
     # None of them is counted as an admission.
     async with session.get(url(server, "/metrics")) as reply:
         assert "gpunuma_webhook_request_duration_seconds_count 0.0" in await reply.text()
+    # The API server adds its timeout to the webhook's URL as a query.
+    await post_review(session, server, pods.vllm_server(), path="/mutate?timeout=5s")
 
 
 # --- Certificate rotation ------------------------------------------------------------------------
