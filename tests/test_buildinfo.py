@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from gpunuma import __version__
 from gpunuma.agent.service import AgentMetrics
-from gpunuma.webhook.server import _Metrics
+from gpunuma.webhook.metrics import WebhookMetrics
 
 
 def build_info(registry: CollectorRegistry) -> dict[str, str]:
@@ -24,4 +24,4 @@ def test_the_agent_reports_its_build() -> None:
 
 
 def test_the_webhook_reports_its_build() -> None:
-    assert build_info(_Metrics(CollectorRegistry()).registry)["component"] == "webhook"
+    assert build_info(WebhookMetrics(CollectorRegistry()).registry)["component"] == "webhook"

@@ -12,8 +12,8 @@ server keeps sending admissions to it meanwhile. So the server first reports not
 answering for ``--shutdown-delay`` seconds, then closes its listener and finishes the requests in
 flight; the chart's terminationGracePeriodSeconds covers both.
 
-The certificate and key are re-read when they change on disk (a rotated Secret): new connections
-get the new pair, open ones keep theirs, and a pair that fails to load leaves the old one serving.
+The certificate and key are re-read when they change on disk (a rotated Secret; see
+``certificate``); ``guard`` bounds what one client may cost; ``metrics`` is what /metrics shows.
 """
 
 from __future__ import annotations
@@ -23,28 +23,22 @@ import contextlib
 import gc
 import logging
 import signal
-import ssl
 import sys
 import time
-from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from gpunuma import __version__
-from gpunuma.buildinfo import register_build_info
 from gpunuma.quote import short
 from gpunuma.settings import WebhookSettings, parse_listen
+from gpunuma.webhook.certificate import CertificateReloader, TLSError
 from gpunuma.webhook.guard import (
     BODY_TIMEOUT_S,
     HEADER_TIMEOUT_S,
@@ -54,12 +48,11 @@ from gpunuma.webhook.guard import (
     GuardedSite,
     QuietServerLog,
 )
+from gpunuma.webhook.metrics import WebhookMetrics
 from gpunuma.webhook.review import Admission, BadRequest, Memory, admit
 
 __all__ = [
     "MAX_BODY_BYTES",
-    "CertificateReloader",
-    "TLSError",
     "WebhookServer",
     "main",
 ]
@@ -69,135 +62,10 @@ MAX_BODY_BYTES = 3 * 1024 * 1024
 # after the webhook's timeoutSeconds (5 in the chart) anyway. The chart's webhook.yaml spells it
 # again in terminationGracePeriodSeconds (tests/chart checks the two agree).
 SHUTDOWN_TIMEOUT_S = 10.0
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-# The buckets' "le" labels, written as prometheus_client's own Histogram writes them.
-_LATENCY_LE = (*(floatToGoString(b) for b in _LATENCY_BUCKETS), "+Inf")  # type: ignore[no-untyped-call]
 
-# TLS 1.2 offers only forward-secret AEAD suites (TLS 1.3's are all AEAD and not set here).
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 log = logging.getLogger("gpunuma.webhook")
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-class TLSError(RuntimeError):
-    """The certificate or key cannot be loaded; the message names the files."""
-
-
-def _server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(TLS12_CIPHERS)
-    context.set_alpn_protocols(["http/1.1"])
-    try:
-        context.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSError(f"cannot load the TLS certificate {cert_file} with the key {key_file}: "
-                       f"{exc}") from exc
-    return context
-
-
-def _read_pair(cert_file: Path, key_file: Path) -> tuple[bytes, bytes] | None:
-    try:
-        return cert_file.read_bytes(), key_file.read_bytes()
-    except OSError:
-        return None
-
-
-class CertificateReloader:
-    """The listening TLS context, handing each new connection the newest loaded certificate.
-
-    The server's context is fixed when it starts listening; its SNI callback (which OpenSSL calls
-    for every handshake, with or without a server name) switches the connection to the context
-    loaded last. A new context is built whole and swapped in one assignment, so a handshake never
-    sees a new certificate with an old key.
-    """
-
-    def __init__(self, cert_file: Path, key_file: Path) -> None:
-        self._cert_file, self._key_file = cert_file, key_file
-        self._loaded = _read_pair(cert_file, key_file)
-        self._failed: tuple[bytes, bytes] | None = None
-        self.context = _server_context(cert_file, key_file)
-        self._current = self.context
-        self.context.sni_callback = self._select
-
-    def _select(self, connection: ssl.SSLObject, server_name: str | None,
-                context: ssl.SSLContext) -> None:
-        current = self._current
-        if connection.context is not current:
-            connection.context = current
-
-    def reload_if_changed(self) -> bool | None:
-        """Load the files if their contents changed: True when loaded, False when that failed
-        (the previous pair keeps serving), None when nothing changed."""
-        contents = _read_pair(self._cert_file, self._key_file)
-        if contents is None or contents in (self._loaded, self._failed):
-            return None
-        try:
-            context = _server_context(self._cert_file, self._key_file)
-        except TLSError as exc:
-            # Mid-rotation one file may be new and the other old: the next change is tried again,
-            # this pair is not (it would log the same warning every few seconds).
-            self._failed = contents
-            log.warning("keeping the current certificate: %s", exc)
-            return False
-        self._current, self._loaded = context, contents
-        log.info("loaded the new TLS certificate from %s", self._cert_file)
-        return True
-
-
-class _Requests(Collector):
-    """Admission requests by outcome and their latency, tallied in plain numbers and turned into
-    ``gpunuma_webhook_requests`` and ``gpunuma_webhook_request_duration_seconds`` when scraped.
-
-    prometheus_client's Counter.inc and Histogram.observe take a lock each: 2% of the server's
-    CPU per request. Only the event loop counts (large reviews are decided off it, but counted
-    on it), so plain numbers are enough.
-    """
-
-    OUTCOMES = ("patched", "unchanged", "denied", "error", "invalid")
-
-    def __init__(self) -> None:
-        self.by_outcome = dict.fromkeys(self.OUTCOMES, 0)
-        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)  # requests at most each bound; +Inf
-        self.seconds = 0.0
-        self._created = time.time()
-
-    def count(self, outcome: str, seconds: float) -> None:
-        self.by_outcome[outcome] += 1
-        self.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        self.seconds += seconds
-
-    def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
-            "gpunuma_webhook_requests", "Admission requests by outcome: patched, unchanged, "
-            "denied, error (allowed unchanged after an internal error), invalid (HTTP 400)",
-            labels=["outcome"])
-        for outcome, count in self.by_outcome.items():
-            requests.add_metric([outcome], count, created=self._created)
-        yield requests
-        cumulative, total = [], 0
-        for le, count in zip(_LATENCY_LE, self.buckets, strict=True):
-            total += count
-            cumulative.append((le, total))
-        name = "gpunuma_webhook_request_duration_seconds"
-        latency = HistogramMetricFamily(
-            name, "Time from reading an admission request to having its response",
-            buckets=cumulative, sum_value=self.seconds)
-        latency.add_sample(f"{name}_created", {}, self._created)
-        yield latency
-
-
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.requests = _Requests()
-        registry.register(self.requests)
-        self.reloads = Counter(
-            "gpunuma_webhook_certificate_reloads", "Certificate changes seen on disk, by result",
-            ["result"], registry=registry,
-        )
-        register_build_info(registry, "webhook")
 
 
 class WebhookServer:
@@ -208,7 +76,7 @@ class WebhookServer:
             raise TLSError("the webhook needs --tls-cert-file and --tls-key-file")
         self.settings = settings
         self.reloader = CertificateReloader(settings.tls_cert_file, settings.tls_key_file)
-        self.metrics = _Metrics(CollectorRegistry(auto_describe=True))
+        self.metrics = WebhookMetrics(CollectorRegistry(auto_describe=True))
         self.memory = Memory()
         self.budget = BodyBudget()
         # Large reviews are decided here, one at a time, off the event loop: a client looping

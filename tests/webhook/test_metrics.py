@@ -8,7 +8,7 @@ import re
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from gpunuma.webhook.server import _LATENCY_BUCKETS, _Requests
+from gpunuma.webhook.metrics import _LATENCY_BUCKETS, _Requests
 
 _REQUESTS = [("patched", 0.0003), ("invalid", 0.004), ("patched", 3.0), ("denied", 0.0005),
              ("patched", 0.001), ("unchanged", 0.0), ("error", 0.25), ("patched", 0.00051)]

@@ -21,7 +21,8 @@ import trustme
 from gpunuma import names
 from gpunuma.settings import WebhookSettings, parse_listen
 from gpunuma.webhook import review as review_module
-from gpunuma.webhook.server import MAX_BODY_BYTES, TLSError, WebhookServer
+from gpunuma.webhook.certificate import TLSError
+from gpunuma.webhook.server import MAX_BODY_BYTES, WebhookServer
 from tests.polling import eventually
 from tests.webhook import pods
 from tests.webhook.tls import Certificates, read_response, serving
