@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry
@@ -120,6 +120,8 @@ class WebhookServer:
                     method == hdrs.METH_GET and request.method == hdrs.METH_HEAD):
                 allowed = [method, hdrs.METH_HEAD] if method == hdrs.METH_GET else [method]
                 return _refuse(web.HTTPMethodNotAllowed(request.method, allowed))
+            if hdrs.EXPECT in request.headers:
+                return _continue_then(handler, request)
             return handler(request)
 
         loop = asyncio.get_running_loop()
@@ -281,6 +283,18 @@ class WebhookServer:
 
 async def _refuse(error: web.HTTPException) -> web.StreamResponse:
     raise error
+
+
+async def _continue_then(handler: Handler, request: web.BaseRequest) -> web.StreamResponse:
+    """``Expect: 100-continue`` answered before the handler reads the body, as a
+    ``web.Application`` does (curl asks so for large bodies, and otherwise waits a second)."""
+    expect = request.headers[hdrs.EXPECT]
+    if request.version == HttpVersion11:
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {short(expect)}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer's own bytes start after it
+    return await handler(request)
 
 
 def _bad_request(reason: str) -> web.Response:

@@ -251,6 +251,22 @@ async def test_an_unknown_path_is_404_and_a_wrong_method_405_with_the_allowed_on
     await post_review(session, server, pods.vllm_server(), path="/mutate?timeout=5s")
 
 
+async def test_a_client_that_expects_100_continue_gets_it_before_sending_the_body(
+        server, certificates):
+    reader, writer = await _open(server, certificates.client_context(), "localhost")
+    body = json.dumps(pods.admission_review(pods.vllm_server())).encode()
+    writer.write(f"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
+                 f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    status, payload = await read_response(reader)
+    assert status == 200
+    assert "patch" in json.loads(payload)["response"]
+    writer.close()
+
+
 # --- Certificate rotation ------------------------------------------------------------------------
 
 
