@@ -121,7 +121,8 @@ class KubeClient:
         headers = [*connection.headers, ("Accept", "*/*" if text_answer else "application/json"),
                    ("User-Agent", self._user_agent)]
         try:
-            authorization = await asyncio.to_thread(connection.authorization)
+            authorization = (await asyncio.to_thread(connection.authorization)
+                             if connection.authorization_blocks else connection.authorization())
         except Exception as error:  # a token file being replaced, a failing exec plugin
             raise ApiError(0, f"cannot get API credentials: {type(error).__name__}: {error}",
                            method=method, path=path) from error

@@ -70,13 +70,16 @@ class Connection:
     """Where the API server is and how to authenticate.
 
     ``ssl_context`` None trusts the system's authorities. ``authorization`` gives the
-    ``Authorization`` header's value and is asked again for every request (in a thread: it may
-    read a file or run a kubeconfig's exec plugin), so that rotated credentials are picked up.
+    ``Authorization`` header's value and is asked again for every request, so that rotated
+    credentials are picked up: a constant, or a token file read (a small file, read on the event
+    loop). ``authorization_blocks``: it may run a kubeconfig's exec plugin, a process that can take
+    seconds, so it is asked in a worker thread.
     """
 
     server: str
     ssl_context: ssl.SSLContext | None = None
     authorization: Callable[[], str | None] = lambda: None
+    authorization_blocks: bool = False
     namespace: str = "default"  # a kubeconfig context's namespace, for clients that default to it
     headers: tuple[tuple[str, str], ...] = ()  # sent with every request (impersonation)
     server_hostname: str | None = None  # the name to verify the certificate for, if not the URL's
@@ -115,7 +118,7 @@ class Connection:
         """A kubeconfig's context (default: its current one), loaded as kubectl loads it.
 
         ``kubeconfig`` None: the ``$KUBECONFIG`` list, then ``~/.kube/config``
-        (:mod:`gpunuma.kubeconfig` says how they merge). A token file is read again for every
+        (:mod:`gpunuma.kubeapi.kubeconfig` says how they merge). A token file is read again for every
         request; an exec plugin runs now (its answer may be a client certificate) and again once
         its token expires. A client with a ``login`` that loads the kubeconfig again also gets a
         fresh credential after a 401.
@@ -141,8 +144,9 @@ class Connection:
             except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
                 raise ApiError(0, f"cannot use the TLS files of context {found.name!r} "
                                f"({', '.join(found.files)}): {error}") from error
+        authorization, blocks = _kubeconfig_authorization(found, credential, environ)
         return cls(server=found.server.rstrip("/"), ssl_context=ssl_context,
-                   authorization=_kubeconfig_authorization(found, credential, environ),
+                   authorization=authorization, authorization_blocks=blocks,
                    namespace=found.namespace, headers=found.impersonate,
                    server_hostname=found.tls_server_name, proxy=found.proxy_url)
 
@@ -170,21 +174,21 @@ class Connection:
 def _kubeconfig_authorization(
     found: kubeconfig_loader.Context, credential: ExecCredential | None,
     environ: Mapping[str, str],
-) -> Callable[[], str | None]:
+) -> tuple[Callable[[], str | None], bool]:
     """The ``Authorization`` header of a kubeconfig user, by client-go's precedence: token, token
     file (read each time: it may be rotated), basic, else the exec plugin's token (run again
-    once expired)."""
+    once expired); and whether asking for it may block (only the plugin's may)."""
     if found.token:
-        return lambda: f"Bearer {found.token}"
+        return (lambda: f"Bearer {found.token}"), False
     if found.token_file:
         token_file = Path(found.token_file)
-        return lambda: "Bearer " + token_file.read_text(encoding="utf-8").strip()
+        return (lambda: "Bearer " + token_file.read_text(encoding="utf-8").strip()), False
     if found.username or found.password:
         basic = base64.b64encode(f"{found.username or ''}:{found.password or ''}".encode()).decode()
-        return lambda: f"Basic {basic}"
+        return (lambda: f"Basic {basic}"), False
     plugin = found.exec_plugin
     if plugin is None or credential is None or not credential.token:
-        return lambda: None
+        return (lambda: None), False
     latest, lock = [credential], threading.Lock()
 
     def from_plugin() -> str | None:
@@ -193,6 +197,6 @@ def _kubeconfig_authorization(
                 latest[0] = plugin.run(environ)
             return f"Bearer {latest[0].token}" if latest[0].token else None
 
-    return from_plugin
+    return from_plugin, True
 
 
