@@ -110,6 +110,17 @@ async def test_a_watch_event_older_than_our_own_patch_does_not_make_us_patch_aga
 # Repeated patches --------------------------------------------------------------------------------
 
 
+async def _placed_from_its_layout(api: FakeApi, controllers: list[Controller],
+                                  ) -> tuple[Controller, dict[str, Any]]:
+    """A running pod on gpu-1, reconciled from its node's layout (the layout path)."""
+    pod = api.put(POD, running_pod("train-0", "gpu-1"))
+    controller = controller_for(api, controllers)
+    controller.observe_layout(layout_body("gpu-1", two_socket_spec(allocations=[ALLOCATION])))
+    controller.observe_pod(pod)
+    await controller.reconcile_pods_of("gpu-1")
+    return controller, pod
+
+
 async def test_a_pod_patched_from_one_view_is_not_patched_again_when_that_view_comes_back(
     controllers: list[Controller],
 ) -> None:
@@ -117,11 +128,7 @@ async def test_a_pod_patched_from_one_view_is_not_patched_again_when_that_view_c
     patches the pod from the cached view first, then the pod's own handler observes the event it
     was holding (the same view, older than our patch's response) and reconciles."""
     async with fake_api() as api:
-        pod = api.put(POD, running_pod("train-0", "gpu-1"))
-        controller = controller_for(api, controllers)
-        controller.observe_layout(layout_body("gpu-1", two_socket_spec(allocations=[ALLOCATION])))
-        controller.observe_pod(pod)
-        await controller.reconcile_pods_of("gpu-1")
+        controller, pod = await _placed_from_its_layout(api, controllers)
         assert api.objects[POD]["metadata"]["annotations"][names.ANNOTATION_NUMA_NODES] == "1"
 
         controller.observe_pod(pod)  # the pod handler's event: the view the patch was made from
@@ -134,11 +141,7 @@ async def test_pods_reconciled_from_their_node_s_layout_are_counted_like_the_oth
 ) -> None:
     """/metrics counts a pod reconcile whichever event started it (the layout's or the pod's)."""
     async with fake_api() as api:
-        pod = api.put(POD, running_pod("train-0", "gpu-1"))
-        controller = controller_for(api, controllers)
-        controller.observe_layout(layout_body("gpu-1", two_socket_spec(allocations=[ALLOCATION])))
-        controller.observe_pod(pod)
-        await controller.reconcile_pods_of("gpu-1")
+        controller, _ = await _placed_from_its_layout(api, controllers)
         await controller.reconcile_pod("ml", "train-0", node="gpu-1")
         collector = OperatorCollector(controller, lambda: dt.datetime.now(dt.UTC))
         [reconciles] = [m for m in collector.collect() if m.name == "gpunuma_operator_reconciles"]
